@@ -1,0 +1,3 @@
+from lovaszseg.cli import app
+
+app(prog_name="lovaszseg")

@@ -1,0 +1,143 @@
+"""Shape, dtype and label-value checks shared by all losses; they return flat, float views."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["binary_inputs", "compute_dtype", "multiclass_inputs", "multilabel_inputs"]
+
+
+def compute_dtype(tensor: Tensor) -> torch.dtype:
+    """float64 stays float64 (exactness checks); every other float, half precision included, runs in float32."""
+    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
+
+
+def _check_float(name: str, tensor: Tensor) -> None:
+    if not isinstance(tensor, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if not tensor.is_floating_point():
+        raise TypeError(
+            f"{name} must be a floating-point tensor (float16/bfloat16/float32/float64), got {tensor.dtype}"
+        )
+
+
+def _check_labels_tensor(name: str, labels: Tensor) -> None:
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.is_complex():
+        raise TypeError(f"{name} must be an integer, bool or float tensor, got {labels.dtype}")
+
+
+def _valid_mask(labels: Tensor, ignore_index: int | None) -> Tensor:
+    if ignore_index is None:
+        return torch.ones_like(labels, dtype=torch.bool)
+    return labels != ignore_index
+
+
+def _check_binary_values(name: str, labels: Tensor, valid: Tensor, ignore_index: int | None) -> None:
+    bad = valid & (labels != 0) & (labels != 1)
+    if bool(bad.any()):
+        found = torch.unique(labels[bad])[:8].tolist()
+        allowed = "0, 1" + ("" if ignore_index is None else f" or the ignore value {ignore_index}")
+        raise ValueError(f"{name} must hold {allowed}; found {found}")
+
+
+def binary_inputs(logits: Tensor, labels: Tensor, ignore_index: int | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Validate binary logits and 0/1 labels and flatten them per image.
+
+    Args:
+        logits: ``[B, *S]`` or ``[B, 1, *S]`` raw scores.
+        labels: ``[B, *S]`` or ``[B, 1, *S]`` with values 0, 1 or ``ignore_index``.
+        ignore_index: label value excluded from the loss, or ``None``.
+
+    Returns:
+        ``(logits, labels, valid)`` as ``[B, N]`` tensors: float logits in the compute dtype, labels as
+        bool foreground (False where ignored) and the bool mask of pixels that count.
+    """
+    _check_float("logits", logits)
+    _check_labels_tensor("labels", labels)
+    if logits.dim() == labels.dim() + 1 and logits.dim() >= 2 and logits.shape[1] == 1:
+        logits = logits.squeeze(1)
+    if labels.dim() == logits.dim() + 1 and labels.dim() >= 2 and labels.shape[1] == 1:
+        labels = labels.squeeze(1)
+    if logits.dim() < 1 or logits.shape != labels.shape:
+        raise ValueError(
+            "binary losses expect logits [B, *S] or [B, 1, *S] and labels [B, *S] of the same spatial size; "
+            f"got logits {tuple(logits.shape)} and labels {tuple(labels.shape)}"
+        )
+    if labels.device != logits.device:
+        raise ValueError(f"logits are on {logits.device} but labels on {labels.device}")
+    batch = logits.shape[0]
+    logits = logits.reshape(batch, -1).to(compute_dtype(logits))
+    labels = labels.reshape(batch, -1)
+    valid = _valid_mask(labels, ignore_index)
+    _check_binary_values("labels", labels, valid, ignore_index)
+    return logits, (labels == 1) & valid, valid
+
+
+def multiclass_inputs(logits: Tensor, labels: Tensor, ignore_index: int | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Validate multi-class scores and class-id labels and flatten them per image.
+
+    Args:
+        logits: ``[B, C, *S]`` scores (logits or probabilities).
+        labels: ``[B, *S]`` integer class ids in ``[0, C)`` or ``ignore_index``.
+        ignore_index: label value excluded from the loss, or ``None``.
+
+    Returns:
+        ``(scores [B, C, N], labels [B, N] int64 with ignored pixels set to 0, valid [B, N] bool)``.
+    """
+    _check_float("logits", logits)
+    _check_labels_tensor("labels", labels)
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be an integer tensor of class ids, got {labels.dtype}")
+    if (
+        logits.dim() < 2
+        or labels.dim() != logits.dim() - 1
+        or logits.shape[2:] != labels.shape[1:]
+        or (logits.shape[0] != labels.shape[0])
+    ):
+        raise ValueError(
+            "multi-class losses expect logits [B, C, *S] and labels [B, *S]; "
+            f"got logits {tuple(logits.shape)} and labels {tuple(labels.shape)}"
+        )
+    if labels.device != logits.device:
+        raise ValueError(f"logits are on {logits.device} but labels on {labels.device}")
+    batch, num_classes = logits.shape[:2]
+    scores = logits.reshape(batch, num_classes, -1).to(compute_dtype(logits))
+    labels = labels.reshape(batch, -1).long()
+    valid = _valid_mask(labels, ignore_index)
+    bad = valid & ((labels < 0) | (labels >= num_classes))
+    if bool(bad.any()):
+        found = torch.unique(labels[bad])[:8].tolist()
+        allowed = f"class ids 0..{num_classes - 1}" + ("" if ignore_index is None else f" or {ignore_index}")
+        raise ValueError(f"labels must hold {allowed} (logits have C={num_classes}); found {found}")
+    return scores, torch.where(valid, labels, 0), valid
+
+
+def multilabel_inputs(logits: Tensor, targets: Tensor, ignore_index: int | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Validate multi-label logits and per-channel 0/1 targets.
+
+    Args:
+        logits: ``[B, C, *S]`` raw scores, one independent sigmoid per channel.
+        targets: ``[B, C, *S]`` with 0, 1 or ``ignore_index`` (``[B, *S]`` is accepted when ``C == 1``).
+        ignore_index: target value excluded from the loss, or ``None``.
+
+    Returns:
+        ``(logits [B, C, N], foreground [B, C, N] bool, valid [B, C, N] bool)``.
+    """
+    _check_float("logits", logits)
+    _check_labels_tensor("targets", targets)
+    if logits.dim() >= 2 and logits.shape[1] == 1 and targets.dim() == logits.dim() - 1:
+        targets = targets.unsqueeze(1)
+    if logits.dim() < 2 or logits.shape != targets.shape:
+        raise ValueError(
+            "multi-label losses expect logits and targets of the same shape [B, C, *S]; "
+            f"got logits {tuple(logits.shape)} and targets {tuple(targets.shape)}"
+        )
+    batch, channels = logits.shape[:2]
+    logits = logits.reshape(batch, channels, -1).to(compute_dtype(logits))
+    targets = targets.reshape(batch, channels, -1)
+    valid = _valid_mask(targets, ignore_index)
+    _check_binary_values("targets", targets, valid, ignore_index)
+    return logits, (targets == 1) & valid, valid
