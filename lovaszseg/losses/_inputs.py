@@ -29,14 +29,20 @@ def _check_labels_tensor(name: str, labels: Tensor) -> None:
         raise TypeError(f"{name} must be an integer, bool or float tensor, got {labels.dtype}")
 
 
-def _valid_mask(labels: Tensor, ignore_index: int | None) -> Tensor:
-    if ignore_index is None:
-        return torch.ones_like(labels, dtype=torch.bool)
-    return labels != ignore_index
+def _valid_mask(labels: Tensor, ignore_index: int | None) -> Tensor | None:
+    # None means "every pixel counts" and saves a full-size mask and the work done with it.
+    return None if ignore_index is None else labels != ignore_index
 
 
-def _check_binary_values(name: str, labels: Tensor, valid: Tensor, ignore_index: int | None) -> None:
-    bad = valid & (labels != 0) & (labels != 1)
+def _check_binary_values(name: str, labels: Tensor, ignore_index: int | None) -> None:
+    if labels.numel() == 0 or labels.dtype == torch.bool:
+        return
+    if ignore_index is None and not labels.is_floating_point():
+        low, high = torch.aminmax(labels)  # one pass and no full-size temporaries on the common path
+        if low >= 0 and high <= 1:
+            return
+    allowed_values = [0, 1] if ignore_index is None else [0, 1, ignore_index]
+    bad = ~torch.isin(labels, torch.tensor(allowed_values, dtype=labels.dtype, device=labels.device))
     if bool(bad.any()):
         found = torch.unique(labels[bad])[:8].tolist()
         allowed = "0, 1" + ("" if ignore_index is None else f" or the ignore value {ignore_index}")
@@ -52,8 +58,8 @@ def binary_inputs(logits: Tensor, labels: Tensor, ignore_index: int | None) -> t
         ignore_index: label value excluded from the loss, or ``None``.
 
     Returns:
-        ``(logits, labels, valid)`` as ``[B, N]`` tensors: float logits in the compute dtype, labels as
-        bool foreground (False where ignored) and the bool mask of pixels that count.
+        ``(logits, foreground, valid)`` as ``[B, N]`` tensors: float logits in the compute dtype, bool
+        foreground (False where ignored) and the bool mask of pixels that count (``None``: all do).
     """
     _check_float("logits", logits)
     _check_labels_tensor("labels", labels)
@@ -71,9 +77,9 @@ def binary_inputs(logits: Tensor, labels: Tensor, ignore_index: int | None) -> t
     batch = logits.shape[0]
     logits = logits.reshape(batch, -1).to(compute_dtype(logits))
     labels = labels.reshape(batch, -1)
-    valid = _valid_mask(labels, ignore_index)
-    _check_binary_values("labels", labels, valid, ignore_index)
-    return logits, (labels == 1) & valid, valid
+    _check_binary_values("labels", labels, ignore_index)
+    foreground = labels == 1  # the ignore value is never 1
+    return logits, foreground, _valid_mask(labels, ignore_index)
 
 
 def multiclass_inputs(logits: Tensor, labels: Tensor, ignore_index: int | None) -> tuple[Tensor, Tensor, Tensor]:
@@ -85,7 +91,8 @@ def multiclass_inputs(logits: Tensor, labels: Tensor, ignore_index: int | None) 
         ignore_index: label value excluded from the loss, or ``None``.
 
     Returns:
-        ``(scores [B, C, N], labels [B, N] int64 with ignored pixels set to 0, valid [B, N] bool)``.
+        ``(scores [B, C, N], labels [B, N] int64 with ignored pixels set to 0, valid [B, N] bool or
+        None when every pixel counts)``.
     """
     _check_float("logits", logits)
     _check_labels_tensor("labels", labels)
@@ -107,12 +114,16 @@ def multiclass_inputs(logits: Tensor, labels: Tensor, ignore_index: int | None) 
     scores = logits.reshape(batch, num_classes, -1).to(compute_dtype(logits))
     labels = labels.reshape(batch, -1).long()
     valid = _valid_mask(labels, ignore_index)
-    bad = valid & ((labels < 0) | (labels >= num_classes))
-    if bool(bad.any()):
-        found = torch.unique(labels[bad])[:8].tolist()
-        allowed = f"class ids 0..{num_classes - 1}" + ("" if ignore_index is None else f" or {ignore_index}")
-        raise ValueError(f"labels must hold {allowed} (logits have C={num_classes}); found {found}")
-    return scores, torch.where(valid, labels, 0), valid
+    low, high = torch.aminmax(labels) if labels.numel() else (0, 0)
+    if low < 0 or high >= num_classes:
+        bad = (labels < 0) | (labels >= num_classes)
+        if valid is not None:
+            bad &= valid
+        if bool(bad.any()):
+            found = torch.unique(labels[bad])[:8].tolist()
+            allowed = f"class ids 0..{num_classes - 1}" + ("" if ignore_index is None else f" or {ignore_index}")
+            raise ValueError(f"labels must hold {allowed} (logits have C={num_classes}); found {found}")
+    return scores, labels if valid is None else torch.where(valid, labels, 0), valid
 
 
 def multilabel_inputs(logits: Tensor, targets: Tensor, ignore_index: int | None) -> tuple[Tensor, Tensor, Tensor]:
@@ -124,7 +135,7 @@ def multilabel_inputs(logits: Tensor, targets: Tensor, ignore_index: int | None)
         ignore_index: target value excluded from the loss, or ``None``.
 
     Returns:
-        ``(logits [B, C, N], foreground [B, C, N] bool, valid [B, C, N] bool)``.
+        ``(logits [B, C, N], foreground [B, C, N] bool, valid [B, C, N] bool or None when all count)``.
     """
     _check_float("logits", logits)
     _check_labels_tensor("targets", targets)
@@ -138,6 +149,5 @@ def multilabel_inputs(logits: Tensor, targets: Tensor, ignore_index: int | None)
     batch, channels = logits.shape[:2]
     logits = logits.reshape(batch, channels, -1).to(compute_dtype(logits))
     targets = targets.reshape(batch, channels, -1)
-    valid = _valid_mask(targets, ignore_index)
-    _check_binary_values("targets", targets, valid, ignore_index)
-    return logits, (targets == 1) & valid, valid
+    _check_binary_values("targets", targets, ignore_index)
+    return logits, targets == 1, _valid_mask(targets, ignore_index)

@@ -11,7 +11,9 @@ from lovaszseg.losses._inputs import binary_inputs, multiclass_inputs
 __all__ = ["binary_cross_entropy", "cross_entropy"]
 
 
-def _masked_mean(values: Tensor, valid: Tensor) -> Tensor:
+def _masked_mean(values: Tensor, valid: Tensor | None) -> Tensor:
+    if valid is None:
+        return values.mean()
     # A batch whose pixels are all ignored gives 0 (PyTorch's own mean would give NaN).
     return (values * valid).sum() / valid.sum().clamp(min=1)
 

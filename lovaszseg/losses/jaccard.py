@@ -62,14 +62,16 @@ def soft_jaccard(
             truth = F.one_hot(labels, probs.shape[1]).transpose(1, 2).to(probs.dtype)  # [B, C, N]
         else:
             raise ValueError(f"mode must be 'binary' or 'multiclass', got {mode!r}")
-        weight = valid[:, None].to(probs.dtype)
+        if valid is not None:
+            probs = probs * valid[:, None]
+            truth = truth * valid[:, None]
         sum_dims = (2,) if per_image else (0, 2)
-        intersection = (probs * truth * weight).sum(sum_dims)
-        total = ((probs + truth) * weight).sum(sum_dims)
+        intersection = (probs * truth).sum(sum_dims)
+        total = (probs + truth).sum(sum_dims)
         union = total - intersection
         losses = 1.0 - (intersection + smooth) / (union + smooth).clamp_min(torch.finfo(probs.dtype).tiny)
         if mode == MULTICLASS_MODE and classes == "present":
-            present = (truth * weight).sum(sum_dims) > 0
+            present = truth.sum(sum_dims) > 0
             counts = present.sum(-1)
             per_group = (losses * present).sum(-1) / counts.clamp(min=1)
             return per_group.mean()

@@ -23,10 +23,10 @@ Classes = Literal["present", "all"] | Sequence[int]
 
 
 def _weighted_row_losses(
-    errors: Tensor, transformed: Tensor, foreground: Tensor, valid: Tensor, keep: Tensor | None = None
+    errors: Tensor, transformed: Tensor, foreground: Tensor, valid: Tensor | None, active: Tensor | None = None
 ) -> Tensor:
     """``sum_k f(e)_k * w_k`` per row, with the Lovász weights ``w`` of the errors' order."""
-    weights = lovasz_row_weights(errors.detach(), foreground, valid, keep)
+    weights = lovasz_row_weights(errors.detach(), foreground, valid, active)
     return (transformed * weights).sum(1)
 
 
@@ -72,20 +72,23 @@ def lovasz_hinge(
         scores, foreground, valid = binary_inputs(logits, labels, ignore_index)
         if symmetric:
             scores = torch.cat([scores, -scores])
-            foreground = torch.cat([foreground, ~foreground & valid])
-            valid = torch.cat([valid, valid])
+            foreground = torch.cat([foreground, ~foreground if valid is None else ~foreground & valid])
+            valid = None if valid is None else torch.cat([valid, valid])
         if not per_image:
             halves = 2 if symmetric else 1  # one row per (original, flipped) problem
-            scores, foreground, valid = (t.reshape(halves, -1) for t in (scores, foreground, valid))
-        signs = foreground.to(scores.dtype) * 2.0 - 1.0
-        errors = 1.0 - scores * signs
+            scores, foreground = scores.reshape(halves, -1), foreground.reshape(halves, -1)
+            valid = None if valid is None else valid.reshape(halves, -1)
+        signs = foreground.to(scores.dtype).mul_(2.0).sub_(1.0)
+        errors = scores.mul(signs).neg_().add_(1.0)  # 1 - logit * sign
         if variant == "relu":
             # Non-positive errors add nothing and sort after every positive one, so they never change
-            # the weights of the others: only the active errors need sorting.
-            keep = valid & (errors > 0)
-            row_losses = _weighted_row_losses(errors, F.relu(errors), foreground, valid, keep)
+            # the weights of the others: when few errors are positive, only those are sorted.
+            active = errors > 0
+            if valid is not None:
+                active &= valid
+            row_losses = _weighted_row_losses(errors, F.relu(errors), foreground, valid, active)
         else:
-            row_losses = _weighted_row_losses(errors, F.elu(errors) + 1.0, foreground, valid)
+            row_losses = _weighted_row_losses(errors, F.elu(errors).add_(1.0), foreground, valid)
         return row_losses.mean()
 
 
@@ -104,12 +107,11 @@ def _selected_classes(classes: Classes, num_classes: int) -> Tensor | None:
     return mask
 
 
-def _class_presence(labels: Tensor, valid: Tensor, num_classes: int) -> Tensor:
+def _class_presence(labels: Tensor, valid: Tensor | None, num_classes: int) -> Tensor:
     """``[B, C]`` bool: which classes occur among the valid pixels of each image (one bincount)."""
     batch = labels.shape[0]
-    bins = torch.where(valid, labels, num_classes) + torch.arange(batch, device=labels.device)[:, None] * (
-        num_classes + 1
-    )
+    bins = labels if valid is None else torch.where(valid, labels, num_classes)  # void pixels: extra bin
+    bins = bins + torch.arange(batch, device=labels.device)[:, None] * (num_classes + 1)
     counts = torch.bincount(bins.reshape(-1), minlength=batch * (num_classes + 1))
     return counts.view(batch, num_classes + 1)[:, :num_classes] > 0
 
@@ -161,25 +163,27 @@ def lovasz_softmax(
             class_probs = probs[image_ids, class_ids]  # [P, N]: one row per (image, class)
             foreground = labels[image_ids] == class_ids[:, None]
             errors = (foreground.to(class_probs.dtype) - class_probs).abs()
-            row_losses = _weighted_row_losses(errors, errors, foreground, valid[image_ids])
+            row_valid = None if valid is None else valid[image_ids]
+            row_losses = _weighted_row_losses(errors, errors, foreground, row_valid)
             per_image_sum = torch.zeros(batch, dtype=probs.dtype, device=probs.device).index_add(
                 0, image_ids, row_losses
             )
             per_image_count = torch.bincount(image_ids, minlength=batch).clamp(min=1)
             return (per_image_sum / per_image_count).mean()
+        flat_valid = None if valid is None else valid.reshape(1, -1)
         if listed is not None:
             selected = listed.to(probs.device)
         elif classes == "all":
             selected = torch.ones(num_classes, dtype=torch.bool, device=probs.device)
         else:
-            selected = _class_presence(labels.reshape(1, -1), valid.reshape(1, -1), num_classes)[0]
+            selected = _class_presence(labels.reshape(1, -1), flat_valid, num_classes)[0]
         class_ids = selected.nonzero().squeeze(1)
         if class_ids.numel() == 0:
             return probs.sum() * 0.0
         class_probs = probs.transpose(0, 1).reshape(num_classes, -1)[class_ids]  # [P, B*N]
         foreground = labels.reshape(1, -1) == class_ids[:, None]
         errors = (foreground.to(class_probs.dtype) - class_probs).abs()
-        return _weighted_row_losses(errors, errors, foreground, valid.reshape(1, -1)).mean()
+        return _weighted_row_losses(errors, errors, foreground, flat_valid).mean()
 
 
 def lovasz_sigmoid(
@@ -210,9 +214,11 @@ def lovasz_sigmoid(
     with torch.autocast(device_type=logits.device.type, enabled=False):
         scores, foreground, valid = multilabel_inputs(logits, targets, ignore_index)
         batch, channels, _ = scores.shape
-        if per_image:
-            scores, foreground, valid = (t.reshape(batch * channels, -1) for t in (scores, foreground, valid))
-        else:
-            scores, foreground, valid = (t.transpose(0, 1).reshape(channels, -1) for t in (scores, foreground, valid))
+
+        def rows(tensor: Tensor) -> Tensor:  # one row per (image, channel), or per channel over the batch
+            return tensor.reshape(batch * channels, -1) if per_image else tensor.transpose(0, 1).reshape(channels, -1)
+
+        scores, foreground = rows(scores), rows(foreground)
+        valid = None if valid is None else rows(valid)
         errors = (foreground.to(scores.dtype) - scores.sigmoid()).abs()
         return _weighted_row_losses(errors, errors, foreground, valid).mean()
