@@ -5,13 +5,16 @@ Usage:
 
 Prints one markdown table per device: the median time of each case (forward + backward) for
 lovaszseg, for ``segmentation_models_pytorch.losses.LovaszLoss`` with the same mode and per_image,
-and for a single ``torch.sort`` of the same errors (per image / per class row, the work every
-Lovász loss must at least do), with the ratios the targets are stated in.
+and for a single ``torch.sort`` of the same logits (per image / per class row, the work every
+Lovász loss must at least do), with the ratios the targets are stated in. On CPU it also prints the
+minor page faults per lovaszseg call: glibc hands big freed buffers back to the OS, and touching
+fresh pages again can cost as much as the arithmetic (see docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -71,7 +74,9 @@ def _softmax_case(name: str, generator: torch.Generator, device: str, per_image:
     )
 
 
-def _median_ms(step: Callable[[], None], device: str, repeats: int) -> float:
+def _median_ms(step: Callable[[], None], device: str, repeats: int) -> tuple[float, float]:
+    """Median wall time in ms and median minor page faults of ``step``."""
+
     def synced() -> None:
         step()
         if device == "cuda":
@@ -79,12 +84,14 @@ def _median_ms(step: Callable[[], None], device: str, repeats: int) -> float:
 
     for _ in range(2):  # warm-up: allocator, kernels, caches
         synced()
-    times = []
+    times, faults = [], []
     for _ in range(repeats):
+        faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         start = time.perf_counter()
         synced()
         times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
+    return statistics.median(times) * 1e3, statistics.median(faults)
 
 
 def _loss_step(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], case: Case) -> Callable[[], None]:
@@ -104,16 +111,19 @@ def run(device: str, repeats: int) -> str:
         _softmax_case("softmax global, 21 classes (5 present), 8x128x128", generator, device, per_image=False),
     ]
     header = (
-        "| case | lovaszseg (ms) | smp LovaszLoss (ms) | one torch.sort (ms) | speed-up vs smp | lovaszseg / sort |\n"
-        "|---|---:|---:|---:|---:|---:|"
+        "| case | lovaszseg (ms) | smp LovaszLoss (ms) | one torch.sort (ms) | speed-up vs smp | lovaszseg / sort "
+        "| page faults / call |\n|---|---:|---:|---:|---:|---:|---:|"
     )
     rows = [header]
     for case in cases:
-        ours = _median_ms(_loss_step(case.ours, case), device, repeats)
-        smp = _median_ms(_loss_step(case.smp, case), device, repeats)
+        ours, faults = _median_ms(_loss_step(case.ours, case), device, repeats)
+        smp, _ = _median_ms(_loss_step(case.smp, case), device, repeats)
         rows_to_sort = case.sort_rows(case.logits)
-        sort = _median_ms(lambda r=rows_to_sort: torch.sort(r, dim=1, descending=True), device, repeats)
-        rows.append(f"| {case.name} | {ours:.1f} | {smp:.1f} | {sort:.1f} | {smp / ours:.2f}x | {ours / sort:.2f} |")
+        sort, _ = _median_ms(lambda r=rows_to_sort: torch.sort(r, dim=1, descending=True), device, repeats)
+        rows.append(
+            f"| {case.name} | {ours:.1f} | {smp:.1f} | {sort:.1f} | {smp / ours:.2f}x | {ours / sort:.2f} "
+            f"| {faults:.0f} |"
+        )
     return "\n".join(rows)
 
 
