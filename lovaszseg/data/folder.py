@@ -1,0 +1,149 @@
+"""Generic segmentation data: ``ROOT/images/*`` and ``ROOT/masks/*`` paired by file stem.
+
+Masks hold class ids (any single-channel PNG, including palette PNGs). Binary data
+(``num_classes=2``) may store foreground as 1 or as 255: **255 means foreground unless
+``ignore_index`` is 255**, in which case only 0/1 are classes and 255 is ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from lovaszseg.data.io import (
+    DatasetError,
+    check_mask_values,
+    check_same_size,
+    list_stems,
+    read_image,
+    read_mask,
+    require_dir,
+    require_file,
+)
+from lovaszseg.data.transforms import folder_transforms
+
+__all__ = ["FOLDER_SPLITS", "FolderDataset"]
+
+FOLDER_SPLITS = ("all", "train", "val")
+_BINARY_FOREGROUND_ALIAS = 255
+
+
+class FolderDataset(Dataset):
+    """Samples ``{"image": [C,H,W] float32, "mask": [H,W] int64, "id": str}`` from an image/mask folder pair.
+
+    Splits: ``"all"``; ``"train"``/``"val"``, a deterministic random hold-out of ``val_fraction`` of
+    the ids drawn with ``seed``; or the path of a ``.txt`` file listing ids, one per line.
+
+    Attributes:
+        ids: Sample ids (file stems), sorted (file order for a ``.txt`` split).
+        task: ``"binary"`` when ``num_classes == 2``, else ``"multiclass"``.
+        num_classes: Model output channels: 1 for binary, else the number of classes.
+        ignore_index: The ignore value, or None.
+        in_channels: 1 (grayscale) or 3 (RGB).
+        original_size: None.
+    """
+
+    original_size: tuple[int, int] | None = None
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str | Path = "all",
+        *,
+        num_classes: int = 2,
+        ignore_index: int | None = None,
+        in_channels: int = 3,
+        val_fraction: float = 0.2,
+        seed: int = 0,
+        transform: Callable[..., dict[str, Any]] | None = None,
+    ) -> None:
+        """Index the split and check that every image has exactly one mask.
+
+        Args:
+            root: Folder with ``images/`` and ``masks/``.
+            split: ``"all"``, ``"train"``, ``"val"`` or a ``.txt`` file of ids.
+            num_classes: Number of classes including background, 2 to 256 (2 = binary).
+            ignore_index: Mask value to ignore, in ``num_classes..255``, or None.
+            in_channels: Read images as grayscale (1) or RGB (3).
+            val_fraction: Share of ids held out for ``"val"``, in (0, 1).
+            seed: Seed of the hold-out draw.
+            transform: Albumentations pipeline producing tensors; default
+                ``folder_transforms(train=False, in_channels=..., ignore_index=...)``.
+
+        Raises:
+            ValueError: bad option or unknown split.
+            FileNotFoundError: missing root, ``images/``, ``masks/``, split file or mask.
+            DatasetError: ambiguous files or an empty split.
+        """
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 2 <= num_classes <= 256:
+            raise ValueError(f"num_classes must be an integer in [2, 256] (2 = binary), got {num_classes!r}")
+        if ignore_index is not None and not num_classes <= ignore_index <= 255:
+            raise ValueError(
+                f"ignore_index must be None or in [{num_classes}, 255] (not a class id), got {ignore_index!r}"
+            )
+        if in_channels not in (1, 3):
+            raise ValueError(f"in_channels must be 1 or 3, got {in_channels!r}")
+        self.root = require_dir(Path(root), "dataset root")
+        self.task: Literal["binary", "multiclass"] = "binary" if num_classes == 2 else "multiclass"
+        self.num_classes = 1 if num_classes == 2 else num_classes
+        self.ignore_index = ignore_index
+        self.in_channels = in_channels
+        self.transform = (
+            transform
+            if transform is not None
+            else folder_transforms(train=False, in_channels=in_channels, ignore_index=ignore_index)
+        )
+        self._allowed = set(range(num_classes)) | ({ignore_index} if ignore_index is not None else set())
+        # Binary masks saved as 0/255 are common; 255 reads as foreground unless it is the ignore value.
+        self._foreground_alias = self.task == "binary" and ignore_index != _BINARY_FOREGROUND_ALIAS
+        if self._foreground_alias:
+            self._allowed.add(_BINARY_FOREGROUND_ALIAS)
+        self._images = list_stems(require_dir(self.root / "images", "images"))
+        self._masks = list_stems(require_dir(self.root / "masks", "masks"))
+        self.ids = self._split_ids(split, val_fraction, seed)
+        if missing := [i for i in self.ids if i not in self._masks]:
+            raise FileNotFoundError(
+                f"no mask in {self.root / 'masks'} for {len(missing)} image(s), e.g. {', '.join(missing[:5])}"
+            )
+
+    def _split_ids(self, split: str | Path, val_fraction: float, seed: int) -> list[str]:
+        ids = list(self._images)
+        if split == "all":
+            chosen = ids
+        elif split in ("train", "val"):
+            if not 0.0 < val_fraction < 1.0:
+                raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+            n_val = min(len(ids) - 1, max(1, round(len(ids) * val_fraction)))
+            held_out = {ids[j] for j in np.random.default_rng(seed).permutation(len(ids))[:n_val]}
+            chosen = [i for i in ids if (i in held_out) == (split == "val")]
+        elif Path(split).suffix == ".txt":
+            path = require_file(Path(split), "split file")
+            chosen = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            if unknown := [i for i in chosen if i not in self._images]:
+                raise FileNotFoundError(
+                    f"split file {path} lists ids with no image in {self.root / 'images'}: {', '.join(unknown[:5])}"
+                )
+        else:
+            raise ValueError(f"unknown split {split!r}; expected one of {', '.join(FOLDER_SPLITS)} or a .txt file")
+        if not chosen:
+            raise DatasetError(f"split {split!r} of {self.root} is empty")
+        return chosen
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample_id = self.ids[index]
+        image_path, mask_path = self._images[sample_id], self._masks[sample_id]
+        image = read_image(image_path, channels=self.in_channels)
+        mask = read_mask(mask_path)
+        check_same_size(image, mask, image_path, mask_path)
+        check_mask_values(mask, self._allowed, mask_path)
+        if self._foreground_alias:
+            mask = np.where(mask == _BINARY_FOREGROUND_ALIAS, 1, mask)
+        out = self.transform(image=image, mask=mask.astype(np.uint8))
+        return {"image": out["image"], "mask": out["mask"].long(), "id": sample_id}

@@ -1,0 +1,138 @@
+"""Tests for lovaszseg.data.folder on image/mask folders generated in tmp_path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lovaszseg.data.folder import FolderDataset
+from lovaszseg.data.io import DatasetError
+from lovaszseg.data.transforms import crop_to_original
+
+RNG = np.random.default_rng(0)
+
+
+def _make_folder(root: Path, masks: dict[str, np.ndarray], *, image_suffix: str = ".png", channels: int = 3) -> Path:
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    for sample_id, mask in masks.items():
+        shape = mask.shape if channels == 1 else (*mask.shape, 3)
+        Image.fromarray(RNG.integers(0, 256, shape, dtype=np.uint8)).save(
+            root / "images" / f"{sample_id}{image_suffix}"
+        )
+        Image.fromarray(mask).save(root / "masks" / f"{sample_id}.png")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("stored", "ignore_index", "expected"),
+    [
+        ((0, 255), None, {0, 1}),  # 0/255 masks: 255 is foreground
+        ((0, 1, 255), None, {0, 1}),
+        ((0, 1, 255), 255, {0, 1, 255}),  # 255 is the ignore value: kept
+        ((0, 1, 200), 200, {0, 1, 200}),
+    ],
+)
+def test_binary_masks(tmp_path: Path, stored: tuple[int, ...], ignore_index: int | None, expected: set[int]) -> None:
+    mask = np.array(stored, dtype=np.uint8).repeat(8 * 16).reshape(-1, 16)  # rows of each value
+    _make_folder(tmp_path, {"a": mask})
+    dataset = FolderDataset(tmp_path, num_classes=2, ignore_index=ignore_index)
+    assert (dataset.task, dataset.num_classes, dataset.ignore_index) == ("binary", 1, ignore_index)
+    out = crop_to_original(dataset[0]["mask"], mask.shape).numpy()
+    assert dataset[0]["mask"].dtype == torch.int64
+    assert set(np.unique(out).tolist()) == expected
+    foreground = (mask == 1) | ((mask == 255) & (ignore_index != 255))
+    np.testing.assert_array_equal(out == 1, foreground)
+
+
+def test_multiclass_grayscale_jpeg_images(tmp_path: Path) -> None:
+    mask = np.arange(4, dtype=np.uint8).repeat(10 * 12).reshape(40, 12)
+    mask[0] = 255
+    _make_folder(tmp_path, {"x": mask, "y": mask}, image_suffix=".jpg", channels=1)
+    dataset = FolderDataset(tmp_path, num_classes=4, ignore_index=255, in_channels=1)
+    assert (dataset.task, dataset.num_classes, dataset.in_channels) == ("multiclass", 4, 1)
+    sample = dataset[1]
+    assert sample["id"] == "y" and sample["image"].shape == (1, 64, 32)
+    np.testing.assert_array_equal(crop_to_original(sample["mask"], (40, 12)).numpy(), mask)
+    assert int((sample["mask"] == 255).sum()) == 64 * 32 - 40 * 12 + 12  # padding is ignored
+
+
+def test_train_val_holdout_is_deterministic_and_partitions(tmp_path: Path) -> None:
+    _make_folder(tmp_path, {f"s{k:02d}": np.zeros((8, 8), np.uint8) for k in range(10)})
+    train = FolderDataset(tmp_path, "train", val_fraction=0.3, seed=1)
+    val = FolderDataset(tmp_path, "val", val_fraction=0.3, seed=1)
+    assert len(val) == 3 and sorted(train.ids + val.ids) == [f"s{k:02d}" for k in range(10)]
+    assert FolderDataset(tmp_path, "val", val_fraction=0.3, seed=1).ids == val.ids
+    assert FolderDataset(tmp_path, "val", val_fraction=0.3, seed=2).ids != val.ids
+    assert FolderDataset(tmp_path, "all").ids == [f"s{k:02d}" for k in range(10)]
+
+
+def test_txt_split(tmp_path: Path) -> None:
+    _make_folder(tmp_path, {k: np.zeros((8, 8), np.uint8) for k in "abc"})
+    (tmp_path / "mine.txt").write_text("c\n\na\n")
+    assert FolderDataset(tmp_path, tmp_path / "mine.txt").ids == ["c", "a"]
+    (tmp_path / "bad.txt").write_text("a\nzz\n")
+    with pytest.raises(FileNotFoundError, match=r"lists ids with no image .* zz"):
+        FolderDataset(tmp_path, str(tmp_path / "bad.txt"))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_classes": 1}, r"num_classes must be an integer in \[2, 256\]"),
+        ({"num_classes": 3, "ignore_index": 2}, r"ignore_index must be None or in \[3, 255\]"),
+        ({"in_channels": 4}, "in_channels must be 1 or 3"),
+        ({"split": "test"}, "unknown split 'test'; expected one of all, train, val or a .txt file"),
+        ({"split": "val", "val_fraction": 1.0}, r"val_fraction must be in \(0, 1\)"),
+    ],
+)
+def test_bad_options(tmp_path: Path, kwargs: dict, message: str) -> None:
+    _make_folder(tmp_path, {"a": np.zeros((8, 8), np.uint8), "b": np.zeros((8, 8), np.uint8)})
+    with pytest.raises(ValueError, match=message):
+        FolderDataset(tmp_path, **kwargs)
+
+
+def test_layout_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="dataset root folder not found"):
+        FolderDataset(tmp_path / "none")
+    (tmp_path / "images").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"masks folder not found: .*masks"):
+        FolderDataset(tmp_path)
+    _make_folder(tmp_path, {"a": np.zeros((8, 8), np.uint8)})
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "images" / "b.png")
+    with pytest.raises(FileNotFoundError, match=r"no mask in .*masks for 1 image\(s\), e.g. b"):
+        FolderDataset(tmp_path)
+
+
+def test_empty_folder_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    with pytest.raises(DatasetError, match=r"split 'all' of .* is empty"):
+        FolderDataset(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("values", r"a\.png has values 2, 9; expected only \[0, 1, 255\]"),
+        ("size", r"a\.png is 8x8 \(HxW\) but its mask .*a\.png is 8x7"),
+        ("truncated", r"cannot decode image .*images.a\.png"),
+    ],
+)
+def test_sample_errors(tmp_path: Path, damage: str, message: str) -> None:
+    _make_folder(tmp_path, {"a": np.zeros((8, 8), np.uint8)})
+    if damage == "values":
+        Image.fromarray(np.array([[0, 2], [9, 255]], np.uint8).repeat(4, 0).repeat(4, 1)).save(
+            tmp_path / "masks" / "a.png"
+        )
+    elif damage == "size":
+        Image.fromarray(np.zeros((8, 7), np.uint8)).save(tmp_path / "masks" / "a.png")
+    else:
+        image = tmp_path / "images" / "a.png"
+        image.write_bytes(image.read_bytes()[:60])
+    with pytest.raises(DatasetError, match=message):
+        FolderDataset(tmp_path)[0]

@@ -1,0 +1,289 @@
+"""Tests for lovaszseg.data.tgs on the real TGS Salt files in ../shared and on small generated layouts."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lovaszseg.data.io import DatasetError, read_mask
+from lovaszseg.data.tgs import (
+    COVERAGE_CLASSES,
+    TGSSalt,
+    coverage_class,
+    make_folds,
+    read_folds,
+    write_folds,
+)
+from lovaszseg.data.transforms import TGS_MEAN, TGS_STD, crop_to_original
+from lovaszseg.rle import decode
+
+# Facts about the 3000 training masks in ../shared/tgs (counted once from the files).
+COVERAGE_COUNTS = [1178, 429, 213, 169, 140, 171, 156, 127, 110, 106, 201]
+# id -> (salt pixels, depth z)
+KNOWN = {"000e218f21": (0, 841.0), "003c477d7c": (336, 673.0), "0061281eea": (5507, 549.0), "00950d1627": (8989, 922.0)}
+
+
+@pytest.fixture(scope="module")
+def tgs_root(shared_dir: Path) -> Path:
+    return shared_dir / "tgs"
+
+
+@pytest.fixture(scope="module")
+def folds(tgs_root: Path) -> dict[str, int]:
+    return make_folds(tgs_root, n_folds=5, seed=0, stratify="coverage")
+
+
+@pytest.mark.parametrize(
+    ("pixels", "expected"), [(0, 0), (1, 1), (1020, 1), (1021, 2), (5100, 5), (5101, 6), (10200, 10), (10201, 10)]
+)
+def test_coverage_class_bins(pixels: int, expected: int) -> None:
+    mask = np.zeros(101 * 101, np.uint8)
+    mask[:pixels] = 1
+    assert coverage_class(mask.reshape(101, 101)) == expected
+
+
+# --- real data -------------------------------------------------------------------------------------
+
+
+def test_real_png_masks_equal_rle_and_known_ids(tgs_root: Path) -> None:
+    with (tgs_root / "train.csv").open() as handle:
+        rles = {row["id"]: row["rle_mask"] for row in csv.DictReader(handle)}
+    dataset = TGSSalt(tgs_root, "all")
+    assert len(dataset) == 3000
+    for sample_id in dataset.ids:
+        png = (read_mask(tgs_root / "train" / "masks" / f"{sample_id}.png") > 0).astype(np.uint8)
+        np.testing.assert_array_equal(png, decode(rles[sample_id], (101, 101)))
+    for index, sample_id in enumerate(dataset.ids):
+        if sample_id in KNOWN:
+            sample = dataset[index]
+            pixels, depth = KNOWN[sample_id]
+            mask = crop_to_original(sample["mask"], (101, 101))
+            assert sample["mask"].dtype == torch.int64 and int(mask.sum()) == pixels
+            np.testing.assert_array_equal(mask.numpy(), decode(rles[sample_id], (101, 101)))
+            assert sample["depth"].dtype == torch.float32 and float(sample["depth"]) == depth
+
+
+def test_real_sample_contract(tgs_root: Path) -> None:
+    dataset = TGSSalt(tgs_root, "val", fold=0)
+    sample = dataset[0]
+    assert set(sample) == {"image", "mask", "id", "depth"}
+    assert sample["image"].shape == (1, 128, 128) and sample["image"].dtype == torch.float32
+    assert sample["mask"].shape == (128, 128) and set(sample["mask"].unique().tolist()) <= {0, 1}
+    assert sample["depth"].shape == ()
+    assert (dataset.task, dataset.num_classes, dataset.in_channels, dataset.ignore_index) == ("binary", 1, 1, None)
+    assert dataset.original_size == (101, 101)
+    image = np.array(Image.open(tgs_root / "train" / "images" / f"{sample['id']}.png"))
+    restored = crop_to_original(sample["image"], (101, 101))[0] * TGS_STD[0] + TGS_MEAN[0]
+    torch.testing.assert_close(restored * 255, torch.from_numpy(image[..., 0]).float(), atol=1e-3, rtol=0)
+
+
+def test_real_folds_cover_all_ids_once_and_are_stratified(tgs_root: Path, folds: dict[str, int]) -> None:
+    all_ids = sorted(p.stem for p in (tgs_root / "train" / "images").glob("*.png"))
+    assert list(folds) == all_ids
+    assert np.bincount(list(folds.values())).tolist() == [600] * 5
+    classes = {i: coverage_class(read_mask(tgs_root / "train" / "masks" / f"{i}.png")) for i in all_ids}
+    assert np.bincount(list(classes.values()), minlength=COVERAGE_CLASSES).tolist() == COVERAGE_COUNTS
+    for fold in range(5):
+        in_fold = np.bincount([classes[i] for i in all_ids if folds[i] == fold], minlength=COVERAGE_CLASSES)
+        assert np.all(np.abs(in_fold - np.array(COVERAGE_COUNTS) / 5) <= 1), (fold, in_fold)
+
+
+def test_real_folds_are_deterministic(tgs_root: Path, folds: dict[str, int]) -> None:
+    assert make_folds(tgs_root, n_folds=5, seed=0) == folds
+    assert make_folds(tgs_root, n_folds=5, seed=1) != folds
+
+
+def test_real_depth_folds_are_balanced(tgs_root: Path) -> None:
+    depth_folds = make_folds(tgs_root, n_folds=5, seed=0, stratify="depth")
+    with (tgs_root / "depths.csv").open() as handle:
+        depths = {row["id"]: float(row["z"]) for row in csv.DictReader(handle)}
+    values = np.array([depths[i] for i in depth_folds])
+    fold_of = np.array(list(depth_folds.values()))
+    for fold in range(5):
+        assert abs(values[fold_of == fold].mean() - values.mean()) < 0.01 * values.mean()
+        assert (fold_of == fold).sum() == 600
+
+
+def test_real_train_val_partition_from_folds_csv(tgs_root: Path, folds: dict[str, int], tmp_path: Path) -> None:
+    path = tmp_path / "folds.csv"
+    write_folds(path, folds)
+    assert read_folds(path) == folds
+    val = TGSSalt(tgs_root, "val", fold=2, folds_csv=path)
+    train = TGSSalt(tgs_root, "train", fold=2, folds_csv=path)
+    assert val.ids == [i for i, f in folds.items() if f == 2]
+    assert sorted(val.ids + train.ids) == sorted(folds)
+    assert TGSSalt(tgs_root, "val", fold=2, seed=0).ids == val.ids
+
+
+def test_real_test_split(tgs_root: Path) -> None:
+    dataset = TGSSalt(tgs_root, "test")
+    with (tgs_root / "sample_submission.csv").open() as handle:
+        expected = [row["id"] for row in csv.DictReader(handle)]
+    assert len(dataset) == 1000 and dataset.ids == expected
+    sample = dataset[0]
+    assert set(sample) == {"image", "id", "depth"} and sample["id"] == expected[0]
+    assert sample["image"].shape == (1, 128, 128)
+    assert float(sample["depth"]) == 837.0  # 7ea0fd3c88 in depths.csv
+
+
+# --- generated layouts ----------------------------------------------------------------------------
+
+RNG = np.random.default_rng(0)
+
+
+def _make_tgs(root: Path, n: int = 6, *, with_masks: bool = True) -> dict[str, np.ndarray]:
+    """Write n training pairs (16-bit {0,65535} masks as in the competition; empty ones 8-bit), depths, 2 tests."""
+    for folder in ("train/images", "train/masks", "test/images"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    masks: dict[str, np.ndarray] = {}
+    for k in range(n):
+        sample_id = f"id{k:03d}"
+        image = RNG.integers(0, 256, (101, 101), dtype=np.uint8)
+        Image.fromarray(np.repeat(image[..., None], 3, axis=2)).save(root / "train" / "images" / f"{sample_id}.png")
+        mask = np.zeros((101, 101), np.uint8)
+        mask[: k * 15, :] = 1
+        masks[sample_id] = mask
+        if with_masks:
+            stored = mask.astype(np.uint16) * 65535 if mask.any() else mask
+            Image.fromarray(stored).save(root / "train" / "masks" / f"{sample_id}.png")
+    for name in ("t0", "t1"):
+        Image.fromarray(np.zeros((101, 101, 3), np.uint8)).save(root / "test" / "images" / f"{name}.png")
+    ids = [*masks, "t0", "t1"]
+    (root / "depths.csv").write_text("id,z\n" + "".join(f"{i},{100 + 10 * k}\n" for k, i in enumerate(ids)))
+    return masks
+
+
+def test_generated_16bit_masks_are_binarised(tmp_path: Path) -> None:
+    masks = _make_tgs(tmp_path)
+    dataset = TGSSalt(tmp_path, "all")
+    for index, sample_id in enumerate(dataset.ids):
+        np.testing.assert_array_equal(crop_to_original(dataset[index]["mask"], (101, 101)).numpy(), masks[sample_id])
+    assert float(dataset[2]["depth"]) == 120.0
+
+
+def test_mask_from_rle_when_png_missing(tmp_path: Path) -> None:
+    _make_tgs(tmp_path, n=2, with_masks=False)
+    # column-major, 1-indexed: "1 5" = rows 0-4 of column 0, "103 2" = rows 1-2 of column 1
+    (tmp_path / "train.csv").write_text("id,rle_mask\nid000,1 5 103 2\nid001,\n")
+    dataset = TGSSalt(tmp_path, "all")
+    mask = crop_to_original(dataset[0]["mask"], (101, 101)).numpy()
+    assert mask.sum() == 7 and mask[:5, 0].all() and mask[1:3, 1].all()
+    assert crop_to_original(dataset[1]["mask"], (101, 101)).sum() == 0
+
+
+def test_test_split_without_sample_submission_is_sorted(tmp_path: Path) -> None:
+    _make_tgs(tmp_path, n=2)
+    dataset = TGSSalt(tmp_path, "test")
+    assert dataset.ids == ["t0", "t1"] and "mask" not in dataset[1]
+
+
+def test_generated_depth_folds_deal_sorted_depths_round_robin(tmp_path: Path) -> None:
+    _make_tgs(tmp_path, n=6)
+    folds = make_folds(tmp_path, n_folds=3, stratify="depth")
+    assert folds == {f"id{k:03d}": k % 3 for k in range(6)}
+
+
+def _damage(root: Path, what: str) -> None:
+    """Break one thing in a layout written by ``_make_tgs``."""
+    if what == "no_depths_file":
+        (root / "depths.csv").unlink()
+    elif what == "depths_for_one_id":
+        (root / "depths.csv").write_text("id,z\nid000,1\n")
+    elif what == "bad_depth":
+        (root / "depths.csv").write_text("id,z\n" + "".join(f"id00{k},x\n" for k in range(6)))
+    elif what == "one_mask_missing":
+        (root / "train" / "masks" / "id001.png").unlink()
+    elif what == "no_masks_no_csv":
+        for path in (root / "train" / "masks").iterdir():
+            path.unlink()
+        (root / "train" / "masks").rmdir()
+    elif what == "no_test_images":
+        for path in (root / "test" / "images").iterdir():
+            path.unlink()
+    elif what == "submission_unknown_id":
+        (root / "sample_submission.csv").write_text("id,rle_mask\nt0,1 1\nzz,1 1\n")
+
+
+@pytest.mark.parametrize(
+    ("damage", "kwargs", "error", "message"),
+    [
+        ("", {"split": "holdout"}, ValueError, "unknown TGS split 'holdout'"),
+        ("no_depths_file", {}, FileNotFoundError, "TGS depths file not found"),
+        ("depths_for_one_id", {"split": "all"}, DatasetError, r"no depth for 5 id\(s\), e.g. id001"),
+        ("bad_depth", {}, DatasetError, "depth 'x' of id id000 is not a number"),
+        ("one_mask_missing", {}, DatasetError, r"no mask PNG or train.csv row .* for 1 id\(s\), e.g. id001"),
+        ("no_masks_no_csv", {}, FileNotFoundError, "neither .*masks nor .*train.csv exists"),
+        ("no_test_images", {"split": "test"}, DatasetError, "split 'test' .* is empty"),
+        ("submission_unknown_id", {"split": "test"}, DatasetError, "sample_submission.csv lists ids with no image"),
+        ("", {"split": "val", "fold": 5}, ValueError, r"fold must be an integer in \[0, 4\]"),
+        ("", {"split": "val", "n_folds": 1}, ValueError, "n_folds must be an integer"),
+        ("", {"split": "val", "stratify": "size"}, ValueError, "stratify must be 'coverage' or 'depth'"),
+    ],
+)
+def test_generated_layout_errors(tmp_path: Path, damage: str, kwargs: dict, error: type, message: str) -> None:
+    _make_tgs(tmp_path)
+    _damage(tmp_path, damage)
+    with pytest.raises(error, match=message):
+        TGSSalt(tmp_path, **kwargs)
+
+
+@pytest.mark.parametrize("missing", ["", "train/images"])
+def test_missing_root_or_images(tmp_path: Path, missing: str) -> None:
+    root = tmp_path / "tgs"
+    if missing:
+        (root / "train" / "masks").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="TGS Salt root" if not missing else "TGS training images"):
+        TGSSalt(root, "all")
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("corrupt_image", "cannot decode image .*id000.png"),
+        ("small_image", r"id000.png is 100x101; expected 101x101"),
+        ("mask_size", r"id000.png is 101x101 \(HxW\) but its mask .*id000.png is 50x101"),
+    ],
+)
+def test_errors_when_reading_a_sample(tmp_path: Path, damage: str, message: str) -> None:
+    _make_tgs(tmp_path)
+    image_path = tmp_path / "train" / "images" / "id000.png"
+    if damage == "corrupt_image":
+        image_path.write_bytes(image_path.read_bytes()[:100])
+    elif damage == "small_image":
+        Image.fromarray(np.zeros((100, 101), np.uint8)).save(image_path)
+    else:
+        Image.fromarray(np.zeros((50, 101), np.uint8)).save(tmp_path / "train" / "masks" / "id000.png")
+    dataset = TGSSalt(tmp_path, "all")
+    with pytest.raises(DatasetError, match=message):
+        dataset[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("id,fold\nid000,-1\n", "fold '-1' of id id000"), ("id,fold\n", "has no rows"), ("id\nid000\n", "lacks column")],
+)
+def test_read_folds_errors(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "folds.csv"
+    path.write_text(text)
+    with pytest.raises(DatasetError, match=message):
+        read_folds(path)
+
+
+def test_folds_csv_must_cover_every_id(tmp_path: Path) -> None:
+    _make_tgs(tmp_path)
+    write_folds(tmp_path / "folds.csv", {"id000": 0, "id001": 1, "other": 1})
+    with pytest.raises(DatasetError, match=r"has no fold for 4 id\(s\), e.g. id002"):
+        TGSSalt(tmp_path, "val", folds_csv=tmp_path / "folds.csv")
+
+
+def test_bad_rle_names_the_csv_and_id(tmp_path: Path) -> None:
+    _make_tgs(tmp_path, n=2, with_masks=False)
+    (tmp_path / "train.csv").write_text("id,rle_mask\nid000,1 5 7\nid001,\n")
+    dataset = TGSSalt(tmp_path, "all")
+    with pytest.raises(DatasetError, match=r"bad RLE for id id000 in .*train.csv: RLE has an odd number"):
+        dataset[0]
