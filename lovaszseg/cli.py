@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
 import typer
+from rich.console import Console
+
+from lovaszseg.data.synth import synth_salt, synth_voc
+
+console = Console()
+Result = TypeVar("Result")
 
 app = typer.Typer(
     name="lovaszseg",
@@ -13,3 +23,39 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Generate and inspect datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+
+
+def _user_errors(function: Callable[..., Result], *args: Any, **kwargs: Any) -> Result:
+    """Run a library call; show a user mistake (bad file, key or value) as one red line and exit 2."""
+    try:
+        return function(*args, **kwargs)
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from error
+
+
+@data_app.command("synth-salt")
+def synth_salt_command(
+    out_dir: Path = typer.Argument(..., help="Folder to create in the Kaggle TGS Salt layout."),
+    n_train: int = typer.Option(400, help="Training images (with masks, train.csv RLE)."),
+    n_test: int = typer.Option(100, help="Test images (listed in sample_submission.csv)."),
+    seed: int = typer.Option(0, help="Seed: the same seed writes identical files."),
+    overwrite: bool = typer.Option(False, help="Replace OUT_DIR if it is not empty."),
+) -> None:
+    """Write a synthetic TGS-Salt-like dataset (seismic images, salt masks) in the Kaggle layout."""
+    root = _user_errors(synth_salt, out_dir, n_train=n_train, n_test=n_test, seed=seed, overwrite=overwrite)
+    console.print(f"wrote {n_train} training and {n_test} test images to {root}")
+
+
+@data_app.command("synth-voc")
+def synth_voc_command(
+    out_dir: Path = typer.Argument(..., help="Folder to create; it will hold VOCdevkit/VOC2012."),
+    n_images: int = typer.Option(60, help="Image/mask pairs."),
+    seed: int = typer.Option(0, help="Seed: the same seed writes identical files."),
+    height: int = typer.Option(160, help="Image height in pixels."),
+    width: int = typer.Option(160, help="Image width in pixels."),
+    overwrite: bool = typer.Option(False, help="Replace OUT_DIR if it is not empty."),
+) -> None:
+    """Write a synthetic Pascal-VOC-like dataset (six object classes, void borders) in the VOC layout."""
+    root = _user_errors(synth_voc, out_dir, n_images=n_images, seed=seed, size=(height, width), overwrite=overwrite)
+    console.print(f"wrote {n_images} images to {root / 'VOCdevkit' / 'VOC2012'}")
