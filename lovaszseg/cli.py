@@ -59,3 +59,28 @@ def synth_voc_command(
     """Write a synthetic Pascal-VOC-like dataset (six object classes, void borders) in the VOC layout."""
     root = _user_errors(synth_voc, out_dir, n_images=n_images, seed=seed, size=(height, width), overwrite=overwrite)
     console.print(f"wrote {n_images} images to {root / 'VOCdevkit' / 'VOC2012'}")
+
+
+@app.command("train")
+def train_command(
+    config: Path | None = typer.Argument(
+        None, help="YAML config (e.g. configs/salt.yaml). Omit to train the demo on built-in synthetic data."
+    ),
+    overrides: list[str] | None = typer.Argument(
+        None, help="Dotted overrides, e.g. stages.0.epochs=5 model.encoder=resnet18 data.root=data/tgs."
+    ),
+    resume: Path | None = typer.Option(None, "--resume", help="Run folder to continue from its last.pt."),
+    run_dir: Path | None = typer.Option(None, "--run-dir", help="Write the run here instead of runs/NAME."),
+    overwrite: bool = typer.Option(False, help="Replace an existing run folder instead of creating NAME-2."),
+) -> None:
+    """Train a segmentation model from a YAML config (stages, losses, data, model)."""
+    from lovaszseg.engine import train
+
+    overrides = list(overrides or [])
+    if config is not None and "=" in config.name and not config.exists():  # overrides of the demo config
+        config, overrides = None, [str(config), *overrides]
+    result = _user_errors(
+        train, config, overrides, resume=resume, run_dir=run_dir, overwrite=overwrite, console=console
+    )
+    if result.completed:
+        console.print(f"done: {result.run_dir}")

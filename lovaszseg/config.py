@@ -1,0 +1,245 @@
+"""Run configuration: YAML files validated into typed models, with dotted command-line overrides.
+
+``load_config("configs/salt.yaml", ["stages.1.epochs=5", "model.encoder=resnet18"])`` reads the YAML,
+applies each override (values parsed as YAML scalars; list items by index), and validates the result.
+Unknown keys and wrong types are errors naming the key path and what is allowed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from lovaszseg.data import DATASET_NAMES, dataset_options
+from lovaszseg.losses import LossSpec, build_loss
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "OutputConfig",
+    "StageConfig",
+    "TrainConfig",
+    "builtin_config",
+    "load_config",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key path."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    """Any ``segmentation_models_pytorch.create_model`` architecture with any smp encoder."""
+
+    arch: str = "Unet"
+    encoder: str = "resnet34"
+    encoder_weights: str | None = "imagenet"
+    # Further create_model keyword arguments, e.g. {decoder_channels: [64, 32, 16, 8, 4]}.
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class DataConfig(_Strict):
+    """Dataset by name (see ``lovaszseg.data.build_dataset``); ``root: null`` is the built-in demo salt data."""
+
+    name: Literal["tgs", "voc", "voc_binary", "folder"] = "tgs"
+    root: str | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    batch_size: int = Field(16, ge=1)
+    val_batch_size: int | None = Field(None, ge=1)
+    num_workers: int = Field(0, ge=0)
+    # Dataset and transform-preset options, e.g. {fold: 0, pad_size: 128, resize: 202}.
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("options")
+    @classmethod
+    def _known_options(cls, options: dict[str, Any], info: Any) -> dict[str, Any]:
+        name = info.data.get("name", "tgs")
+        allowed = set(dataset_options(name)) if name in DATASET_NAMES else set()
+        if unknown := sorted(set(options) - allowed):
+            raise ValueError(f"unknown option(s) {unknown} for dataset {name!r}; allowed: {sorted(allowed)}")
+        return options
+
+
+class StageConfig(_Strict):
+    """One training stage: its loss, length, optimiser and learning-rate schedule."""
+
+    name: str = "train"
+    loss: LossSpec = "lovasz_hinge"
+    epochs: int = Field(10, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    schedule: Literal["none", "cosine", "cosine_restarts", "plateau"] = "cosine"
+    # cosine_restarts: number of equal cycles (a snapshot per cycle end); plateau: patience in epochs.
+    cycles: int = Field(1, ge=1)
+    patience: int = Field(3, ge=1)
+    min_lr: float = Field(0.0, ge=0)
+    # Weights a stage after the first starts from: the previous stage's best or last checkpoint.
+    init: Literal["best_of_previous", "last_of_previous"] = "best_of_previous"
+
+    @field_validator("loss")
+    @classmethod
+    def _buildable(cls, loss: LossSpec) -> LossSpec:
+        build_loss(loss)  # raises ValueError naming the unknown loss or option
+        return loss
+
+
+class TrainConfig(_Strict):
+    """Loop settings shared by every stage."""
+
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    grad_clip: float | None = Field(None, gt=0)
+    # Validation metric that picks best.pt: salt_score, iou, image_iou (binary); miou, image_miou.
+    monitor: str | None = None
+    monitor_mode: Literal["max", "min"] = "max"
+    early_stopping: int | None = Field(None, ge=1)
+    max_steps_per_epoch: int | None = Field(None, ge=1)
+
+
+class OutputConfig(_Strict):
+    """Where runs are written: ``runs_dir/name`` (name defaults to the config file's stem)."""
+
+    runs_dir: str = "runs"
+    name: str | None = None
+
+
+class Config(_Strict):
+    """A whole run."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    stages: list[StageConfig] = Field(default_factory=lambda: [StageConfig()], min_length=1)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = f"unknown key; allowed here: {', '.join(_allowed_keys(item['loc']))}"
+        elif item["type"] == "literal_error":
+            message = f"{message}, got {item['input']!r}"
+        lines.append(f"  {path}: {message}")
+    return f"invalid configuration {source}:\n" + "\n".join(lines)
+
+
+def _allowed_keys(location: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in location[:-1]:
+        if isinstance(part, int):
+            continue
+        annotation = model.model_fields[str(part)].annotation
+        inner = getattr(annotation, "__args__", (annotation,))[0]
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            model = inner
+    return sorted(model.model_fields)
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node: Any = tree
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"override {dotted!r}: {where} is not an index of a list of {len(node)}")
+            key: Any = int(part)
+        elif isinstance(node, dict):
+            key = part
+        else:
+            raise ConfigError(f"override {dotted!r}: {'.'.join(parts[:depth])} is a value, not a section")
+        if last:
+            node[key] = value
+        else:
+            if isinstance(node, dict) and key not in node:
+                node[key] = {}
+            node = node[key]
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` merged in: mappings recursively, everything else replaced."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _apply_overrides(tree: dict[str, Any], overrides: Iterable[str]) -> None:
+    for override in overrides:
+        path, sep, raw = override.partition("=")
+        if not sep or not path.strip():
+            raise ConfigError(f"override {override!r} is not of the form key.path=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"override {override!r}: value is not valid YAML ({error})") from error
+        _set_path(tree, path.strip(), value)
+
+
+def builtin_config(name: str) -> Path:
+    """Path of a config shipped with the package, e.g. ``builtin_config("salt-demo")``."""
+    path = Path(str(resources.files("lovaszseg") / "configs" / f"{name}.yaml"))
+    if not path.is_file():
+        raise ConfigError(f"no built-in config {name!r}")
+    return path
+
+
+def load_config(source: str | Path | Mapping[str, Any] | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Read, override and validate a run configuration.
+
+    Args:
+        source: A YAML file, a mapping (e.g. a checkpoint's saved config), or None for the defaults.
+        overrides: ``key.path=value`` strings applied in order.
+
+    Returns:
+        The validated :class:`Config`; ``output.name`` defaults to the YAML file's stem.
+
+    Raises:
+        ConfigError: unreadable YAML, a bad override, or a validation error naming each key path.
+        FileNotFoundError: the YAML file does not exist.
+    """
+    label = "(defaults)"
+    tree: dict[str, Any] = {}
+    if isinstance(source, Mapping):
+        tree, label = yaml.safe_load(yaml.safe_dump(dict(source))), "(mapping)"
+    elif source is not None:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path} is not valid YAML: {error}") from error
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections, got {type(tree).__name__}")
+        label = str(path)
+        tree.setdefault("output", {}).setdefault("name", path.stem)
+    # Start from the defaults so that overrides can reach keys the file leaves out.
+    tree = _merge(Config().model_dump(), tree)
+    _apply_overrides(tree, overrides)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(error, label)) from None
