@@ -84,3 +84,73 @@ def train_command(
     )
     if result.completed:
         console.print(f"done: {result.run_dir}")
+
+
+TTA_HELP = "Test-time augmentation: none, or hflip (average with the mirrored prediction)."
+DEVICE_HELP = "auto (CUDA if available), cpu or cuda."
+
+
+@app.command("eval")
+def eval_command(
+    run: Path = typer.Argument(..., help="Run folder or checkpoint (.pt / .safetensors with config.json)."),
+    split: str = typer.Option("val", help="Split to score: val, train, all (TGS) or a VOC split."),
+    tta: str = typer.Option("none", help=TTA_HELP),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    data_root: Path | None = typer.Option(None, help="Dataset root, if not the one in the run's config."),
+) -> None:
+    """Score a trained model; prints a table and writes eval.json (binary: with the best threshold)."""
+    from rich.table import Table
+
+    from lovaszseg.engine.runs import evaluate_run
+
+    metrics = _user_errors(evaluate_run, run, split=split, tta=tta, device=device, data_root=data_root)
+    table = Table(title=f"{run} on {split} (tta {tta})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in metrics.items():
+        table.add_row(name, f"{value:.4f}")
+    console.print(table)
+
+
+@app.command("predict")
+def predict_command(
+    run: Path = typer.Argument(..., help="Run folder or checkpoint."),
+    images_dir: Path = typer.Argument(..., help="Folder of images to segment."),
+    out_dir: Path = typer.Argument(..., help="Output folder: masks/ and overlays/ PNGs are written there."),
+    tta: str = typer.Option("none", help=TTA_HELP),
+    threshold: float = typer.Option(0.5, help="Foreground probability threshold (binary models)."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+) -> None:
+    """Predict masks (VOC palette PNGs for multi-class models) and image+mask overlays."""
+    from lovaszseg.engine.runs import predict_run
+
+    count = _user_errors(predict_run, run, images_dir, out_dir, tta=tta, threshold=threshold, device=device)
+    console.print(f"wrote {count} masks to {out_dir / 'masks'} and overlays to {out_dir / 'overlays'}")
+
+
+@app.command("submit")
+def submit_command(
+    run: Path = typer.Argument(..., help="Run folder or checkpoint of a binary (salt) model."),
+    test_dir: Path = typer.Argument(..., help="Test images, or Kaggle's test/ folder holding images/."),
+    out: Path = typer.Option(Path("submission.csv"), "--out", help="CSV to write (validated before writing)."),
+    tta: str = typer.Option("none", help=TTA_HELP),
+    threshold: str = typer.Option("0.5", help="Probability threshold, or 'auto' (best on the validation split)."),
+    sample_submission: Path | None = typer.Option(
+        None, help="Kaggle's sample_submission.csv (default: the one beside TEST_DIR): ids must match it."
+    ),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+) -> None:
+    """Write a Kaggle TGS Salt submission: id,rle_mask for every test image, masks at 101x101."""
+    from lovaszseg.engine.runs import submit_run
+
+    value: float | str = "auto"
+    if threshold != "auto":
+        try:
+            value = float(threshold)
+        except ValueError:
+            console.print(f"[red]error:[/red] --threshold must be a number or 'auto', got {threshold!r}")
+            raise typer.Exit(2) from None
+    path, used = _user_errors(
+        submit_run, run, test_dir, out, tta=tta, threshold=value, sample_submission=sample_submission, device=device
+    )
+    console.print(f"wrote {path} (threshold {used:.2f})")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -138,8 +138,11 @@ def predict_folder(
     device: str | torch.device = "cpu",
     tta: Tta = "none",
     resized: tuple[int, int] | None = None,
-) -> Iterable[tuple[str, np.ndarray, np.ndarray]]:
-    """Predict every image of a folder, one at a time (sizes may differ).
+    batch_size: int = 16,
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """Predict every image of a folder, in file-name order.
+
+    Consecutive images of the same size share a forward pass; sizes may differ across the folder.
 
     Args:
         model: Segmentation model; it is put in eval mode.
@@ -149,20 +152,32 @@ def predict_folder(
         device: Where to run the model.
         tta: Test-time augmentation, see :func:`predict_probabilities`.
         resized: The size images are resized to before padding, if the preset resizes.
+        batch_size: Most images per forward pass.
 
     Yields:
         ``(stem, image, probabilities)``: the image as read (uint8 ``[H, W]`` or ``[H, W, 3]``) and the
         class probabilities ``[C, H, W]`` cropped back to its size.
     """
     model.eval().to(device)
-    stems = list_stems(images_dir)
+    stems = list_stems(Path(images_dir))
     if not stems:
         raise FileNotFoundError(f"no images (png, jpg, ...) in {images_dir}")
+    pending: list[tuple[str, np.ndarray, Tensor]] = []
+
+    def flush() -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        batch = torch.stack([tensor for _, _, tensor in pending]).to(device)
+        probs = predict_probabilities(model, batch, tta).cpu()
+        for (stem, image, _), prob in zip(pending, probs, strict=True):
+            yield stem, image, crop_to_original(prob, image.shape[:2], resized=resized).numpy()
+        pending.clear()
+
     for stem, path in stems.items():
         image = read_image(path, channels=in_channels)
-        tensor = transform(image=image)["image"][None].to(device)
-        probs = predict_probabilities(model, tensor, tta)[0].cpu()
-        yield stem, image, crop_to_original(probs, image.shape[:2], resized=resized).numpy()
+        tensor = transform(image=image)["image"]
+        if pending and (len(pending) == batch_size or pending[-1][2].shape != tensor.shape):
+            yield from flush()
+        pending.append((stem, image, tensor))
+    yield from flush()
 
 
 def save_overlay(image: np.ndarray, labels: np.ndarray, path: Path, alpha: float = 0.45) -> None:

@@ -1,6 +1,6 @@
 """Datasets (TGS Salt, Pascal VOC, image/mask folders), transform presets and file readers."""
 
-from lovaszseg.data.factory import DATASET_NAMES, build_dataset, dataset_options
+from lovaszseg.data.factory import DATASET_NAMES, build_dataset, build_transform, dataset_options
 from lovaszseg.data.folder import FolderDataset
 from lovaszseg.data.io import DatasetError
 from lovaszseg.data.synth import ensure_demo_salt, synth_salt, synth_voc
@@ -18,6 +18,7 @@ __all__ = [
     "TGSSalt",
     "VOCSegmentation",
     "build_dataset",
+    "build_transform",
     "colorize",
     "coverage_class",
     "crop_to_original",

@@ -14,7 +14,7 @@ from lovaszseg.data.tgs import TGSSalt
 from lovaszseg.data.transforms import folder_transforms, tgs_transforms, voc_transforms
 from lovaszseg.data.voc import VOCSegmentation
 
-__all__ = ["DATASET_NAMES", "build_dataset", "dataset_options"]
+__all__ = ["DATASET_NAMES", "build_dataset", "build_transform", "dataset_options"]
 
 # name -> (dataset class, transform preset, dataset arguments fixed by the name)
 _REGISTRY: dict[str, tuple[type[Dataset], Callable[..., Any], dict[str, Any]]] = {
@@ -82,3 +82,21 @@ def build_dataset(name: str, root: str | Path, split: str, *, train: bool, **opt
     transform = preset(train=train, **{k: v for k, v in options.items() if k in preset_keys})
     dataset_kwargs = {k: v for k, v in options.items() if k in dataset_keys}
     return cls(root, split, transform=transform, **fixed, **dataset_kwargs)
+
+
+def build_transform(name: str, *, train: bool, **options: Any) -> Any:
+    """The transform preset a dataset name uses, from the same options (dataset-only ones are skipped).
+
+    For predicting on a folder of images with exactly the preprocessing the model was trained with.
+
+    Args:
+        name: One of ``DATASET_NAMES``.
+        train: Training (augmenting) or evaluation preset.
+        **options: The config's ``data.options``.
+
+    Returns:
+        The albumentations pipeline.
+    """
+    _, preset, _ = _lookup(name)
+    preset_keys = _keywords(preset, {})
+    return preset(train=train, **{k: v for k, v in options.items() if k in preset_keys})
