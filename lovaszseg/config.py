@@ -109,6 +109,8 @@ class TrainConfig(_Strict):
     monitor_mode: Literal["max", "min"] = "max"
     early_stopping: int | None = Field(None, ge=1)
     max_steps_per_epoch: int | None = Field(None, ge=1)
+    # DDP only: needed when some parameters get no gradient (e.g. smp encoders with encoder_depth < 5).
+    find_unused_parameters: bool = False
 
 
 class OutputConfig(_Strict):

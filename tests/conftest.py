@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+
+from lovaszseg.data.synth import synth_salt, synth_voc
 
 SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -18,3 +22,42 @@ def shared_dir() -> Path:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"CI=true but the shared test material is missing: {SHARED_DIR}")
     pytest.skip(f"shared test material not found at {SHARED_DIR}")
+
+
+@pytest.fixture(scope="session")
+def tiny_salt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic TGS Salt tree (24 train, 6 test images)."""
+    return synth_salt(tmp_path_factory.mktemp("data") / "salt", n_train=24, n_test=6, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_voc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic VOC tree (12 images of 64x64)."""
+    return synth_voc(tmp_path_factory.mktemp("data") / "voc", n_images=12, seed=0, size=(64, 64))
+
+
+def tiny_salt_config(root: Path, runs: Path, **sections: Any) -> dict[str, Any]:
+    """A config that trains a very small UNet for a few steps on ``root``."""
+    config: dict[str, Any] = {
+        "model": {
+            "arch": "Unet",
+            "encoder": "resnet18",
+            "encoder_weights": None,
+            "options": {"encoder_depth": 3, "decoder_channels": [16, 8, 8]},
+        },
+        "data": {"name": "tgs", "root": str(root), "batch_size": 8, "options": {"fold": 0, "n_folds": 4}},
+        "stages": [
+            {"name": "bce", "loss": "bce", "epochs": 2, "lr": 0.01},
+            {"name": "lovasz", "loss": {"lovasz_hinge": {"per_image": True}}, "epochs": 2, "lr": 0.005},
+        ],
+        "train": {"seed": 0, "device": "cpu"},
+        "output": {"runs_dir": str(runs), "name": "tiny"},
+    }
+    for section, values in sections.items():
+        config[section] = values if not isinstance(config.get(section), dict) else {**config[section], **values}
+    return config
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path

@@ -1,7 +1,7 @@
 """Training and evaluation engine: configs in, run folders with checkpoints, metrics and reports out."""
 
 from lovaszseg.engine.evaluate import BINARY_METRICS, MULTICLASS_METRICS, evaluate
-from lovaszseg.engine.train import RunResult, TrainingError, build_datasets, resolve_data_root, train
+from lovaszseg.engine.trainer import RunResult, TrainingError, build_datasets, resolve_data_root, train
 
 __all__ = [
     "BINARY_METRICS",

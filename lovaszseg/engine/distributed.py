@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-__all__ = ["DistInfo", "ShardSampler", "broadcast_object", "cleanup", "setup"]
+__all__ = ["DistInfo", "ShardSampler", "broadcast_buffers", "broadcast_object", "cleanup", "setup"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,17 @@ def broadcast_object(value: Any, info: DistInfo) -> Any:
     holder = [value]
     dist.broadcast_object_list(holder, src=0)
     return holder[0]
+
+
+def broadcast_buffers(model: torch.nn.Module, info: DistInfo) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics).
+
+    DDP syncs buffers at the start of each forward pass, so after the last training step every rank
+    holds statistics of its own batch; validation and checkpoints must all use the same ones.
+    """
+    if info.distributed:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 class ShardSampler(Sampler[int]):

@@ -21,7 +21,7 @@ from lovaszseg.data import build_dataset, build_transform
 from lovaszseg.data.io import atomic_write
 from lovaszseg.data.voc import save_palette_png
 from lovaszseg.engine.checkpoint import load_checkpoint
-from lovaszseg.engine.train import resolve_data_root
+from lovaszseg.engine.trainer import resolve_data_root
 from lovaszseg.inference import Predictions, Tta, predict_dataset, predict_folder, save_overlay, write_submission
 from lovaszseg.metrics import ConfusionMatrix, MeanMeter, best_threshold, binary_iou, image_iou, salt_score
 from lovaszseg.rle import read_rle_csv

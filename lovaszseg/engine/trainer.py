@@ -264,7 +264,8 @@ def _train(
         num_workers=config.data.num_workers,
     )
 
-    # Model, and where the run starts.
+    # Model, and where the run starts (the seed fixes the initial weights too).
+    _seed_everything(config.train.seed)
     model = build_model(config.model, train_set.in_channels, num_classes, pretrained=checkpoint is None).to(info.device)
     start_stage, start_epoch, stage_best, stale_epochs = 0, 0, None, 0
     if checkpoint is not None:
@@ -272,7 +273,11 @@ def _train(
         start_stage, start_epoch = checkpoint["stage"], checkpoint["epoch"]
         stage_best, stale_epochs = checkpoint["stage_best"], checkpoint["stale_epochs"]
         restore_rng(checkpoint["rng"])
-    ddp_model = DistributedDataParallel(model) if info.distributed else model
+    ddp_model = (
+        DistributedDataParallel(model, find_unused_parameters=config.train.find_unused_parameters)
+        if info.distributed
+        else model
+    )
     scaler = torch.amp.GradScaler(info.device.type, enabled=config.train.amp == "fp16")
     autocast = _autocast(config.train.amp, info.device)
     best_overall = checkpoint["best_overall"] if checkpoint is not None else None
@@ -354,6 +359,7 @@ def _train(
                     break
 
                 train_loss = float(loss_sum / max(seen, 1))
+                distributed.broadcast_buffers(model, info)
                 if info.distributed:
                     totals = torch.tensor([train_loss * seen, seen], dtype=torch.float64, device=info.device)
                     torch.distributed.all_reduce(totals)

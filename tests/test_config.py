@@ -1,0 +1,81 @@
+"""Config loading: YAML + overrides, errors that name key paths, the shipped configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lovaszseg.config import Config, ConfigError, builtin_config, load_config
+
+
+@pytest.mark.parametrize("name", ["salt", "salt-demo", "voc", "voc-binary"])
+def test_shipped_configs_validate(name: str) -> None:
+    config = load_config(builtin_config(name))
+    assert config.output.name == name
+    assert config.stages and all(stage.epochs >= 1 for stage in config.stages)
+
+
+def test_repo_configs_folder_is_the_package_configs() -> None:
+    repo_configs = Path(__file__).resolve().parents[1] / "configs"
+    assert sorted(p.name for p in repo_configs.glob("*.yaml")) == [
+        "salt-demo.yaml",
+        "salt.yaml",
+        "voc-binary.yaml",
+        "voc.yaml",
+    ]
+
+
+def test_two_stage_salt_recipe() -> None:
+    config = load_config(builtin_config("salt"))
+    assert config.stages[0].loss == "bce"
+    assert "lovasz_hinge" in config.stages[1].loss
+    assert config.data.options["pad_size"] == 128 and config.model.encoder == "resnet34"
+
+
+def test_overrides_apply_in_order_and_parse_yaml_scalars() -> None:
+    config = load_config(
+        builtin_config("salt-demo"),
+        ["stages.1.epochs=7", "model.encoder=resnet18", "train.grad_clip=1.5", "data.root=null", "stages.1.epochs=8"],
+    )
+    assert config.stages[1].epochs == 8 and config.model.encoder == "resnet18"
+    assert config.train.grad_clip == 1.5 and config.data.root is None
+
+
+def test_round_trip_through_a_plain_dict() -> None:
+    config = load_config(builtin_config("voc"))
+    assert load_config(config.model_dump()) == config
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.encodr=resnet18"], r"model\.encodr: unknown key; allowed here: arch, encoder"),
+        (["stages.0.epochs=zero"], r"stages\.0\.epochs: Input should be a valid integer"),
+        (["stages.0.epochs=0"], r"stages\.0\.epochs: Input should be greater than or equal to 1"),
+        (["train.amp=fp8"], r"train\.amp: .*'none', 'bf16' or 'fp16', got 'fp8'"),
+        (["stages.0.loss=lovasz"], r"stages\.0\.loss: .*unknown loss 'lovasz'"),
+        (["data.options.bogus=1"], r"data\.options: .*unknown option\(s\) \['bogus'\]"),
+        (["stages.5.lr=0.1"], r"stages\.5 is not an index of a list of 2"),
+        (["epochs"], "is not of the form key.path=value"),
+        (["stages.0.lr.x=1"], r"stages\.0\.lr is a value, not a section"),
+    ],
+)
+def test_errors_name_the_key_path(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(builtin_config("salt-demo"), overrides)
+
+
+def test_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("model: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(tmp_path / "list.yaml")
+
+
+def test_defaults_are_a_valid_config() -> None:
+    assert isinstance(load_config(), Config)
