@@ -30,7 +30,7 @@ def _user_errors(function: Callable[..., Result], *args: Any, **kwargs: Any) -> 
     try:
         return function(*args, **kwargs)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError) as error:
-        console.print(f"[red]error:[/red] {error}")
+        console.print(f"[red]error:[/red] {error}", soft_wrap=True)
         raise typer.Exit(2) from error
 
 
