@@ -154,3 +154,24 @@ def submit_command(
         submit_run, run, test_dir, out, tta=tta, threshold=value, sample_submission=sample_submission, device=device
     )
     console.print(f"wrote {path} (threshold {used:.2f})")
+
+
+@app.command("compare")
+def compare_command(
+    config: Path = typer.Argument(..., help="Base YAML config (model, data, seed, first stage's optimiser)."),
+    overrides: list[str] | None = typer.Argument(None, help="Dotted overrides of the base config."),
+    losses: str = typer.Option(
+        "bce,jaccard,lovasz_hinge,bce>lovasz_hinge",
+        help="Comma-separated entries: a loss (NAME or NAME(option=value; ...)) or a schedule FIRST>SECOND.",
+    ),
+    epochs: int | None = typer.Option(None, help="Epoch budget of every entry (default: the config's total)."),
+    out_dir: Path | None = typer.Option(None, "--out-dir", help="Folder for the runs and compare.csv/.png."),
+) -> None:
+    """Train the same model, data, seed and budget once per loss; compare them on the validation split."""
+    from lovaszseg.compare import compare
+
+    entries = [entry.strip().replace(";", ",") for entry in losses.split(",") if entry.strip()]
+    result = _user_errors(
+        compare, config, entries, overrides=overrides or [], epochs=epochs, out_dir=out_dir, console=console
+    )
+    console.print(f"wrote {result.out_dir / 'compare.csv'} and {result.out_dir / 'compare.png'}")

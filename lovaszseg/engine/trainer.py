@@ -418,7 +418,10 @@ def _train(
                     append_summary(out / "summary.csv", row)
                     plot_curves(read_summary(out / "summary.csv"), out / "curves.png", metric_names)
                     shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-                    console.print(f"{label} epoch {epoch + 1}/{stage.epochs}  train_loss {train_loss:.4f}  {shown}")
+                    console.print(
+                        f"{label} epoch {epoch + 1}/{stage.epochs}  train_loss {train_loss:.4f}  {shown}",
+                        soft_wrap=True,
+                    )
                 best_overall = distributed.broadcast_object(best_overall, info)
                 epochs_this_call += 1
                 if config.train.early_stopping and stale_epochs >= config.train.early_stopping:

@@ -1,0 +1,160 @@
+"""The loss comparison experiment: the same model, data, seed and epoch budget, once per loss.
+
+``compare(config, ["bce", "jaccard", "lovasz_hinge", "bce>lovasz_hinge"], epochs=10)`` trains one run
+per entry under ``out/``, evaluates each best checkpoint on the same validation split, and writes
+``compare.csv``, ``compare.png`` and returns the rows (also shown as a table by the CLI).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from lovaszseg.config import Config, ConfigError, load_config
+from lovaszseg.engine.runs import evaluate_run
+from lovaszseg.engine.trainer import train
+
+__all__ = ["CompareResult", "compare", "parse_entry"]
+
+_TERM = re.compile(r"^\s*([a-z_]+)\s*(?:\((.*)\))?\s*$")
+
+
+def _parse_term(text: str) -> Any:
+    """``lovasz_hinge`` or ``lovasz_hinge(variant=elu+1, per_image=false)`` -> a loss spec."""
+    match = _TERM.match(text)
+    if match is None:
+        raise ConfigError(f"cannot read loss {text!r}; write NAME or NAME(option=value, ...)")
+    name, arguments = match.groups()
+    if not arguments:
+        return name
+    options = {}
+    for pair in arguments.split(","):
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"loss {text!r}: {pair!r} is not option=value")
+        options[key.strip()] = yaml.safe_load(value.strip())
+    return {name: options}
+
+
+def parse_entry(entry: str) -> list[Any]:
+    """A comparison entry: one loss, or a schedule ``first>second`` (a stage per loss)."""
+    return [_parse_term(part) for part in entry.split(">")]
+
+
+@dataclass
+class CompareResult:
+    """One row per entry: the final metrics of its best checkpoint."""
+
+    out_dir: Path
+    rows: list[dict[str, Any]]
+
+
+def _entry_config(base: Config, entry: str, epochs: int) -> Config:
+    template = base.stages[0]
+    losses = parse_entry(entry)
+    lengths = [epochs // len(losses)] * len(losses)
+    lengths[-1] += epochs - sum(lengths)
+    if min(lengths) < 1:
+        raise ConfigError(f"{entry!r} has {len(losses)} stages but the budget is only {epochs} epochs")
+    stages = [
+        template.model_copy(update={"name": str(index + 1), "loss": loss, "epochs": length}).model_dump()
+        for index, (loss, length) in enumerate(zip(losses, lengths, strict=True))
+    ]
+    return load_config({**base.model_dump(), "stages": stages})
+
+
+def _safe_name(entry: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", entry.replace(">", "-then-")).strip("_")
+
+
+def compare(
+    config: Config | str | Path,
+    losses: Sequence[str],
+    *,
+    overrides: Sequence[str] = (),
+    epochs: int | None = None,
+    out_dir: Path | None = None,
+    console: Console | None = None,
+) -> CompareResult:
+    """Train and evaluate the same setup once per loss.
+
+    Args:
+        config: Base config (its first stage gives optimiser, learning rate and schedule).
+        losses: Entries such as ``bce``, ``jaccard``, ``lovasz_hinge``, ``lovasz_hinge(variant=elu+1)``
+            or ``bce>lovasz_hinge`` (two stages, each half the budget, the second from the first's best).
+        overrides: ``key.path=value`` overrides of the base config.
+        epochs: Epoch budget of every entry (default: the base config's total).
+        out_dir: Where the runs and the comparison go (default ``runs_dir/NAME-compare``).
+        console: Where progress and the table go.
+
+    Returns:
+        :class:`CompareResult`.
+    """
+    console = console or Console()
+    base = config if isinstance(config, Config) else load_config(config, overrides)
+    budget = epochs or sum(stage.epochs for stage in base.stages)
+    out_dir = Path(out_dir or Path(base.output.runs_dir) / f"{base.output.name or 'run'}-compare")
+    configs = {entry: _entry_config(base, entry, budget) for entry in losses}  # all errors before training
+    rows, histories = [], {}
+    for entry, entry_config in configs.items():
+        console.rule(f"[bold]{entry}")
+        result = train(entry_config, run_dir=out_dir / _safe_name(entry), overwrite=True, console=console)
+        metrics = evaluate_run(result.run_dir)
+        rows.append({"loss": entry, "epochs": budget, **{k: round(v, 6) for k, v in metrics.items()}})
+        histories[entry] = result.history
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with (out_dir / "compare.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    _plot(histories, rows, out_dir / "compare.png")
+    console.print(comparison_table(rows))
+    return CompareResult(out_dir, rows)
+
+
+def comparison_table(rows: Sequence[dict[str, Any]]) -> Table:
+    table = Table(title="loss comparison (best checkpoint of each run, validation split)")
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    for column in columns:
+        table.add_column(column, justify="left" if column == "loss" else "right")
+    for row in rows:
+        table.add_row(*(f"{row[c]:.4f}" if isinstance(row.get(c), float) else str(row.get(c, "-")) for c in columns))
+    return table
+
+
+def _plot(histories: dict[str, list[dict[str, str]]], rows: Sequence[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = "salt_score" if "salt_score" in rows[0] else ("iou" if "iou" in rows[0] else "miou")
+    figure, (curve_axis, bar_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for entry, history in histories.items():
+        curve_axis.plot(range(1, len(history) + 1), [float(r[metric]) for r in history], marker=".", label=entry)
+    curve_axis.set(xlabel="epoch", ylabel=f"validation {metric}", title="per epoch")
+    curve_axis.grid(alpha=0.3)
+    curve_axis.legend()
+    names = [
+        m
+        for m in ("salt_score", "salt_score_at_best_threshold", "iou", "image_iou", "miou", "image_miou")
+        if m in rows[0]
+    ]
+    width = 0.8 / len(rows)
+    for index, row in enumerate(rows):
+        positions = [i + index * width for i in range(len(names))]
+        bar_axis.bar(positions, [row[n] for n in names], width=width, label=row["loss"])
+    bar_axis.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names, rotation=15, fontsize=8)
+    bar_axis.set(title="best checkpoint", ylim=(0, 1))
+    bar_axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)

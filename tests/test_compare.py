@@ -1,0 +1,65 @@
+"""The loss comparison: one run per entry with the same budget, a CSV, a table and a plot."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from conftest import tiny_salt_config, write_config
+from typer.testing import CliRunner
+
+from lovaszseg.cli import app
+from lovaszseg.compare import parse_entry
+from lovaszseg.config import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("entry", "spec"),
+    [
+        ("bce", ["bce"]),
+        ("bce>lovasz_hinge", ["bce", "lovasz_hinge"]),
+        ("lovasz_hinge(variant=elu+1, per_image=false)", [{"lovasz_hinge": {"variant": "elu+1", "per_image": False}}]),
+    ],
+)
+def test_parse_entry(entry: str, spec: list) -> None:
+    assert parse_entry(entry) == spec
+
+
+def test_parse_entry_errors() -> None:
+    with pytest.raises(ConfigError, match="option=value"):
+        parse_entry("lovasz_hinge(elu)")
+
+
+def test_compare_cli_on_tiny_salt(tiny_salt: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.yaml", tiny_salt_config(tiny_salt, tmp_path / "runs"))
+    result = CliRunner().invoke(
+        app,
+        [
+            "compare",
+            str(config),
+            "--losses",
+            "bce,lovasz_hinge(variant=elu+1),bce>lovasz_hinge",
+            "--epochs",
+            "2",
+            "--out-dir",
+            str(tmp_path / "cmp"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    with (tmp_path / "cmp" / "compare.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["loss"] for row in rows] == ["bce", "lovasz_hinge(variant=elu+1)", "bce>lovasz_hinge"]
+    assert all(0 <= float(row["salt_score"]) <= 1 and row["epochs"] == "2" for row in rows)
+    assert (tmp_path / "cmp" / "compare.png").is_file()
+    summary = (tmp_path / "cmp" / "bce-then-lovasz_hinge" / "summary.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in summary[1:]] == ["1-1", "2-2"]
+
+
+def test_compare_rejects_a_bad_entry_before_training(tiny_salt: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.yaml", tiny_salt_config(tiny_salt, tmp_path / "runs"))
+    result = CliRunner().invoke(
+        app, ["compare", str(config), "--losses", "bce,lovasz", "--out-dir", str(tmp_path / "x")]
+    )
+    assert result.exit_code == 2 and "unknown loss 'lovasz'" in result.output
+    assert not (tmp_path / "x").exists()
