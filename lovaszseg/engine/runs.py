@@ -7,6 +7,7 @@ Each function takes a run folder or a checkpoint file, so the CLI commands ``eva
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -84,6 +85,23 @@ def _classes(config: Config) -> int:
 def _resized(config: Config) -> tuple[int, int] | None:
     size = config.data.options.get("resize")
     return (size, size) if size else None
+
+
+def _predict_images(
+    model: nn.Module, config: Config, images_dir: Path, tta: Tta, device: str, batch_size: int = 16
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """Predict a folder with the evaluation preset of the run's dataset."""
+    transform = build_transform(config.data.name, train=False, **config.data.options)
+    yield from predict_folder(
+        model,
+        images_dir,
+        transform,
+        in_channels=_in_channels(config),
+        device=_device(device),
+        tta=tta,
+        resized=_resized(config),
+        batch_size=batch_size,
+    )
 
 
 def _predict_split(
@@ -173,18 +191,9 @@ def predict_run(
         The number of images predicted.
     """
     model, config = load_model(run_or_checkpoint)
-    transform = build_transform(config.data.name, train=False, **config.data.options)
     out_dir = Path(out_dir)
     count = 0
-    for stem, image, probs in predict_folder(
-        model,
-        Path(images_dir),
-        transform,
-        in_channels=_in_channels(config),
-        device=_device(device),
-        tta=tta,
-        resized=_resized(config),
-    ):
+    for stem, image, probs in _predict_images(model, config, Path(images_dir), tta, device):
         labels = (probs[0] > threshold).astype(np.uint8) if probs.shape[0] == 1 else probs.argmax(0).astype(np.uint8)
         if probs.shape[0] == 1:
             with atomic_write(out_dir / "masks" / f"{stem}.png", "wb") as handle:
@@ -231,18 +240,8 @@ def submit_run(
     images_dir = test_dir / "images" if (test_dir / "images").is_dir() else test_dir
     if sample_submission is None and (images_dir.parent.parent / "sample_submission.csv").is_file():
         sample_submission = images_dir.parent.parent / "sample_submission.csv"
-    transform = build_transform(config.data.name, train=False, **config.data.options)
     ids, masks = [], []
-    for stem, _, probs in predict_folder(
-        model,
-        images_dir,
-        transform,
-        in_channels=1,
-        device=_device(device),
-        tta=tta,
-        resized=_resized(config),
-        batch_size=64,
-    ):
+    for stem, _, probs in _predict_images(model, config, images_dir, tta, device, batch_size=64):
         ids.append(stem)
         masks.append(probs[0] > threshold)
     expected = list(read_rle_csv(Path(sample_submission))) if sample_submission else None
