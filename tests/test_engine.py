@@ -143,3 +143,18 @@ def test_distributed_two_cpu_processes_match_single_process_evaluation(tiny_salt
     single = evaluate_run(tmp_path / "ddp" / "last.pt", device="cpu", out=tmp_path)
     for name in ("salt_score", "iou", "image_iou"):
         assert last["metrics"][name] == pytest.approx(single[name], rel=1e-6, abs=1e-9), name
+
+
+def test_early_stopping_ends_a_stage_after_patience_epochs_without_improvement(
+    tiny_salt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flat = {"salt_score": 0.5, "iou": 0.5, "image_iou": 0.5, "val_loss": 1.0}
+    monkeypatch.setattr(engine_train, "evaluate", lambda *args, **kwargs: dict(flat))
+    config = _config(
+        tiny_salt,
+        tmp_path,
+        stages=[{"name": "a", "loss": "bce", "epochs": 5}, {"name": "b", "loss": "bce", "epochs": 1}],
+        train={"seed": 0, "device": "cpu", "early_stopping": 2, "max_steps_per_epoch": 1},
+    )
+    result = train(config)
+    assert [row["stage"] for row in result.history] == ["1-a", "1-a", "1-a", "2-b"]

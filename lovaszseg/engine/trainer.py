@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from lovaszseg.config import Config, StageConfig, load_config
+from lovaszseg.config import Config, StageConfig, builtin_config, load_config
 from lovaszseg.data import build_dataset
 from lovaszseg.data.synth import ensure_demo_salt
 from lovaszseg.engine import distributed
@@ -198,8 +198,6 @@ def train(
         checkpoint = load_checkpoint(Path(resume) / "last.pt")
         config = load_config(checkpoint["config"])
     elif not isinstance(config, Config):
-        from lovaszseg.config import builtin_config
-
         config = load_config(config if config is not None else builtin_config("salt-demo"), overrides)
     info = distributed.setup(config.train.device)
     try:
@@ -429,8 +427,6 @@ def _train(
                         console.print(
                             f"stage {label}: no improvement of {monitor} for {stale_epochs} epochs, stopping it"
                         )
-                    if info.is_main and not (out / f"stage{stage_index + 1}_last.pt").exists():
-                        save_checkpoint(out / f"stage{stage_index + 1}_last.pt", state)
                     break
             if not completed:
                 break
