@@ -28,7 +28,7 @@ SALT_SIZE = 101
 # small bodies are common, the rest spread evenly. 39% of real masks are empty.
 SALT_COVERAGE_BINS = np.array([0.235, 0.117, 0.093, 0.077, 0.094, 0.086, 0.070, 0.060, 0.058, 0.110])
 SALT_EMPTY_FRACTION = 0.39
-DEMO_VERSION = "synth-salt-v2"
+DEMO_VERSION = "synth-salt-v3"
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
@@ -70,26 +70,26 @@ def _salt_image(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
         for _ in range(3)
     )
     # Reflector strength fades laterally, and some sections are weakly layered (like salt interiors).
-    layers *= np.clip(1.0 + rng.uniform(0.2, 0.8) * _smooth_noise(rng, (size, size), 15), 0.15, None)
+    layers *= np.clip(1.0 + rng.uniform(0.1, 0.5) * _smooth_noise(rng, (size, size), 15), 0.4, None)
     # Amplitudes below are relative to the sediment, so a section that is almost all salt stays dim.
     layers /= layers.std() + 1e-6
-    interior = rng.uniform(0.1, 0.4) * _smooth_noise(rng, (size, size), rng.uniform(1.0, 3.0))
+    interior = rng.uniform(0.1, 0.35) * _smooth_noise(rng, (size, size), rng.uniform(1.0, 3.0))
     # Ghost reflectors inside the salt on some sections (migration artefacts).
-    interior += rng.choice([0.0, rng.uniform(0.1, 0.3)], p=[0.6, 0.4]) * layers
+    interior += rng.choice([0.0, rng.uniform(0.05, 0.2)], p=[0.75, 0.25]) * layers
     image = np.where(mask, interior, layers)
     if mask.any() and not mask.all():
         rim = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)).astype(np.float32)
         # Bright along only part of the boundary, and faint on some sections.
         strength = np.clip(0.6 + 0.8 * _smooth_noise(rng, (size, size), 10), 0.0, 1.5)
-        image += rng.uniform(0.0, 2.5) * cv2.GaussianBlur(rim * strength, (0, 0), rng.uniform(0.7, 1.5))
+        image += rng.uniform(0.3, 2.5) * cv2.GaussianBlur(rim * strength, (0, 0), rng.uniform(0.7, 1.5))
     for _ in range(rng.integers(0, 3)):
         # A bright, curved streak away from the salt that looks like a boundary.
         start = rng.uniform(0, size, 2)
         path = start + np.cumsum(rng.normal(0, 1.0, (40, 2)) + rng.normal(0, 2.5, 2), axis=0)
         streak = cv2.polylines(np.zeros((size, size), np.float32), [path.round().astype(np.int32)], False, 1.0, 1)
         image += rng.uniform(0.8, 2.5) * cv2.GaussianBlur(streak, (0, 0), 1.0) * ~mask
-    image += rng.uniform(0.05, 0.5) * rng.standard_normal((size, size)).astype(np.float32)
-    image = cv2.GaussianBlur(image.astype(np.float32), (0, 0), rng.uniform(0.3, 1.6))
+    image += rng.uniform(0.05, 0.35) * rng.standard_normal((size, size)).astype(np.float32)
+    image = cv2.GaussianBlur(image.astype(np.float32), (0, 0), rng.uniform(0.3, 1.2))
     return np.clip(rng.uniform(95, 145) + rng.uniform(20, 45) * (image - image.mean()), 0, 255).astype(np.uint8)
 
 
