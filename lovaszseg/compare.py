@@ -107,9 +107,14 @@ def compare(
     for entry, entry_config in configs.items():
         console.rule(f"[bold]{entry}")
         result = train(entry_config, run_dir=out_dir / _safe_name(entry), overwrite=True, console=console)
+        if not result.completed:  # Ctrl-C / SIGTERM: stop the whole comparison, keep what finished
+            console.print(f"[yellow]interrupted during {entry!r}; the comparison covers the entries before it")
+            break
         metrics = evaluate_run(result.run_dir)
         rows.append({"loss": entry, "epochs": budget, **{k: round(v, 6) for k, v in metrics.items()}})
         histories[entry] = result.history
+    if not rows:
+        return CompareResult(out_dir, rows)
     columns = list(dict.fromkeys(key for row in rows for key in row))
     with (out_dir / "compare.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
