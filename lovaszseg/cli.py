@@ -69,19 +69,31 @@ def train_command(
     overrides: list[str] | None = typer.Argument(
         None, help="Dotted overrides, e.g. stages.0.epochs=5 model.encoder=resnet18 data.root=data/tgs."
     ),
-    resume: Path | None = typer.Option(None, "--resume", help="Run folder to continue from its last.pt."),
+    resume: Path | None = typer.Option(
+        None, "--resume", help="Run folder to continue from its last.pt, with its saved config (no CONFIG)."
+    ),
     run_dir: Path | None = typer.Option(None, "--run-dir", help="Write the run here instead of runs/NAME."),
     overwrite: bool = typer.Option(False, help="Replace an existing run folder instead of creating NAME-2."),
 ) -> None:
-    """Train a segmentation model from a YAML config (stages, losses, data, model)."""
-    from lovaszseg.engine import train
+    """Train a segmentation model from a YAML config (stages, losses, data, model).
+
+    With no arguments, trains the demo (a small UNet, BCE then Lovász hinge) on built-in synthetic salt
+    data in a few minutes. The run folder gets config.yaml, summary.csv, curves.png, last.pt, best.pt
+    and, at the end, model.safetensors + config.json. Ctrl-C stops after the current step and keeps
+    last.pt; continue with --resume RUN_DIR. Under torchrun, trains with DistributedDataParallel.
+    """
+    from lovaszseg.engine import TrainingError, train
 
     overrides = list(overrides or [])
     if config is not None and "=" in config.name and not config.exists():  # overrides of the demo config
         config, overrides = None, [str(config), *overrides]
-    result = _user_errors(
-        train, config, overrides, resume=resume, run_dir=run_dir, overwrite=overwrite, console=console
-    )
+    try:
+        result = _user_errors(
+            train, config, overrides, resume=resume, run_dir=run_dir, overwrite=overwrite, console=console
+        )
+    except TrainingError as error:  # e.g. a non-finite loss: the message says where and what was kept
+        console.print(f"[red]training stopped:[/red] {error}", soft_wrap=True)
+        raise typer.Exit(1) from error
     if result.completed:
         console.print(f"done: {result.run_dir}")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lovaszseg.data import DATASET_NAMES, dataset_options
 from lovaszseg.losses import LossSpec, build_loss
@@ -95,6 +95,14 @@ class StageConfig(_Strict):
     def _buildable(cls, loss: LossSpec) -> LossSpec:
         build_loss(loss)  # raises ValueError naming the unknown loss or option
         return loss
+
+    @model_validator(mode="after")
+    def _whole_cycles(self) -> StageConfig:
+        if self.schedule == "cosine_restarts" and self.epochs % self.cycles:
+            raise ValueError(
+                f"schedule cosine_restarts needs epochs ({self.epochs}) to be a multiple of cycles ({self.cycles})"
+            )
+        return self
 
 
 class TrainConfig(_Strict):

@@ -2,12 +2,41 @@
 
 from __future__ import annotations
 
+import inspect
+
 import segmentation_models_pytorch as smp
 from torch import nn
 
 from lovaszseg.config import ModelConfig
 
-__all__ = ["build_model", "output_stride"]
+__all__ = ["EncoderWeightsError", "build_model", "check_input_size", "output_stride"]
+
+
+class EncoderWeightsError(ValueError):
+    """``model.encoder_weights`` cannot be used here (e.g. offline); the message says how to go on."""
+
+
+# Set by the config (in_channels and classes from the dataset), or would stop the model returning the
+# plain logits the losses and metrics expect.
+_RESERVED_OPTIONS = frozenset({"encoder_name", "encoder_weights", "in_channels", "classes", "activation", "aux_params"})
+
+
+def _check_options(config: ModelConfig) -> None:
+    """smp passes unknown keyword arguments on to the encoder, where non-timm encoders drop them: a typo
+    would be ignored silently, so the options are checked against the architecture's signature."""
+    model_class = smp.MODEL_ARCHITECTURES_MAPPING.get(config.arch.lower())
+    if model_class is None:
+        names = sorted(c.__name__ for c in smp.MODEL_ARCHITECTURES_MAPPING.values())
+        raise ValueError(f"unknown model.arch {config.arch!r}; choose from {names}")
+    parameters = inspect.signature(model_class.__init__).parameters
+    allowed = sorted(name for name in parameters if name not in _RESERVED_OPTIONS | {"self", "kwargs"})
+    reserved = sorted(set(config.options) & _RESERVED_OPTIONS)
+    # timm ("tu-") encoders take further keyword arguments, so only named smp encoders are checked.
+    unknown = [] if config.encoder.startswith("tu-") else sorted(set(config.options) - set(allowed) - set(reserved))
+    if reserved or unknown:
+        raise ValueError(
+            f"model.options {reserved + unknown} not accepted by {model_class.__name__} here; allowed: {allowed}"
+        )
 
 
 def build_model(config: ModelConfig, in_channels: int, classes: int, *, pretrained: bool = True) -> nn.Module:
@@ -24,9 +53,10 @@ def build_model(config: ModelConfig, in_channels: int, classes: int, *, pretrain
 
     Raises:
         ValueError: unknown architecture or encoder, or bad options.
-        RuntimeError: the pretrained weights could not be downloaded (the message says how to train
-            without them).
+        EncoderWeightsError: the pretrained weights could not be downloaded (the message says how to
+            train without them).
     """
+    _check_options(config)
     weights = config.encoder_weights if pretrained else None
     try:
         return smp.create_model(
@@ -39,14 +69,44 @@ def build_model(config: ModelConfig, in_channels: int, classes: int, *, pretrain
         )
     except (KeyError, ValueError, TypeError) as error:
         raise ValueError(f"cannot build model {config.arch!r} with encoder {config.encoder!r}: {error}") from error
-    except OSError as error:  # connection, DNS and HTTP errors of the weight download
-        raise RuntimeError(
+    except OSError as error:  # connection, DNS, HTTP and "not in the offline cache" errors of the download
+        raise EncoderWeightsError(
             f"could not download the {weights!r} weights of encoder {config.encoder!r} ({error}); "
             "this machine may be offline: train from scratch with model.encoder_weights=null"
         ) from error
 
 
 def output_stride(model: nn.Module) -> int:
-    """The factor input heights and widths must be divisible by (32 for a depth-5 smp encoder)."""
+    """The factor input heights and widths must be divisible by (1 when the model takes any size).
+
+    Args:
+        model: An smp model.
+
+    Returns:
+        32 for a depth-5 smp encoder, 8 for depth 3, 16 for a dilated DeepLabV3+ encoder, ...
+    """
+    if not getattr(model, "requires_divisible_input_shape", True):
+        return 1
     encoder = getattr(model, "encoder", None)
-    return int(getattr(encoder, "output_stride", 32)) if encoder is not None else 1
+    return int(getattr(encoder, "output_stride", 1)) if encoder is not None else 1
+
+
+def check_input_size(model: nn.Module, height: int, width: int, source: str) -> None:
+    """Fail early, with a fix, when images do not fit the encoder's downsampling.
+
+    Args:
+        model: An smp model.
+        height: Image height the model will be fed.
+        width: Image width.
+        source: What produced the size, for the message (e.g. ``"the first training image"``).
+
+    Raises:
+        ValueError: a side is not divisible by :func:`output_stride`; names the padded size to use.
+    """
+    stride = output_stride(model)
+    if height % stride or width % stride:
+        padded = (-(-height // stride) * stride, -(-width // stride) * stride)
+        raise ValueError(
+            f"{source} is {height}x{width}, but this model needs sides divisible by {stride}: "
+            f"pad or resize to {padded[0]}x{padded[1]} (e.g. TGS 101x101 -> data.options.pad_size=128)"
+        )

@@ -1,22 +1,20 @@
-"""The training loop on tiny data: two stages, resume, faults, run folders, checkpoints, DDP."""
+"""The training loop on tiny data: two stages, resume, faults, run folders, early stopping."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
+import signal
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_salt_config, write_config
+from conftest import tiny_salt_config
 
 import lovaszseg.engine.trainer as engine_train
 from lovaszseg.config import load_config
 from lovaszseg.engine import TrainingError, train
-from lovaszseg.engine.checkpoint import load_checkpoint, save_checkpoint
-from lovaszseg.engine.runs import evaluate_run
+from lovaszseg.engine.checkpoint import load_checkpoint
+from lovaszseg.engine.runs import load_model
 
 
 def _config(root: Path, runs: Path, **sections):
@@ -41,6 +39,10 @@ def test_two_stage_run_writes_the_run_folder_and_stage_two_starts_from_stage_one
         assert (run / name).is_file(), name
     assert [row["stage"] for row in result.history] == ["1-bce", "1-bce", "1-bce", "2-frozen"]
     assert set(result.best_metrics) >= {"salt_score", "iou", "image_iou"}
+    exported, exported_config = load_model(run / "model.safetensors")  # the best weights, for inference
+    best = load_checkpoint(run / "best.pt")
+    assert exported_config == config and best["metrics"] == result.best_metrics
+    assert all(torch.equal(tensor, best["model"][name]) for name, tensor in exported.state_dict().items())
     stage_one_best = load_checkpoint(run / "stage1_best.pt")["model"]
     stage_two = load_checkpoint(run / "stage2_last.pt")["model"]
     for name, tensor in stage_two.items():
@@ -48,18 +50,66 @@ def test_two_stage_run_writes_the_run_folder_and_stage_two_starts_from_stage_one
             torch.testing.assert_close(tensor, stage_one_best[name], rtol=0, atol=1e-9)
 
 
-def test_resume_after_an_interruption_gives_the_same_weights(tiny_salt: Path, tmp_path: Path) -> None:
-    config = _config(tiny_salt, tmp_path)
+def test_resume_after_interruptions_gives_the_same_weights(
+    tiny_salt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _config(tiny_salt, tmp_path)  # 2 stages of 2 epochs, 2 training steps and 1 validation batch each
     straight = train(config, run_dir=tmp_path / "straight")
-    interrupted = train(config, run_dir=tmp_path / "interrupted", stop_after_epochs=3)
-    assert not interrupted.completed
-    assert load_checkpoint(tmp_path / "interrupted" / "last.pt")["stage"] == 1  # inside stage 2
-    resumed = train(resume=tmp_path / "interrupted")
-    assert resumed.completed and len(resumed.history) == 4
+    run = tmp_path / "interrupted"
+
+    # First stop: between epochs, at the end of stage 1.
+    first = train(config, run_dir=run, stop_after_epochs=2)
+    assert not first.completed and not (run / "model.safetensors").exists()
+    assert (load_checkpoint(run / "last.pt")["stage"], load_checkpoint(run / "last.pt")["epoch"]) == (0, 2)
+
+    # Second stop: SIGTERM during the first step of stage 2's second epoch; that epoch is dropped.
+    calls = {"n": 0}
+    real_build_loss = engine_train.build_loss
+
+    def terminated_at_fourth_call(spec, ignore_index=None):
+        loss = real_build_loss(spec, ignore_index=ignore_index)
+
+        def forward(logits, masks):
+            calls["n"] += 1
+            if calls["n"] == 4:  # train, train, validation, then the next epoch's first step
+                os.kill(os.getpid(), signal.SIGTERM)
+            return loss(logits, masks)
+
+        return forward
+
+    with monkeypatch.context() as patch:
+        patch.setattr(engine_train, "build_loss", terminated_at_fourth_call)
+        second = train(resume=run)
+    assert not second.completed and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert (load_checkpoint(run / "last.pt")["stage"], load_checkpoint(run / "last.pt")["epoch"]) == (1, 1)
+
+    resumed = train(resume=run)
+    assert resumed.completed and resumed.run_dir == run and (run / "model.safetensors").is_file()
     final_a = load_checkpoint(straight.run_dir / "last.pt")["model"]
-    final_b = load_checkpoint(resumed.run_dir / "last.pt")["model"]
+    final_b = load_checkpoint(run / "last.pt")["model"]
     assert all(torch.equal(final_a[name], final_b[name]) for name in final_a)
     assert [r["train_loss"] for r in straight.history] == [r["train_loss"] for r in resumed.history]
+    assert [r["iou"] for r in straight.history] == [r["iou"] for r in resumed.history]
+
+
+def test_resume_takes_no_config_or_overrides(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="resume continues a run with its saved config"):
+        train(tmp_path / "salt.yaml", resume=tmp_path / "run")
+    with pytest.raises(ValueError, match="resume continues a run with its saved config"):
+        train(None, ["train.seed=1"], resume=tmp_path / "run")
+
+
+def test_images_the_model_cannot_take_fail_before_the_run_folder_is_made(tiny_salt: Path, tmp_path: Path) -> None:
+    config = _config(
+        tiny_salt,
+        tmp_path,
+        model={"arch": "FPN", "options": {}},
+        data={"options": {"fold": 0, "n_folds": 4, "pad_size": 101}},
+    )
+    message = r"first image of tgs split 'train' is 101x101, .* divisible by 32: pad or resize to 128x128"
+    with pytest.raises(ValueError, match=message):
+        train(config)
+    assert not (tmp_path / "tiny").exists()
 
 
 def test_non_finite_loss_stops_with_stage_epoch_and_step_and_keeps_the_last_checkpoint(
@@ -96,55 +146,6 @@ def test_existing_run_folder_is_never_overwritten_silently(tiny_salt: Path, tmp_
     assert third.run_dir == first.run_dir and not marker.exists()
 
 
-def test_checkpoints_load_with_weights_only_and_refuse_code(tmp_path: Path) -> None:
-    save_checkpoint(tmp_path / "ok.pt", {"model": {"w": torch.ones(2)}, "config": {"a": 1}, "rng": [1, 2]})
-    assert torch.equal(load_checkpoint(tmp_path / "ok.pt")["model"]["w"], torch.ones(2))
-    torch.save({"model": {}, "config": {}, "payload": _Payload()}, tmp_path / "evil.pt")
-    with pytest.raises(ValueError, match="not a readable lovaszseg checkpoint"):
-        load_checkpoint(tmp_path / "evil.pt")
-    torch.save({"weights": torch.ones(1)}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="no 'model' and 'config'"):
-        load_checkpoint(tmp_path / "other.pt")
-    assert not list(tmp_path.glob(".*.tmp"))
-
-
-class _Payload:
-    """Any object that is not a tensor or plain data: weights_only loading must refuse it."""
-
-
-def test_distributed_two_cpu_processes_match_single_process_evaluation(tiny_salt: Path, tmp_path: Path) -> None:
-    config = tiny_salt_config(
-        tiny_salt,
-        tmp_path,
-        stages=[{"name": "bce", "loss": "bce", "epochs": 2, "lr": 0.01}],
-        data={"batch_size": 4},
-        train={"find_unused_parameters": True},  # the tiny encoder_depth=3 model leaves resnet layers unused
-    )
-    path = write_config(tmp_path / "ddp.yaml", config)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "lovaszseg",
-        "train",
-        str(path),
-        "--run-dir",
-        str(tmp_path / "ddp"),
-    ]
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    checksums = json.loads((tmp_path / "ddp" / "distributed.json").read_text())["weights_checksum_per_rank"]
-    assert len(checksums) == 2 and checksums[0] == checksums[1]
-    last = load_checkpoint(tmp_path / "ddp" / "last.pt")
-    single = evaluate_run(tmp_path / "ddp" / "last.pt", device="cpu", out=tmp_path)
-    for name in ("salt_score", "iou", "image_iou"):
-        assert last["metrics"][name] == pytest.approx(single[name], rel=1e-6, abs=1e-9), name
-
-
 def test_early_stopping_ends_a_stage_after_patience_epochs_without_improvement(
     tiny_salt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -158,3 +159,23 @@ def test_early_stopping_ends_a_stage_after_patience_epochs_without_improvement(
     )
     result = train(config)
     assert [row["stage"] for row in result.history] == ["1-a", "1-a", "1-a", "2-b"]
+
+
+def test_bf16_autocast_with_gradient_clipping_trains_on_cpu(tiny_salt: Path, tmp_path: Path) -> None:
+    config = _config(
+        tiny_salt,
+        tmp_path,
+        stages=[{"name": "bce", "loss": "bce", "epochs": 1, "lr": 0.01}],
+        train={"seed": 0, "device": "cpu", "amp": "bf16", "grad_clip": 0.5},
+    )
+    result = train(config)
+    row = result.history[0]
+    assert 0.0 < float(row["train_loss"]) < 2.0 and 0.0 <= float(row["iou"]) <= 1.0
+    assert load_checkpoint(result.run_dir / "last.pt")["model"]["segmentation_head.0.weight"].dtype == torch.float32
+
+
+def test_fp16_on_cpu_is_refused_before_the_run_folder_is_made(tiny_salt: Path, tmp_path: Path) -> None:
+    config = _config(tiny_salt, tmp_path, train={"seed": 0, "device": "cpu", "amp": "fp16"})
+    with pytest.raises(ValueError, match=r"train\.amp=fp16 needs a CUDA device"):
+        train(config)
+    assert not (tmp_path / "tiny").exists()

@@ -142,7 +142,7 @@ def tgs_transforms(
 def voc_transforms(
     *,
     train: bool,
-    crop_size: int = 321,
+    crop_size: int = 320,
     scale_range: Sequence[float] = (0.5, 2.0),
     hflip: float = 0.5,
     image_fill: Literal["mean", "zero"] = "mean",
@@ -161,7 +161,7 @@ def voc_transforms(
 
     Args:
         train: Training (random) or evaluation (deterministic) preset.
-        crop_size: Square training crop, e.g. 321 or 513.
+        crop_size: Square training crop, e.g. 320 or 512 (a multiple of the model output stride).
         scale_range: ``(low, high)`` random scale factors (training).
         hflip: Probability of a horizontal flip (training).
         image_fill: Image padding colour: ``"mean"`` (the mean colour, which normalises to 0) or ``"zero"``.

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-__all__ = ["DistInfo", "ShardSampler", "broadcast_buffers", "broadcast_object", "cleanup", "setup"]
+__all__ = ["DistInfo", "ShardSampler", "any_rank", "broadcast_buffers", "broadcast_object", "cleanup", "setup"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,19 @@ def broadcast_object(value: Any, info: DistInfo) -> Any:
     holder = [value]
     dist.broadcast_object_list(holder, src=0)
     return holder[0]
+
+
+def any_rank(flag: bool, info: DistInfo) -> bool:
+    """Whether ``flag`` is set on any rank, e.g. a stop request that reached only some processes.
+
+    All ranks must then leave the training loop at the same step: a rank that stopped alone would
+    leave the others waiting in the gradient all-reduce.
+    """
+    if not info.distributed:
+        return flag
+    value = torch.tensor([float(flag)], device=info.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def broadcast_buffers(model: torch.nn.Module, info: DistInfo) -> None:

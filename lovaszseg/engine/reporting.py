@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from lovaszseg.data.io import atomic_write
+
 __all__ = ["EpochProgress", "append_summary", "final_table", "plot_curves", "read_summary"]
 
 
@@ -50,10 +52,11 @@ def append_summary(path: Path, row: dict[str, Any]) -> None:
     Rows of later stages may carry metrics the header lacks only if the task changes, which a run
     never does; the columns are fixed by the first row.
     """
-    new = not path.is_file()
-    with path.open("a", newline="") as handle:
+    existing = path.read_text() if path.is_file() else ""
+    with atomic_write(path, "w", newline="") as handle:  # rewritten whole: a crash never leaves half a row
+        handle.write(existing)
         writer = csv.DictWriter(handle, fieldnames=list(row))
-        if new:
+        if not existing:
             writer.writeheader()
         writer.writerow(row)
 
@@ -66,6 +69,19 @@ def read_summary(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+def _broken_at_stages(rows: Sequence[dict[str, str]], column: str) -> tuple[list[float], list[float]]:
+    """Epochs and values of a column with a gap (NaN) between stages: their losses are not comparable."""
+    xs: list[float] = []
+    ys: list[float] = []
+    for index, row in enumerate(rows):
+        if index and row["stage"] != rows[index - 1]["stage"]:
+            xs.append(index + 0.5)
+            ys.append(math.nan)
+        xs.append(index + 1)
+        ys.append(float(row[column]))
+    return xs, ys
+
+
 def plot_curves(rows: Sequence[dict[str, str]], path: Path, metrics: Sequence[str]) -> None:
     """Loss and validation metrics per epoch, stage boundaries marked, saved as a PNG."""
     import matplotlib
@@ -75,9 +91,9 @@ def plot_curves(rows: Sequence[dict[str, str]], path: Path, metrics: Sequence[st
 
     epochs = range(1, len(rows) + 1)
     figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    loss_axis.plot(epochs, [float(r["train_loss"]) for r in rows], marker=".", label="train loss")
-    if rows and "val_loss" in rows[0]:
-        loss_axis.plot(epochs, [float(r["val_loss"]) for r in rows], marker=".", label="val loss")
+    for column, label in (("train_loss", "train loss"), ("val_loss", "val loss")):
+        if rows and column in rows[0]:
+            loss_axis.plot(*_broken_at_stages(rows, column), marker=".", label=label)
     for name in metrics:
         if rows and name in rows[0]:
             metric_axis.plot(epochs, [float(r[name]) for r in rows], marker=".", label=name)
@@ -91,7 +107,8 @@ def plot_curves(rows: Sequence[dict[str, str]], path: Path, metrics: Sequence[st
         axis.grid(alpha=0.3)
         axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=90)
+    with atomic_write(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=90)
     plt.close(figure)
 
 

@@ -24,20 +24,28 @@ import numpy as np
 import torch
 import yaml
 from rich.console import Console
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lovaszseg.config import Config, StageConfig, builtin_config, load_config
 from lovaszseg.data import build_dataset
+from lovaszseg.data.io import atomic_write
 from lovaszseg.data.synth import ensure_demo_salt
 from lovaszseg.engine import distributed
 from lovaszseg.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from lovaszseg.engine.evaluate import BINARY_METRICS, MULTICLASS_METRICS, evaluate
 from lovaszseg.engine.reporting import EpochProgress, append_summary, final_table, plot_curves, read_summary
+from lovaszseg.engine.schedule import (
+    build_optimizer,
+    build_scheduler,
+    cycle_length,
+    is_snapshot_epoch,
+    step_scheduler,
+)
 from lovaszseg.losses import build_loss
-from lovaszseg.models import build_model
+from lovaszseg.models import build_model, check_input_size
 
 __all__ = ["RunResult", "TrainingError", "build_datasets", "resolve_data_root", "train"]
 
@@ -99,28 +107,6 @@ def _autocast(amp: str, device: torch.device) -> AbstractContextManager:
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
-def _optimizer(stage: StageConfig, model: nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if stage.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=stage.lr, momentum=stage.momentum, weight_decay=stage.weight_decay)
-    optimizer_class = torch.optim.AdamW if stage.optimizer == "adamw" else torch.optim.Adam
-    return optimizer_class(params, lr=stage.lr, weight_decay=stage.weight_decay)
-
-
-def _scheduler(stage: StageConfig, optimizer: torch.optim.Optimizer, mode: str) -> Any:
-    """Stepped once per epoch (plateau: with the monitored metric)."""
-    if stage.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=stage.epochs, eta_min=stage.min_lr)
-    if stage.schedule == "cosine_restarts":
-        cycle = max(1, stage.epochs // stage.cycles)
-        return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=cycle, eta_min=stage.min_lr)
-    if stage.schedule == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode=mode, patience=stage.patience, min_lr=stage.min_lr
-        )
-    return None
-
-
 def _new_run_dir(config: Config, run_dir: Path | None, overwrite: bool) -> Path:
     """A fresh folder: an existing non-empty one is replaced only with ``overwrite``, else suffixed."""
     base = run_dir or Path(config.output.runs_dir) / (config.output.name or "run")
@@ -178,7 +164,8 @@ def train(
     Args:
         config: A :class:`Config`, a YAML path, or None for the built-in demo (``salt-demo.yaml``).
         overrides: ``key.path=value`` strings applied to the config.
-        resume: A run folder to continue from its ``last.pt`` (same stage, epoch and schedule).
+        resume: A run folder to continue from its ``last.pt`` (same stage, epoch, schedule and RNG);
+            the run's saved config is used and the run continues in that folder.
         run_dir: Where to write the run (default ``output.runs_dir/output.name``, suffixed if taken).
         overwrite: Replace an existing non-empty run folder instead of choosing a new name.
         stop_after_epochs: Stop cleanly after this many epochs of this call, as if interrupted
@@ -190,14 +177,20 @@ def train(
 
     Raises:
         TrainingError: non-finite loss (the last good checkpoint is kept).
-        ConfigError, ValueError, FileNotFoundError: bad config, data or checkpoint.
+        ConfigError, ValueError, FileNotFoundError: bad config, data or checkpoint; a config or
+            overrides given with ``resume``; images whose size the model cannot take.
+        EncoderWeightsError: pretrained encoder weights cannot be downloaded (a ValueError).
     """
     console = console or Console()
     checkpoint: dict[str, Any] | None = None
+    if resume is not None and (config is not None or overrides):
+        raise ValueError("resume continues a run with its saved config: pass no config or overrides with it")
     if resume is not None:
         checkpoint = load_checkpoint(Path(resume) / "last.pt")
         config = load_config(checkpoint["config"])
-    elif not isinstance(config, Config):
+    elif isinstance(config, Config):
+        config = load_config(config.model_dump(), overrides) if overrides else config
+    else:
         config = load_config(config if config is not None else builtin_config("salt-demo"), overrides)
     info = distributed.setup(config.train.device)
     try:
@@ -216,13 +209,6 @@ def _train(
     stop_after_epochs: int | None,
     console: Console,
 ) -> RunResult:
-    # The run folder: rank 0 chooses and creates it, everyone writes nothing else but rank 0.
-    out = Path(resume) if resume is not None else (_new_run_dir(config, run_dir, overwrite) if info.is_main else None)
-    out = distributed.broadcast_object(out, info)
-    if info.is_main and resume is None:
-        (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
-        console.print(f"run folder: {out}")
-
     # Data: the demo data is generated by rank 0 first.
     root = resolve_data_root(config) if info.is_main else None
     root = distributed.broadcast_object(root, info) if info.distributed else root
@@ -265,6 +251,9 @@ def _train(
     # Model, and where the run starts (the seed fixes the initial weights too).
     _seed_everything(config.train.seed)
     model = build_model(config.model, train_set.in_channels, num_classes, pretrained=checkpoint is None).to(info.device)
+    for dataset, split in ((train_set, config.data.train_split), (val_set, config.data.val_split)):
+        height, width = dataset[0]["image"].shape[-2:]
+        check_input_size(model, height, width, f"the first image of {config.data.name} split {split!r}")
     start_stage, start_epoch, stage_best, stale_epochs = 0, 0, None, 0
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
@@ -278,6 +267,16 @@ def _train(
     )
     scaler = torch.amp.GradScaler(info.device.type, enabled=config.train.amp == "fp16")
     autocast = _autocast(config.train.amp, info.device)
+
+    # The run folder, once everything that can fail on bad input has been built: rank 0 chooses and
+    # creates it, and only rank 0 writes files.
+    out = Path(resume) if resume is not None else (_new_run_dir(config, run_dir, overwrite) if info.is_main else None)
+    out = distributed.broadcast_object(out, info)
+    if info.is_main and resume is None:
+        with atomic_write(out / "config.yaml") as handle:
+            yaml.safe_dump(config.model_dump(), handle, sort_keys=False)
+        console.print(f"run folder: {out}")
+
     best_overall = checkpoint["best_overall"] if checkpoint is not None else None
     epochs_this_call = 0
     completed = True
@@ -287,8 +286,8 @@ def _train(
             stage = config.stages[stage_index]
             label = _stage_label(stage_index, stage)
             loss_fn = build_loss(stage.loss, ignore_index=train_set.ignore_index)
-            optimizer = _optimizer(stage, model)
-            scheduler = _scheduler(stage, optimizer, mode)
+            optimizer = build_optimizer(stage, model)
+            scheduler = build_scheduler(stage, optimizer, mode)
             resuming_here = checkpoint is not None and stage_index == start_stage and start_epoch > 0
             if resuming_here:
                 optimizer.load_state_dict(checkpoint["optimizer"])
@@ -307,8 +306,9 @@ def _train(
                         console.print(f"stage {label}: starting from stage {stage_index}'s {source} weights")
 
             for epoch in range(start_epoch, stage.epochs):
-                if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
-                    signals["stop"] = True
+                # Stop requests are agreed on by all ranks (a signal may reach only some), every time.
+                stop_here = stop_after_epochs is not None and epochs_this_call >= stop_after_epochs
+                signals["stop"] = distributed.any_rank(signals["stop"] or stop_here, info)
                 if signals["stop"]:
                     completed = False
                     break
@@ -328,16 +328,18 @@ def _train(
                 progress = EpochProgress(console, f"{label} {epoch + 1}/{stage.epochs}", steps, info.is_main)
                 try:
                     for step, batch in enumerate(train_loader, start=1):
+                        signals["stop"] = distributed.any_rank(signals["stop"], info)
                         if step > steps or signals["stop"]:
                             break
                         images, masks = batch["image"].to(info.device), batch["mask"].to(info.device)
                         with autocast:
                             logits = ddp_model(images)
                         loss = loss_fn(logits.float(), masks)
-                        if not torch.isfinite(loss):
+                        if distributed.any_rank(not bool(torch.isfinite(loss)), info):
                             raise TrainingError(
-                                f"non-finite loss ({loss.item()}) at stage {label}, epoch {epoch + 1}, step {step}; "
-                                f"stopped. The last good checkpoint is kept: {out / 'last.pt'}"
+                                f"non-finite loss ({loss.item()} on rank {info.rank}) at stage {label}, "
+                                f"epoch {epoch + 1}, step {step}; stopped. "
+                                f"The last good checkpoint is kept: {out / 'last.pt'}"
                             )
                         optimizer.zero_grad(set_to_none=True)
                         scaler.scale(loss).backward()
@@ -352,6 +354,7 @@ def _train(
                         progress.update(step, float(loss_sum / seen), seen / max(elapsed, 1e-9))
                 finally:
                     progress.close()
+                signals["stop"] = distributed.any_rank(signals["stop"], info)
                 if signals["stop"]:  # interrupted mid-epoch: last.pt (end of the previous epoch) is kept
                     completed = False
                     break
@@ -376,10 +379,7 @@ def _train(
                 )
                 value = metrics[monitor]
                 lr = optimizer.param_groups[0]["lr"]
-                if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                    scheduler.step(value)
-                elif scheduler is not None:
-                    scheduler.step()
+                step_scheduler(scheduler, value)
 
                 improved = not math.isnan(value) and _improved(value, stage_best, mode)
                 stage_best = value if improved else stage_best
@@ -405,9 +405,9 @@ def _train(
                             best_overall = value
                             state["best_overall"] = value
                             save_checkpoint(out / "best.pt", state)
-                    cycle = max(1, stage.epochs // stage.cycles)
-                    if stage.schedule == "cosine_restarts" and (epoch + 1) % cycle == 0:  # a snapshot per cycle
-                        save_checkpoint(out / f"stage{stage_index + 1}_snapshot{(epoch + 1) // cycle}.pt", state)
+                    if is_snapshot_epoch(stage, epoch + 1):  # the end of a cosine cycle: a snapshot-ensemble member
+                        cycle = (epoch + 1) // cycle_length(stage)
+                        save_checkpoint(out / f"stage{stage_index + 1}_snapshot{cycle}.pt", state)
                     save_checkpoint(out / f"stage{stage_index + 1}_last.pt", state)
                     save_checkpoint(out / "last.pt", state)
                     row = {"stage": label, "epoch": epoch + 1, "lr": f"{lr:.6g}", "train_loss": f"{train_loss:.6f}"}
@@ -431,11 +431,12 @@ def _train(
             if not completed:
                 break
 
-    if info.distributed:  # every rank must hold the same weights after DDP
+    if info.distributed and completed:  # every rank must end with the same weights (and BN statistics)
         checksums = [None] * info.world_size
         torch.distributed.all_gather_object(checksums, _weights_checksum(model))
         if info.is_main:
-            (out / "distributed.json").write_text(json.dumps({"weights_checksum_per_rank": checksums}))
+            with atomic_write(out / "distributed.json") as handle:
+                json.dump({"weights_checksum_per_rank": checksums}, handle)
     history = read_summary(out / "summary.csv")
     best_metrics: dict[str, float] = {}
     if info.is_main and (out / "best.pt").is_file():
@@ -453,5 +454,7 @@ def _train(
 def export_for_inference(checkpoint: dict[str, Any], out: Path) -> None:
     """``model.safetensors`` (weights) + ``config.json`` (the run's config) for inference."""
     tensors = {name: tensor.contiguous() for name, tensor in checkpoint["model"].items()}
-    save_file(tensors, str(out / "model.safetensors"))
-    (out / "config.json").write_text(json.dumps(checkpoint["config"], indent=2))
+    with atomic_write(out / "model.safetensors", "wb") as handle:
+        handle.write(safetensors_bytes(tensors))
+    with atomic_write(out / "config.json") as handle:
+        json.dump(checkpoint["config"], handle, indent=2)

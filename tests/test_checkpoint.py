@@ -1,0 +1,63 @@
+"""Checkpoints: atomic writes, weights_only loading, RNG states that survive a save/load round trip."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import pytest
+import torch
+
+import lovaszseg.engine.checkpoint as checkpoint_module
+from lovaszseg.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+
+
+def _draw() -> tuple[list[float], list[float], list[float]]:
+    return torch.rand(3).tolist(), np.random.rand(3).tolist(), [random.random() for _ in range(3)]
+
+
+def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    np.random.seed(2)
+    random.seed(3)
+    _draw()
+    save_checkpoint(tmp_path / "rng.pt", {"model": {}, "config": {}, "rng": capture_rng()})
+    expected = _draw()
+    _draw()  # move every generator on
+    restore_rng(load_checkpoint(tmp_path / "rng.pt")["rng"])
+    assert _draw() == expected
+
+
+def test_checkpoints_load_with_weights_only_and_refuse_code(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path / "ok.pt", {"model": {"w": torch.ones(2)}, "config": {"a": 1}, "metrics": {"iou": 0.5}})
+    state = load_checkpoint(tmp_path / "ok.pt")
+    assert torch.equal(state["model"]["w"], torch.ones(2)) and state["metrics"] == {"iou": 0.5}
+    torch.save({"model": {}, "config": {}, "payload": _Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match=r"evil\.pt is not a readable lovaszseg checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt")
+    torch.save({"weights": torch.ones(1)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="no 'model' and 'config'"):
+        load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(FileNotFoundError, match=r"checkpoint not found: .*missing\.pt"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+class _Payload:
+    """Any object that is not a tensor or plain data: weights_only loading must refuse it."""
+
+
+def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"model": {"w": torch.zeros(2)}, "config": {}})
+
+    def torn_write(state: object, handle: BinaryIO) -> None:
+        handle.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", torn_write)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"model": {"w": torch.ones(2)}, "config": {}})
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.zeros(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]

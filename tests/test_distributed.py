@@ -1,0 +1,82 @@
+"""DDP plumbing: evaluation shards, and a real 2-process gloo run against single-process evaluation."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_salt_config, write_config
+
+from lovaszseg.engine import distributed
+from lovaszseg.engine.checkpoint import load_checkpoint
+from lovaszseg.engine.reporting import read_summary
+from lovaszseg.engine.runs import evaluate_run
+
+
+@pytest.mark.parametrize(("length", "world_size"), [(10, 1), (10, 3), (7, 2), (1, 4), (0, 2)])
+def test_shards_cover_every_sample_exactly_once(length: int, world_size: int) -> None:
+    shards = [list(distributed.ShardSampler(length, rank, world_size)) for rank in range(world_size)]
+    assert sorted(i for shard in shards for i in shard) == list(range(length))  # no padding duplicates
+    assert [len(distributed.ShardSampler(length, rank, world_size)) for rank in range(world_size)] == [
+        len(shard) for shard in shards
+    ]
+
+
+def test_setup_outside_torchrun_is_rank_zero_of_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    info = distributed.setup("cpu")
+    assert (info.rank, info.world_size, info.device, info.is_main, info.distributed) == (
+        0,
+        1,
+        torch.device("cpu"),
+        True,
+        False,
+    )
+    assert distributed.broadcast_object("runs/x", info) == "runs/x"
+    assert (distributed.any_rank(True, info), distributed.any_rank(False, info)) == (True, False)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown on machines without CUDA")
+def test_setup_cuda_without_cuda_says_what_to_set() -> None:
+    with pytest.raises(ValueError, match=r"train\.device=cpu"):
+        distributed.setup("cuda")
+
+
+def test_two_cpu_processes_end_equal_and_match_single_process_evaluation(tiny_salt: Path, tmp_path: Path) -> None:
+    config = tiny_salt_config(
+        tiny_salt,
+        tmp_path,
+        stages=[{"name": "bce", "loss": "bce", "epochs": 2, "lr": 0.01}],
+        data={"batch_size": 4},
+        train={"find_unused_parameters": True},  # the tiny encoder_depth=3 model leaves resnet layers unused
+    )
+    path = write_config(tmp_path / "ddp.yaml", config)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "lovaszseg",
+        "train",
+        str(path),
+        "--run-dir",
+        str(tmp_path / "ddp"),
+    ]
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    checksums = json.loads((tmp_path / "ddp" / "distributed.json").read_text())["weights_checksum_per_rank"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1]
+    # Only rank 0 writes: one summary row per epoch, not one per rank.
+    assert [row["epoch"] for row in read_summary(tmp_path / "ddp" / "summary.csv")] == ["1", "2"]
+    last = load_checkpoint(tmp_path / "ddp" / "last.pt")
+    single = evaluate_run(tmp_path / "ddp" / "last.pt", device="cpu", out=tmp_path)
+    for name in ("salt_score", "iou", "image_iou"):
+        assert last["metrics"][name] == pytest.approx(single[name], rel=1e-6, abs=1e-9), name
