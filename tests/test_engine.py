@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,23 @@ from lovaszseg.config import load_config
 from lovaszseg.engine import TrainingError, train
 from lovaszseg.engine.checkpoint import load_checkpoint
 from lovaszseg.engine.runs import load_model
+
+
+def _loss_with_hook(hook: Callable[[int, torch.Tensor], torch.Tensor]) -> Callable[..., Callable]:
+    """A ``build_loss`` whose losses pass (call number, value) through ``hook`` on every call."""
+    real_build_loss = engine_train.build_loss
+    calls = {"n": 0}
+
+    def build(spec, ignore_index=None):
+        loss = real_build_loss(spec, ignore_index=ignore_index)
+
+        def forward(logits, masks):
+            calls["n"] += 1
+            return hook(calls["n"], loss(logits, masks))
+
+        return forward
+
+    return build
 
 
 def _config(root: Path, runs: Path, **sections):
@@ -63,22 +81,13 @@ def test_resume_after_interruptions_gives_the_same_weights(
     assert (load_checkpoint(run / "last.pt")["stage"], load_checkpoint(run / "last.pt")["epoch"]) == (0, 2)
 
     # Second stop: SIGTERM during the first step of stage 2's second epoch; that epoch is dropped.
-    calls = {"n": 0}
-    real_build_loss = engine_train.build_loss
-
-    def terminated_at_fourth_call(spec, ignore_index=None):
-        loss = real_build_loss(spec, ignore_index=ignore_index)
-
-        def forward(logits, masks):
-            calls["n"] += 1
-            if calls["n"] == 4:  # train, train, validation, then the next epoch's first step
-                os.kill(os.getpid(), signal.SIGTERM)
-            return loss(logits, masks)
-
-        return forward
+    def terminate_at_fourth_call(call: int, value: torch.Tensor) -> torch.Tensor:
+        if call == 4:  # train, train, validation, then the next epoch's first step
+            os.kill(os.getpid(), signal.SIGTERM)
+        return value
 
     with monkeypatch.context() as patch:
-        patch.setattr(engine_train, "build_loss", terminated_at_fourth_call)
+        patch.setattr(engine_train, "build_loss", _loss_with_hook(terminate_at_fourth_call))
         second = train(resume=run)
     assert not second.completed and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     assert (load_checkpoint(run / "last.pt")["stage"], load_checkpoint(run / "last.pt")["epoch"]) == (1, 1)
@@ -115,20 +124,10 @@ def test_images_the_model_cannot_take_fail_before_the_run_folder_is_made(tiny_sa
 def test_non_finite_loss_stops_with_stage_epoch_and_step_and_keeps_the_last_checkpoint(
     tiny_salt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls = {"n": 0}
-    real_build_loss = engine_train.build_loss
+    def nan_at_fifth_call(call: int, value: torch.Tensor) -> torch.Tensor:
+        return value * float("nan") if call == 5 else value  # step 2 of epoch 2
 
-    def exploding(spec, ignore_index=None):
-        loss = real_build_loss(spec, ignore_index=ignore_index)
-
-        def forward(logits, masks):
-            calls["n"] += 1
-            value = loss(logits, masks)
-            return value * float("nan") if calls["n"] == 5 else value  # step 2 of epoch 2
-
-        return forward
-
-    monkeypatch.setattr(engine_train, "build_loss", exploding)
+    monkeypatch.setattr(engine_train, "build_loss", _loss_with_hook(nan_at_fifth_call))
     config = _config(tiny_salt, tmp_path)
     with pytest.raises(TrainingError, match=r"stage 1-bce, epoch 2, step 2.*last\.pt"):
         train(config, run_dir=tmp_path / "nan")
