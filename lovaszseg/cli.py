@@ -178,12 +178,26 @@ def compare_command(
     ),
     epochs: int | None = typer.Option(None, help="Epoch budget of every entry (default: the config's total)."),
     out_dir: Path | None = typer.Option(None, "--out-dir", help="Folder for the runs and compare.csv/.png."),
+    retrain: bool = typer.Option(
+        False, help="Train every entry again instead of re-scoring finished runs of the same config."
+    ),
 ) -> None:
-    """Train the same model, data, seed and budget once per loss; compare them on the validation split."""
+    """Train the same model, data, seed and budget once per loss; compare them on the validation split.
+
+    Running the same command again continues an interrupted comparison: entries whose run already
+    finished with the same config are evaluated again, not retrained.
+    """
     from lovaszseg.compare import compare
 
     entries = [entry.strip().replace(";", ",") for entry in losses.split(",") if entry.strip()]
     result = _user_errors(
-        compare, config, entries, overrides=overrides or [], epochs=epochs, out_dir=out_dir, console=console
+        compare,
+        config,
+        entries,
+        overrides=overrides or [],
+        epochs=epochs,
+        out_dir=out_dir,
+        retrain=retrain,
+        console=console,
     )
     console.print(f"wrote {result.out_dir / 'compare.csv'} and {result.out_dir / 'compare.png'}")

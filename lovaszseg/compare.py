@@ -19,11 +19,23 @@ from rich.console import Console
 from rich.table import Table
 
 from lovaszseg.config import Config, ConfigError, load_config
+from lovaszseg.engine.reporting import read_summary
 from lovaszseg.engine.runs import evaluate_run
 from lovaszseg.engine.trainer import train
 
 __all__ = ["CompareResult", "compare", "parse_entry"]
 
+# Final metrics drawn side by side: binary ones at 0.5 and at their best threshold, then multi-class ones.
+_BAR_METRICS = (
+    "salt_score",
+    "salt_score_at_best_threshold",
+    "iou",
+    "iou_at_best_threshold",
+    "image_iou",
+    "image_iou_at_best_threshold",
+    "miou",
+    "image_miou",
+)
 _TERM = re.compile(r"^\s*([a-z_]+)\s*(?:\((.*)\))?\s*$")
 
 
@@ -71,6 +83,12 @@ def _entry_config(base: Config, entry: str, epochs: int) -> Config:
     return load_config({**base.model_dump(), "stages": stages})
 
 
+def _finished_run(run_dir: Path, config: Config) -> bool:
+    """Whether ``run_dir`` holds a run of exactly ``config`` that trained to the end (it exported its model)."""
+    saved = run_dir / "config.yaml"
+    return (run_dir / "model.safetensors").is_file() and saved.is_file() and load_config(saved) == config
+
+
 def _safe_name(entry: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", entry.replace(">", "-then-")).strip("_")
 
@@ -82,6 +100,7 @@ def compare(
     overrides: Sequence[str] = (),
     epochs: int | None = None,
     out_dir: Path | None = None,
+    retrain: bool = False,
     console: Console | None = None,
 ) -> CompareResult:
     """Train and evaluate the same setup once per loss.
@@ -93,6 +112,9 @@ def compare(
         overrides: ``key.path=value`` overrides of the base config.
         epochs: Epoch budget of every entry (default: the base config's total).
         out_dir: Where the runs and the comparison go (default ``runs_dir/NAME-compare``).
+        retrain: Train every entry again. By default an entry whose folder already holds a finished run
+            of the same config is only evaluated again, so an interrupted comparison continues where it
+            stopped and a finished one can be re-scored.
         console: Where progress and the table go.
 
     Returns:
@@ -106,13 +128,18 @@ def compare(
     rows, histories = [], {}
     for entry, entry_config in configs.items():
         console.rule(f"[bold]{entry}")
-        result = train(entry_config, run_dir=out_dir / _safe_name(entry), overwrite=True, console=console)
-        if not result.completed:  # Ctrl-C / SIGTERM: stop the whole comparison, keep what finished
-            console.print(f"[yellow]interrupted during {entry!r}; the comparison covers the entries before it")
-            break
-        metrics = evaluate_run(result.run_dir)
+        run_dir = out_dir / _safe_name(entry)
+        if not retrain and _finished_run(run_dir, entry_config):
+            console.print(f"reusing the finished run {run_dir}")
+            histories[entry] = read_summary(run_dir / "summary.csv")
+        else:
+            result = train(entry_config, run_dir=run_dir, overwrite=True, console=console)
+            if not result.completed:  # Ctrl-C / SIGTERM: stop the whole comparison, keep what finished
+                console.print(f"[yellow]interrupted during {entry!r}; the comparison covers the entries before it")
+                break
+            histories[entry] = result.history
+        metrics = evaluate_run(run_dir)
         rows.append({"loss": entry, "epochs": budget, **{k: round(v, 6) for k, v in metrics.items()}})
-        histories[entry] = result.history
     if not rows:
         return CompareResult(out_dir, rows)
     columns = list(dict.fromkeys(key for row in rows for key in row))
@@ -148,11 +175,7 @@ def _plot(histories: dict[str, list[dict[str, str]]], rows: Sequence[dict[str, A
     curve_axis.set(xlabel="epoch", ylabel=f"validation {metric}", title="per epoch")
     curve_axis.grid(alpha=0.3)
     curve_axis.legend()
-    names = [
-        m
-        for m in ("salt_score", "salt_score_at_best_threshold", "iou", "image_iou", "miou", "image_miou")
-        if m in rows[0]
-    ]
+    names = [m for m in _BAR_METRICS if m in rows[0]]
     width = 0.8 / len(rows)
     for index, row in enumerate(rows):
         positions = [i + index * width for i in range(len(names))]

@@ -440,9 +440,9 @@ def best_threshold(
     probs: np.ndarray,
     truth: np.ndarray,
     thresholds: np.ndarray | Sequence[float] | None = None,
-    metric: Literal["salt", "iou"] = "salt",
+    metric: Literal["salt", "iou", "image_iou"] = "salt",
 ) -> tuple[float, float, np.ndarray]:
-    """Probability threshold maximising the TGS score or the dataset IoU of binary predictions.
+    """Probability threshold maximising the TGS score, the dataset IoU or the mean image IoU.
 
     A pixel is foreground at threshold t when ``p > t``, compared exactly for float16/32/64 ``probs``
     (wider floats are rounded to float64 first). Every
@@ -455,7 +455,8 @@ def best_threshold(
         thresholds: Candidate thresholds, in any order; default ``np.linspace(0.05, 0.95, 19)``.
         metric: ``"salt"``: mean :func:`salt_score` (rounded once from the exact count of passed IoU
             thresholds); ``"iou"``: dataset foreground IoU (summed
-            intersections over summed unions; 1 when all are empty).
+            intersections over summed unions; 1 when all are empty); ``"image_iou"``: mean per-image
+            foreground IoU (1 for an image where both masks are empty, as in :func:`binary_iou`).
 
     Returns:
         ``(threshold, score, scores)``: the best threshold (the first one on ties, in the given order),
@@ -469,8 +470,8 @@ def best_threshold(
     Shape:
         probs, truth: ``[N, H, W]``.
     """
-    if metric not in ("salt", "iou"):
-        raise ValueError(f"metric must be 'salt' or 'iou', got {metric!r}")
+    if metric not in ("salt", "iou", "image_iou"):
+        raise ValueError(f"metric must be 'salt', 'iou' or 'image_iou', got {metric!r}")
     probs = np.asarray(probs)
     if not np.issubdtype(probs.dtype, np.floating):
         raise TypeError(f"probs must be a floating-point array, got dtype {probs.dtype}")
@@ -488,6 +489,10 @@ def best_threshold(
     if metric == "salt":
         passes = _salt_passes(intersection, pred_area, truth_area[:, None]).sum(0)
         unique_scores = passes / (len(SALT_IOU_THRESHOLDS) * len(probs))
+    elif metric == "image_iou":
+        union = (pred_area + truth_area[:, None] - intersection).astype(np.float64)
+        per_image = np.divide(intersection, union, out=np.ones_like(union), where=union > 0)
+        unique_scores = np.ascontiguousarray(per_image.T).mean(1)  # a contiguous mean per threshold, as np.mean
     else:
         total_intersection = intersection.sum(0).astype(np.float64)
         total_union = pred_area.sum(0) + truth_area.sum() - total_intersection

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import tiny_salt_config, write_config
 from typer.testing import CliRunner
 
+import lovaszseg.compare
 from lovaszseg.cli import app
-from lovaszseg.compare import parse_entry
-from lovaszseg.config import ConfigError
+from lovaszseg.compare import compare, parse_entry
+from lovaszseg.config import Config, ConfigError, load_config
 
 
 @pytest.mark.parametrize(
@@ -63,3 +65,23 @@ def test_compare_rejects_a_bad_entry_before_training(tiny_salt: Path, tmp_path: 
     )
     assert result.exit_code == 2 and "unknown loss 'lovasz'" in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_compare_again_rescores_finished_runs_and_retrains_changed_ones(
+    tiny_salt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = load_config(tiny_salt_config(tiny_salt, tmp_path / "runs"))
+    first = compare(config, ["bce"], epochs=1, out_dir=tmp_path / "cmp")
+    real_train, seeds_trained = lovaszseg.compare.train, []
+
+    def recording_train(entry_config: Config, **kwargs: Any) -> Any:
+        seeds_trained.append(entry_config.train.seed)
+        return real_train(entry_config, **kwargs)
+
+    monkeypatch.setattr(lovaszseg.compare, "train", recording_train)
+    again = compare(config, ["bce"], epochs=1, out_dir=tmp_path / "cmp")
+    assert seeds_trained == [] and again.rows == first.rows  # the same best checkpoint, evaluated again
+    compare(config, ["bce"], epochs=1, out_dir=tmp_path / "cmp", retrain=True)
+    changed = load_config(tiny_salt_config(tiny_salt, tmp_path / "runs", train={"seed": 1, "device": "cpu"}))
+    compare(changed, ["bce"], epochs=1, out_dir=tmp_path / "cmp")
+    assert seeds_trained == [0, 1]

@@ -62,6 +62,8 @@ def _brute_force_scores(probs: np.ndarray, truth: np.ndarray, thresholds: np.nda
         pred = probs.astype(np.float64) > np.float64(th)
         if metric == "salt":  # the mean of scores k / 10, rounded once
             scores.append(np.rint(np.sum(_reference_salt(pred, truth)) * 10) / (10 * len(pred)))
+        elif metric == "image_iou":
+            scores.append(np.mean(binary_iou(torch.from_numpy(pred), torch.from_numpy(truth.astype(np.int64))).numpy()))
         else:
             union = np.sum(pred | truth)
             scores.append(np.sum(pred & truth) / union if union else 1.0)
@@ -328,7 +330,7 @@ _THRESHOLD_SETS = {
 
 @pytest.mark.parametrize("thresholds", list(_THRESHOLD_SETS), ids=str)
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
-@pytest.mark.parametrize("metric", ["salt", "iou"])
+@pytest.mark.parametrize("metric", ["salt", "iou", "image_iou"])
 def test_best_threshold_equals_brute_force(thresholds: str, dtype: type, metric: str) -> None:
     rng = np.random.default_rng(7)
     truth = rng.random((24, 6, 5)) < 0.4
@@ -369,7 +371,7 @@ def test_best_threshold_on_golden_masks(shared_dir: Path) -> None:
     rng = np.random.default_rng(3)
     probs = np.clip(golden["pred"] * 0.6 + rng.normal(0.2, 0.15, truth.shape), 0, 1).astype(np.float32)
     thresholds = np.linspace(0.1, 0.9, 9)
-    for metric in ("salt", "iou"):
+    for metric in ("salt", "iou", "image_iou"):
         _, _, scores = best_threshold(probs, truth, thresholds, metric=metric)
         np.testing.assert_array_equal(scores, _brute_force_scores(probs, truth, thresholds, metric))
 

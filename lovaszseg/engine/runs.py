@@ -125,7 +125,9 @@ def evaluate_run(
     """Score a trained model on a labelled split and write ``eval.json``.
 
     Binary models: the TGS metric (``salt_score``), dataset ``iou`` and per-image ``image_iou`` at
-    threshold 0.5, plus the threshold that maximises the TGS metric and its score. Multi-class:
+    threshold 0.5; the threshold that maximises the TGS metric (``best_threshold``, the one
+    ``submit --threshold auto`` uses) and its score; and for ``iou`` and ``image_iou`` the threshold
+    that maximises each (``NAME_best_threshold``) and its value (``NAME_at_best_threshold``). Multi-class:
     ``miou`` (VOC), ``image_miou`` and ``pixel_acc``.
 
     Args:
@@ -156,8 +158,13 @@ def evaluate_run(
         metrics["image_iou"] = float(binary_iou(pred, target, ignore_index=ignore).mean())
         if ignore is None:
             metrics["salt_score"] = float(salt_score(probs > 0.5, truths > 0).mean())
-            threshold, score, _ = best_threshold(probs, truths > 0, np.linspace(0.05, 0.95, 91), metric="salt")
+            # Each loss calibrates its probabilities differently: compare losses at each metric's best threshold.
+            grid, positive = np.linspace(0.05, 0.95, 91), truths > 0
+            threshold, score, _ = best_threshold(probs, positive, grid, metric="salt")
             metrics["best_threshold"], metrics["salt_score_at_best_threshold"] = float(threshold), float(score)
+            for name in ("iou", "image_iou"):
+                threshold, score, _ = best_threshold(probs, positive, grid, metric=name)
+                metrics[f"{name}_best_threshold"], metrics[f"{name}_at_best_threshold"] = float(threshold), float(score)
     else:
         num_classes = _classes(config)
         matrix, images = ConfusionMatrix(num_classes, 255), MeanMeter()

@@ -1,0 +1,198 @@
+"""Every command shown in README.md and docs/*.md runs, so the docs stay true.
+
+Each page's commands run in order, as written, in a sandbox laid out like the repository (``configs/``,
+``docs/``, ``../shared``, a private ``~``). The default run appends only budget overrides (a tiny model,
+two steps per epoch, one or two epochs) and checks the shape of every output shown after a ``$`` prompt
+(numbers replaced by ``#``); the slow run (``-m slow``) replays the README walkthrough at full size and
+checks the printed numbers too.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lovaszseg.cli import app
+from lovaszseg.config import builtin_config, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BLOCK = re.compile(r"^ *```(bash|text)\n(.*?)^ *```$", re.MULTILINE | re.DOTALL)
+# Commands the docs show that no test can run here, with the reason.
+NOT_RUN = {
+    "python3 -m venv": "the README's install commands: CI runs the test one verbatim (.ci/run)",
+    "kaggle competitions": "uploads to Kaggle; needs the network and an account",
+    "head ": "shows the start of the file the command before it wrote",
+}
+# A tiny model and two steps per epoch: every train and compare command finishes in seconds.
+TINY_MODEL = [
+    "model.encoder=resnet18",
+    "model.encoder_weights=null",
+    "model.options.encoder_depth=3",
+    "model.options.decoder_channels=[16,8,8]",
+    "train.max_steps_per_epoch=2",
+    "train.device=cpu",
+    "data.num_workers=0",
+]
+runner = CliRunner()
+
+
+@dataclass
+class DocCommand:
+    page: str
+    line: int
+    argv: list[str]
+    shown_output: list[str] = field(default_factory=list)  # lines after a `$ ` prompt, if any
+
+    @property
+    def abbreviated(self) -> bool:
+        """``$ lovaszseg predict ...``: the output of the full command shown earlier on the page."""
+        return self.argv[-1] == "..."
+
+
+def doc_commands(page: Path) -> list[DocCommand]:
+    """The commands of a page's ```bash blocks (one a line) and ```text blocks (after ``$ ``)."""
+    text = page.read_text(encoding="utf-8")
+    commands: list[DocCommand] = []
+    for block in BLOCK.finditer(text):
+        kind, body = block.groups()
+        first_line = text.count("\n", 0, block.start(2)) + 1
+        output: list[str] | None = None
+        for offset, raw in enumerate(body.splitlines()):
+            line = raw.strip()
+            if kind == "bash" and line and not line.startswith("#"):
+                commands.append(DocCommand(page.name, first_line + offset, shlex.split(line, comments=True)))
+            elif kind == "text" and line.startswith("$ "):
+                commands.append(DocCommand(page.name, first_line + offset, shlex.split(line[2:])))
+                output = commands[-1].shown_output
+            elif output is not None:
+                output.append(raw)
+    return commands
+
+
+def _skeleton(lines: list[str]) -> list[str]:
+    """Lines without numbers, box-drawing padding and surrounding blanks: what a tiny run shares."""
+    shapes = (re.sub(r"\d+(\.\d+)?", "#", line) for line in lines)
+    return [re.sub(r"[\s━─═]+", " ", shape).strip() for shape in shapes if shape.strip()]
+
+
+def _with_budget(argv: list[str]) -> list[str]:
+    """The command with budget overrides appended (train, compare) or fewer repeats (benchmarks)."""
+    if argv[:2] == ["lovaszseg", "train"]:
+        config_path = argv[2] if len(argv) > 2 and "=" not in argv[2] else builtin_config("salt-demo")
+        stages = len(load_config(config_path).stages)
+        epochs = [f"stages.{i}.{key}=1" for i in range(stages) for key in ("epochs", "cycles")]
+        return [*argv, *TINY_MODEL, *epochs]
+    if argv[:2] == ["lovaszseg", "compare"]:
+        return [*argv, *TINY_MODEL, "--epochs", "2"]
+    if argv[1].startswith("benchmarks/"):
+        return [*argv, "--repeats", "1"]
+    return argv
+
+
+def _run(command: DocCommand, argv: list[str]) -> str:
+    """Run one documented command in the current directory; return what it printed."""
+    where = f"{command.page}:{command.line}"
+    if argv[0] == "lovaszseg":
+        result = runner.invoke(app, [str(Path(a).expanduser()) if a.startswith("~") else a for a in argv[1:]])
+        output, failed = result.output, result.exit_code != 0
+    elif argv[0] in ("python", "python3"):
+        process = subprocess.run([sys.executable, *argv[1:]], capture_output=True, text=True, timeout=600)
+        output, failed = process.stdout + process.stderr, process.returncode != 0
+    else:
+        pytest.fail(f"{where}: {shlex.join(argv)!r} is neither run here nor listed in NOT_RUN")
+    shows_an_error = bool(command.shown_output) and command.shown_output[0].startswith("error:")
+    assert failed == shows_an_error, f"{where}: {shlex.join(argv)} exit status unexpected:\n{output}"
+    return output
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One ``~`` for every page, so the built-in demo data is generated once."""
+    return tmp_path_factory.mktemp("home")
+
+
+def _sandbox(tmp_path: Path, shared_dir: Path) -> Path:
+    """``tmp/repo`` with the repository's configs and docs, and ``tmp/shared`` beside it."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("configs", "docs", "benchmarks"):
+        (repo / name).symlink_to(ROOT / name)
+    (tmp_path / "shared").symlink_to(shared_dir)
+    return repo
+
+
+def run_page(page: Path, full_size: bool) -> None:
+    """Run a page's commands in order and compare what they print with what the page shows."""
+    outputs: dict[str, str] = {}  # by `lovaszseg SUBCOMMAND`, for the abbreviated `$ lovaszseg predict ...`
+    for command in doc_commands(page):
+        words = shlex.join(command.argv)
+        if any(words.startswith(prefix) for prefix in NOT_RUN):
+            continue
+        if command.abbreviated:
+            output = outputs[shlex.join(command.argv[:2])]
+        else:
+            output = _run(command, command.argv if full_size else _with_budget(command.argv))
+            outputs[shlex.join(command.argv[:2])] = output
+        expected, actual = command.shown_output, output.splitlines()
+        if not full_size:
+            expected, actual = _skeleton(expected), _skeleton(actual)
+        missing = [line for line in expected if line not in actual]
+        assert not missing, f"{command.page}:{command.line}: {words} no longer prints {missing}; it printed:\n{output}"
+
+
+def test_commands_are_found_in_bash_and_text_blocks(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(
+        "intro\n```bash\n# a comment\nlovaszseg train configs/x.yaml a.b=1  # trailing\n```\n"
+        "  ```text\n  $ lovaszseg eval runs/x\n  metric 0.5\n  ```\n```python\nlovaszseg = 1\n```\n"
+    )
+    commands = doc_commands(page)
+    assert [(c.line, c.argv, c.shown_output) for c in commands] == [
+        (4, ["lovaszseg", "train", "configs/x.yaml", "a.b=1"], []),
+        (7, ["lovaszseg", "eval", "runs/x"], ["  metric 0.5"]),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("shown", "printed", "same_shape"),
+    [
+        (["1-bce epoch 1/3  loss 0.4248"], ["1-bce epoch 1/1  loss 12.5"], True),
+        (["┃ stage    ┃ iou ┃"], ["┃ stage ┃ iou ┃"], True),
+        (["1-bce epoch 1/3  loss 0.4248"], ["1-ce epoch 1/1  loss 0.1"], False),
+    ],
+)
+def test_skeleton_ignores_numbers_and_padding(shown: list[str], printed: list[str], same_shape: bool) -> None:
+    assert (_skeleton(shown) == _skeleton(printed)) is same_shape
+
+
+def test_every_page_with_commands_is_covered() -> None:
+    pages = {p.name for p in PAGES if doc_commands(p)}
+    assert {"README.md", "tgs-recipe.md", "experiments.md", "datasets.md", "configs.md"} <= pages
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if doc_commands(p)], ids=lambda p: p.name)
+def test_documented_commands_run(
+    page: Path, tmp_path: Path, home: Path, shared_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("LOVASZSEG_CACHE", raising=False)
+    monkeypatch.chdir(_sandbox(tmp_path, shared_dir))
+    run_page(page, full_size=False)
+
+
+@pytest.mark.slow
+def test_readme_walkthrough_at_full_size_prints_the_readme_numbers(
+    tmp_path: Path, home: Path, shared_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("LOVASZSEG_CACHE", raising=False)
+    monkeypatch.chdir(_sandbox(tmp_path, shared_dir))
+    run_page(ROOT / "README.md", full_size=True)
