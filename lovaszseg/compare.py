@@ -23,7 +23,7 @@ from lovaszseg.engine.reporting import read_summary
 from lovaszseg.engine.runs import evaluate_run
 from lovaszseg.engine.trainer import train
 
-__all__ = ["CompareResult", "compare", "parse_entry"]
+__all__ = ["STAGE_OPTIONS", "CompareResult", "compare", "parse_entry"]
 
 # Final metrics drawn side by side: binary ones at 0.5 and at their best threshold, then multi-class ones.
 _BAR_METRICS = (
@@ -37,27 +37,32 @@ _BAR_METRICS = (
     "image_miou",
 )
 _TERM = re.compile(r"^\s*([a-z_]+)\s*(?:\((.*)\))?\s*$")
+# Options of a term that set its stage rather than its loss, e.g. ``bce>lovasz_hinge(lr=0.0005)``.
+STAGE_OPTIONS = frozenset({"lr", "optimizer", "weight_decay", "momentum", "schedule", "min_lr"})
 
 
-def _parse_term(text: str) -> Any:
-    """``lovasz_hinge`` or ``lovasz_hinge(variant=elu+1, per_image=false)`` -> a loss spec."""
+def _parse_term(text: str) -> tuple[Any, dict[str, Any]]:
+    """``lovasz_hinge(variant=elu+1, lr=0.0005)`` -> the loss spec and the stage's own settings."""
     match = _TERM.match(text)
     if match is None:
         raise ConfigError(f"cannot read loss {text!r}; write NAME or NAME(option=value, ...)")
     name, arguments = match.groups()
-    if not arguments:
-        return name
-    options = {}
-    for pair in arguments.split(","):
-        key, sep, value = pair.partition("=")
+    options, settings = {}, {}
+    for pair in arguments.split(",") if arguments else []:
+        key, sep, value = (part.strip() for part in pair.partition("="))
         if not sep:
             raise ConfigError(f"loss {text!r}: {pair!r} is not option=value")
-        options[key.strip()] = yaml.safe_load(value.strip())
-    return {name: options}
+        (settings if key in STAGE_OPTIONS else options)[key] = yaml.safe_load(value)
+    return ({name: options} if options else name), settings
 
 
-def parse_entry(entry: str) -> list[Any]:
-    """A comparison entry: one loss, or a schedule ``first>second`` (a stage per loss)."""
+def parse_entry(entry: str) -> list[tuple[Any, dict[str, Any]]]:
+    """A comparison entry: one loss, or a schedule ``first>second`` (a stage per loss).
+
+    Returns:
+        Per stage, the loss spec and the stage settings given with it (keys of :data:`STAGE_OPTIONS`),
+        which replace the base config's first-stage settings for that stage only.
+    """
     return [_parse_term(part) for part in entry.split(">")]
 
 
@@ -71,14 +76,14 @@ class CompareResult:
 
 def _entry_config(base: Config, entry: str, epochs: int) -> Config:
     template = base.stages[0]
-    losses = parse_entry(entry)
-    lengths = [epochs // len(losses)] * len(losses)
+    terms = parse_entry(entry)
+    lengths = [epochs // len(terms)] * len(terms)
     lengths[-1] += epochs - sum(lengths)
     if min(lengths) < 1:
-        raise ConfigError(f"{entry!r} has {len(losses)} stages but the budget is only {epochs} epochs")
+        raise ConfigError(f"{entry!r} has {len(terms)} stages but the budget is only {epochs} epochs")
     stages = [
-        template.model_copy(update={"name": str(index + 1), "loss": loss, "epochs": length}).model_dump()
-        for index, (loss, length) in enumerate(zip(losses, lengths, strict=True))
+        {**template.model_dump(), "name": str(index + 1), "loss": loss, "epochs": length, **settings}
+        for index, ((loss, settings), length) in enumerate(zip(terms, lengths, strict=True))
     ]
     return load_config({**base.model_dump(), "stages": stages})
 
@@ -109,6 +114,7 @@ def compare(
         config: Base config (its first stage gives optimiser, learning rate and schedule).
         losses: Entries such as ``bce``, ``jaccard``, ``lovasz_hinge``, ``lovasz_hinge(variant=elu+1)``
             or ``bce>lovasz_hinge`` (two stages, each half the budget, the second from the first's best).
+            Stage settings can go with a loss: ``bce>lovasz_hinge(lr=0.0005)`` (see :data:`STAGE_OPTIONS`).
         overrides: ``key.path=value`` overrides of the base config.
         epochs: Epoch budget of every entry (default: the base config's total).
         out_dir: Where the runs and the comparison go (default ``runs_dir/NAME-compare``).

@@ -19,9 +19,17 @@ from lovaszseg.config import Config, ConfigError, load_config
 @pytest.mark.parametrize(
     ("entry", "spec"),
     [
-        ("bce", ["bce"]),
-        ("bce>lovasz_hinge", ["bce", "lovasz_hinge"]),
-        ("lovasz_hinge(variant=elu+1, per_image=false)", [{"lovasz_hinge": {"variant": "elu+1", "per_image": False}}]),
+        ("bce", [("bce", {})]),
+        ("bce>lovasz_hinge", [("bce", {}), ("lovasz_hinge", {})]),
+        (
+            "lovasz_hinge(variant=elu+1, per_image=false)",
+            [({"lovasz_hinge": {"variant": "elu+1", "per_image": False}}, {})],
+        ),
+        (
+            "bce>lovasz_hinge(variant=elu+1, lr=0.0005, optimizer=sgd)",
+            [("bce", {}), ({"lovasz_hinge": {"variant": "elu+1"}}, {"lr": 0.0005, "optimizer": "sgd"})],
+        ),
+        ("lovasz_hinge(lr=0.0001)", [("lovasz_hinge", {"lr": 0.0001})]),
     ],
 )
 def test_parse_entry(entry: str, spec: list) -> None:
@@ -41,7 +49,7 @@ def test_compare_cli_on_tiny_salt(tiny_salt: Path, tmp_path: Path) -> None:
             "compare",
             str(config),
             "--losses",
-            "bce,lovasz_hinge(variant=elu+1),bce>lovasz_hinge",
+            "bce,lovasz_hinge(variant=elu+1),bce>lovasz_hinge(lr=0.002;optimizer=sgd)",
             "--epochs",
             "2",
             "--out-dir",
@@ -51,11 +59,15 @@ def test_compare_cli_on_tiny_salt(tiny_salt: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     with (tmp_path / "cmp" / "compare.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert [row["loss"] for row in rows] == ["bce", "lovasz_hinge(variant=elu+1)", "bce>lovasz_hinge"]
+    schedule = "bce>lovasz_hinge(lr=0.002,optimizer=sgd)"
+    assert [row["loss"] for row in rows] == ["bce", "lovasz_hinge(variant=elu+1)", schedule]
     assert all(0 <= float(row["salt_score"]) <= 1 and row["epochs"] == "2" for row in rows)
     assert (tmp_path / "cmp" / "compare.png").is_file()
-    summary = (tmp_path / "cmp" / "bce-then-lovasz_hinge" / "summary.csv").read_text().splitlines()
+    run = tmp_path / "cmp" / "bce-then-lovasz_hinge_lr_0.002_optimizer_sgd"
+    summary = (run / "summary.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in summary[1:]] == ["1-1", "2-2"]
+    stages = load_config(run / "config.yaml").stages  # the second stage has its own settings, the first the base's
+    assert [(s.loss, s.lr, s.optimizer) for s in stages] == [("bce", 0.01, "adam"), ("lovasz_hinge", 0.002, "sgd")]
 
 
 def test_compare_rejects_a_bad_entry_before_training(tiny_salt: Path, tmp_path: Path) -> None:
@@ -64,6 +76,11 @@ def test_compare_rejects_a_bad_entry_before_training(tiny_salt: Path, tmp_path: 
         app, ["compare", str(config), "--losses", "bce,lovasz", "--out-dir", str(tmp_path / "x")]
     )
     assert result.exit_code == 2 and "unknown loss 'lovasz'" in result.output
+    assert not (tmp_path / "x").exists()
+    result = CliRunner().invoke(
+        app, ["compare", str(config), "--losses", "bce>lovasz_hinge(lr=-1)", "--out-dir", str(tmp_path / "x")]
+    )
+    assert result.exit_code == 2 and "lr" in result.output and "greater than 0" in result.output
     assert not (tmp_path / "x").exists()
 
 

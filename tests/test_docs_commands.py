@@ -39,6 +39,7 @@ TINY_MODEL = [
     "model.options.decoder_channels=[16,8,8]",
     "train.max_steps_per_epoch=2",
     "train.device=cpu",
+    "train.amp=none",
     "data.num_workers=0",
 ]
 runner = CliRunner()
