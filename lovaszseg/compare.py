@@ -176,19 +176,24 @@ def _plot(histories: dict[str, list[dict[str, str]]], rows: Sequence[dict[str, A
 
     metric = "salt_score" if "salt_score" in rows[0] else ("iou" if "iou" in rows[0] else "miou")
     figure, (curve_axis, bar_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for entry, history in histories.items():
-        curve_axis.plot(range(1, len(history) + 1), [float(r[metric]) for r in history], marker=".", label=entry)
+    colours = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20").colors
+    for (entry, history), colour in zip(histories.items(), colours, strict=False):
+        epochs = range(1, len(history) + 1)
+        curve_axis.plot(epochs, [float(r[metric]) for r in history], marker=".", color=colour, label=entry)
     curve_axis.set(xlabel="epoch", ylabel=f"validation {metric}", title="per epoch")
     curve_axis.grid(alpha=0.3)
-    curve_axis.legend()
     names = [m for m in _BAR_METRICS if m in rows[0]]
     width = 0.8 / len(rows)
-    for index, row in enumerate(rows):
+    for index, (row, colour) in enumerate(zip(rows, colours, strict=False)):
         positions = [i + index * width for i in range(len(names))]
-        bar_axis.bar(positions, [row[n] for n in names], width=width, label=row["loss"])
-    bar_axis.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names, rotation=15, fontsize=8)
+        bar_axis.bar(positions, [row[n] for n in names], width=width, color=colour)
+    labels = [name.replace("_at_best_threshold", "\n@ best threshold") for name in names]
+    bar_axis.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], labels, fontsize=8)
     bar_axis.set(title="best checkpoint", ylim=(0, 1))
-    bar_axis.legend(fontsize=8)
-    figure.tight_layout()
+    bar_axis.grid(axis="y", alpha=0.3)
+    # One legend below both panels: the same colour is the same entry in each.
+    columns = min(len(rows), 3)
+    figure.legend(*curve_axis.get_legend_handles_labels(), loc="lower center", ncol=columns, fontsize=9)
+    figure.tight_layout(rect=(0, 0.06 * -(-len(rows) // columns), 1, 1))
     figure.savefig(path, dpi=90)
     plt.close(figure)

@@ -2,10 +2,9 @@
 
 Each page's commands run in order, as written, in a sandbox laid out like the repository (``configs/``,
 ``docs/``, ``../shared``, a private ``~``). The default run appends only budget overrides (a tiny model,
-two steps per epoch, one or two epochs) and checks the shape of every output shown after a ``$`` prompt
-(numbers replaced by ``#``); the slow run (``-m slow``) replays the README walkthrough at full size and
-checks the printed numbers too.
-"""
+two steps per epoch, one or two epochs, a thirtieth of TGS-layout data to validate) and checks the shape
+of every output shown after a ``$`` prompt (numbers replaced by ``#``); the slow run (``-m slow``)
+replays the README walkthrough at full size and checks the printed numbers too."""
 
 from __future__ import annotations
 
@@ -86,16 +85,17 @@ def _skeleton(lines: list[str]) -> list[str]:
 
 def _with_budget(argv: list[str]) -> list[str]:
     """The command with budget overrides appended (train, compare) or fewer repeats (benchmarks)."""
-    if argv[:2] == ["lovaszseg", "train"]:
-        config_path = argv[2] if len(argv) > 2 and "=" not in argv[2] else builtin_config("salt-demo")
-        stages = len(load_config(config_path).stages)
-        epochs = [f"stages.{i}.{key}=1" for i in range(stages) for key in ("epochs", "cycles")]
-        return [*argv, *TINY_MODEL, *epochs]
-    if argv[:2] == ["lovaszseg", "compare"]:
-        return [*argv, *TINY_MODEL, "--epochs", "2"]
-    if argv[1].startswith("benchmarks/"):
-        return [*argv, "--repeats", "1"]
-    return argv
+    if argv[0] != "lovaszseg":
+        return [*argv, "--repeats", "1"] if argv[1].startswith("benchmarks/") else argv
+    if argv[1] not in ("train", "compare"):
+        return argv
+    config_path = argv[2] if len(argv) > 2 and "=" not in argv[2] else builtin_config("salt-demo")
+    config = load_config(config_path)
+    budget = [*TINY_MODEL, "data.options.n_folds=30"] if config.data.name == "tgs" else TINY_MODEL  # 1/30 to validate
+    if argv[1] == "compare":
+        return [*argv, *budget, "--epochs", "2"]
+    epochs = [f"stages.{i}.{key}=1" for i in range(len(config.stages)) for key in ("epochs", "cycles")]
+    return [*argv, *budget, *epochs]
 
 
 def _run(command: DocCommand, argv: list[str]) -> str:
