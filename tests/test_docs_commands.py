@@ -120,13 +120,17 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("home")
 
 
-def _sandbox(tmp_path: Path, shared_dir: Path) -> Path:
-    """``tmp/repo`` with the repository's configs and docs, and ``tmp/shared`` beside it."""
+@pytest.fixture
+def sandbox(tmp_path: Path, home: Path, shared_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Work in ``tmp/repo`` (the repository's configs, docs and benchmarks), ``tmp/shared`` beside it."""
     repo = tmp_path / "repo"
     repo.mkdir()
     for name in ("configs", "docs", "benchmarks"):
         (repo / name).symlink_to(ROOT / name)
     (tmp_path / "shared").symlink_to(shared_dir)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("LOVASZSEG_CACHE", raising=False)
+    monkeypatch.chdir(repo)
     return repo
 
 
@@ -183,12 +187,7 @@ def test_every_page_with_commands_is_covered() -> None:
 
 
 @pytest.mark.parametrize("page", [p for p in PAGES if doc_commands(p)], ids=lambda p: p.name)
-def test_documented_commands_run(
-    page: Path, tmp_path: Path, home: Path, shared_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.delenv("LOVASZSEG_CACHE", raising=False)
-    monkeypatch.chdir(_sandbox(tmp_path, shared_dir))
+def test_documented_commands_run(page: Path, sandbox: Path) -> None:
     run_page(page, full_size=False)
 
 
@@ -200,15 +199,10 @@ def _table_value(output: str, name: str) -> float:
 
 
 @pytest.mark.slow
-def test_readme_walkthrough_at_full_size_keeps_the_readme_claims(
-    tmp_path: Path, home: Path, shared_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_readme_walkthrough_at_full_size_keeps_the_readme_claims(sandbox: Path) -> None:
     """The full-size demo, as the README runs it. Its numbers move with the torch version and threads,
     so the README's claims are checked, not its digits: the demo learns, and TTA plus the threshold
     search do not lose what training reached."""
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.delenv("LOVASZSEG_CACHE", raising=False)
-    monkeypatch.chdir(_sandbox(tmp_path, shared_dir))
     outputs = run_page(ROOT / "README.md", full_size=True)
     trained = outputs["lovaszseg train"]
     best_per_stage = [float(score) for score in re.findall(r"│ \d-\w+ +│ +3 │ +[\d.]+ │ +([\d.]+) │", trained)]
@@ -217,4 +211,4 @@ def test_readme_walkthrough_at_full_size_keeps_the_readme_claims(
     assert _table_value(evaluated, "salt_score_at_best_threshold") >= _table_value(evaluated, "salt_score")
     assert _table_value(evaluated, "image_iou_at_best_threshold") >= _table_value(evaluated, "image_iou")
     assert "wrote 100 masks" in outputs["lovaszseg predict"]
-    assert (Path.cwd() / "submission.csv").read_text().count("\n") == 101  # header + the 100 test ids
+    assert (sandbox / "submission.csv").read_text().count("\n") == 101  # header + the 100 test ids

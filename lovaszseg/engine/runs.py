@@ -157,9 +157,10 @@ def evaluate_run(
         metrics["iou"] = float(matrix.iou()[1])
         metrics["image_iou"] = float(binary_iou(pred, target, ignore_index=ignore).mean())
         if ignore is None:
-            metrics["salt_score"] = float(salt_score(probs > 0.5, truths > 0).mean())
+            positive = truths > 0
+            metrics["salt_score"] = float(salt_score(probs > 0.5, positive).mean())
             # Each loss calibrates its probabilities differently: compare losses at each metric's best threshold.
-            grid, positive = np.linspace(0.05, 0.95, 91), truths > 0
+            grid = np.linspace(0.05, 0.95, 91)
             threshold, score, _ = best_threshold(probs, positive, grid, metric="salt")
             metrics["best_threshold"], metrics["salt_score_at_best_threshold"] = float(threshold), float(score)
             for name in ("iou", "image_iou"):
