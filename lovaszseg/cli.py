@@ -1,7 +1,13 @@
-"""Command-line interface. Commands only parse arguments and call typed library functions."""
+"""Command-line interface. Commands only parse arguments and call typed library functions.
+
+Heavy imports (torch, smp, albumentations) happen inside the commands, so ``--help`` is instant.
+Errors the user caused (:class:`~lovaszseg.errors.LovaszsegError`) are one red line and exit code 2;
+an interrupted run exits 130 (Ctrl-C) or 143 (SIGTERM); anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -9,7 +15,8 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 
-from lovaszseg.data.synth import synth_salt, synth_voc
+from lovaszseg.errors import LovaszsegError
+from lovaszseg.thresholds import DEFAULT_THRESHOLD
 
 console = Console()
 Result = TypeVar("Result")
@@ -25,13 +32,32 @@ data_app = typer.Typer(help="Generate and inspect datasets.", no_args_is_help=Tr
 app.add_typer(data_app, name="data")
 
 
+USER_ERROR_EXIT = 2
+
+
 def _user_errors(function: Callable[..., Result], *args: Any, **kwargs: Any) -> Result:
-    """Run a library call; show a user mistake (bad file, key or value) as one red line and exit 2."""
+    """Run a library call; show a user mistake (bad file, key or value) as one red line and exit 2.
+
+    A second Ctrl-C (``KeyboardInterrupt``) exits 130 at once, without a traceback.
+    """
+    from lovaszseg.engine.interrupt import exit_code
+
     try:
         return function(*args, **kwargs)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as error:
-        console.print(f"[red]error:[/red] {error}", soft_wrap=True)
-        raise typer.Exit(2) from error
+    except LovaszsegError as error:
+        console.print(f"[red]error:[/red] {error}", soft_wrap=True, markup=True, highlight=False)
+        raise typer.Exit(USER_ERROR_EXIT) from error
+    except KeyboardInterrupt as error:
+        console.print("[yellow]interrupted[/yellow]")
+        raise typer.Exit(exit_code(signal.SIGINT)) from error
+
+
+def _exit_if_interrupted(signum: int | None) -> None:
+    """Exit 130 / 143 when a run was stopped by SIGINT / SIGTERM, so a script or scheduler sees it."""
+    from lovaszseg.engine.interrupt import exit_code
+
+    if signum is not None:
+        raise typer.Exit(exit_code(signum))
 
 
 @data_app.command("synth-salt")
@@ -43,6 +69,8 @@ def synth_salt_command(
     overwrite: bool = typer.Option(False, help="Replace OUT_DIR if it is not empty."),
 ) -> None:
     """Write a synthetic TGS-Salt-like dataset (seismic images, salt masks) in the Kaggle layout."""
+    from lovaszseg.data.synth import synth_salt
+
     root = _user_errors(synth_salt, out_dir, n_train=n_train, n_test=n_test, seed=seed, overwrite=overwrite)
     console.print(f"wrote {n_train} training and {n_test} test images to {root}")
 
@@ -57,6 +85,8 @@ def synth_voc_command(
     overwrite: bool = typer.Option(False, help="Replace OUT_DIR if it is not empty."),
 ) -> None:
     """Write a synthetic Pascal-VOC-like dataset (six object classes, void borders) in the VOC layout."""
+    from lovaszseg.data.synth import synth_voc
+
     root = _user_errors(synth_voc, out_dir, n_images=n_images, seed=seed, size=(height, width), overwrite=overwrite)
     console.print(f"wrote {n_images} images to {root / 'VOCdevkit' / 'VOC2012'}")
 
@@ -72,39 +102,41 @@ def train_command(
     resume: Path | None = typer.Option(
         None, "--resume", help="Run folder to continue from its last.pt, with its saved config (no CONFIG)."
     ),
-    run_dir: Path | None = typer.Option(None, "--run-dir", help="Write the run here instead of runs/NAME."),
-    overwrite: bool = typer.Option(False, help="Replace an existing run folder instead of creating NAME-2."),
+    run_dir: Path | None = typer.Option(
+        None, "--run-dir", help="Write the run here instead of runs/NAME (refused if it holds a run)."
+    ),
+    overwrite: bool = typer.Option(
+        False, help="Replace what the run folder holds (instead of refusing --run-dir or creating runs/NAME-2)."
+    ),
 ) -> None:
     """Train a segmentation model from a YAML config (stages, losses, data, model).
 
     With no arguments, trains the demo (a small UNet, BCE then Lovász hinge) on built-in synthetic salt
     data in a few minutes. The run folder gets config.yaml, summary.csv, curves.png, last.pt, best.pt
-    and, at the end, model.safetensors + config.json. Ctrl-C stops after the current step and keeps
-    last.pt; continue with --resume RUN_DIR. Under torchrun, trains with DistributedDataParallel.
+    and, at the end, model.safetensors. Ctrl-C or SIGTERM stops after the current step, keeps last.pt
+    and exits 130 / 143 (a second Ctrl-C stops at once); continue with --resume RUN_DIR. A diverging
+    run stops with exit code 2 and exports nothing. Under torchrun, trains with DistributedDataParallel.
     """
-    from lovaszseg.engine import TrainingError, train
+    from lovaszseg.engine import train
 
     overrides = list(overrides or [])
     if config is not None and "=" in config.name and not config.exists():  # overrides of the demo config
         config, overrides = None, [str(config), *overrides]
-    try:
-        result = _user_errors(
-            train, config, overrides, resume=resume, run_dir=run_dir, overwrite=overwrite, console=console
-        )
-    except TrainingError as error:  # e.g. a non-finite loss: the message says where and what was kept
-        console.print(f"[red]training stopped:[/red] {error}", soft_wrap=True)
-        raise typer.Exit(1) from error
+    result = _user_errors(
+        train, config, overrides, resume=resume, run_dir=run_dir, overwrite=overwrite, console=console
+    )
+    _exit_if_interrupted(result.stop_signal)
     if result.completed:
         console.print(f"done: {result.run_dir}")
 
 
 TTA_HELP = "Test-time augmentation: none, or hflip (average with the mirrored prediction)."
-DEVICE_HELP = "auto (CUDA if available), cpu or cuda."
+DEVICE_HELP = "auto (CUDA if available), cpu, cuda or cuda:N."
 
 
 @app.command("eval")
 def eval_command(
-    run: Path = typer.Argument(..., help="Run folder or checkpoint (.pt / .safetensors with config.json)."),
+    run: Path = typer.Argument(..., help="Run folder or model file (a run's .pt, or an exported .safetensors)."),
     split: str = typer.Option("val", help="Split to score: val, train, all (TGS) or a VOC split."),
     tta: str = typer.Option("none", help=TTA_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
@@ -130,7 +162,9 @@ def predict_command(
     images_dir: Path = typer.Argument(..., help="Folder of images to segment."),
     out_dir: Path = typer.Argument(..., help="Output folder: masks/ and overlays/ PNGs are written there."),
     tta: str = typer.Option("none", help=TTA_HELP),
-    threshold: float = typer.Option(0.5, help="Foreground probability threshold (binary models)."),
+    threshold: float = typer.Option(
+        DEFAULT_THRESHOLD, help="Foreground probability threshold in [0, 1] (binary models)."
+    ),
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
     """Predict masks (VOC palette PNGs for multi-class models) and image+mask overlays."""
@@ -146,7 +180,9 @@ def submit_command(
     test_dir: Path = typer.Argument(..., help="Test images, or Kaggle's test/ folder holding images/."),
     out: Path = typer.Option(Path("submission.csv"), "--out", help="CSV to write (validated before writing)."),
     tta: str = typer.Option("none", help=TTA_HELP),
-    threshold: str = typer.Option("0.5", help="Probability threshold, or 'auto' (best on the validation split)."),
+    threshold: str = typer.Option(
+        str(DEFAULT_THRESHOLD), help="Probability threshold, or 'auto' (best on the validation split)."
+    ),
     sample_submission: Path | None = typer.Option(
         None, help="Kaggle's sample_submission.csv (default: the one beside TEST_DIR): ids must match it."
     ),
@@ -160,8 +196,8 @@ def submit_command(
         try:
             value = float(threshold)
         except ValueError:
-            console.print(f"[red]error:[/red] --threshold must be a number or 'auto', got {threshold!r}")
-            raise typer.Exit(2) from None
+            console.print(f"[red]error:[/red] --threshold must be a number in [0, 1] or 'auto', got {threshold!r}")
+            raise typer.Exit(USER_ERROR_EXIT) from None
     path, used = _user_errors(
         submit_run, run, test_dir, out, tta=tta, threshold=value, sample_submission=sample_submission, device=device
     )
@@ -200,4 +236,6 @@ def compare_command(
         retrain=retrain,
         console=console,
     )
-    console.print(f"wrote {result.out_dir / 'compare.csv'} and {result.out_dir / 'compare.png'}")
+    _exit_if_interrupted(result.stop_signal)
+    if result.rows:
+        console.print(f"wrote {result.out_dir / 'compare.csv'} and {result.out_dir / 'compare.png'}")

@@ -18,10 +18,12 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from lovaszseg.config import Config, ConfigError, load_config
-from lovaszseg.engine.reporting import read_summary
+from lovaszseg.config import Config, load_config
+from lovaszseg.data.io import atomic_write
+from lovaszseg.engine.run_folder import RunFolder
 from lovaszseg.engine.runs import evaluate_run
 from lovaszseg.engine.trainer import train
+from lovaszseg.errors import ConfigError
 
 __all__ = ["STAGE_OPTIONS", "CompareResult", "compare", "parse_entry"]
 
@@ -72,6 +74,7 @@ class CompareResult:
 
     out_dir: Path
     rows: list[dict[str, Any]]
+    stop_signal: int | None = None  # the signal that interrupted the comparison, if one did
 
 
 def _entry_config(base: Config, entry: str, epochs: int) -> Config:
@@ -88,10 +91,9 @@ def _entry_config(base: Config, entry: str, epochs: int) -> Config:
     return load_config({**base.model_dump(), "stages": stages})
 
 
-def _finished_run(run_dir: Path, config: Config) -> bool:
-    """Whether ``run_dir`` holds a run of exactly ``config`` that trained to the end (it exported its model)."""
-    saved = run_dir / "config.yaml"
-    return (run_dir / "model.safetensors").is_file() and saved.is_file() and load_config(saved) == config
+def _finished_run(folder: RunFolder, config: Config) -> bool:
+    """Whether ``folder`` holds a run of exactly ``config`` that trained to the end."""
+    return folder.finished and folder.config_path.is_file() and folder.config() == config
 
 
 def _safe_name(entry: str) -> str:
@@ -131,31 +133,32 @@ def compare(
     budget = epochs or sum(stage.epochs for stage in base.stages)
     out_dir = Path(out_dir or Path(base.output.runs_dir) / f"{base.output.name or 'run'}-compare")
     configs = {entry: _entry_config(base, entry, budget) for entry in losses}  # all errors before training
-    rows, histories = [], {}
+    rows, histories, stop_signal = [], {}, None
     for entry, entry_config in configs.items():
         console.rule(f"[bold]{entry}")
-        run_dir = out_dir / _safe_name(entry)
-        if not retrain and _finished_run(run_dir, entry_config):
-            console.print(f"reusing the finished run {run_dir}")
-            histories[entry] = read_summary(run_dir / "summary.csv")
+        folder = RunFolder(out_dir / _safe_name(entry))
+        if not retrain and _finished_run(folder, entry_config):
+            console.print(f"reusing the finished run {folder.path}")
+            histories[entry] = folder.summary()
         else:
-            result = train(entry_config, run_dir=run_dir, overwrite=True, console=console)
+            result = train(entry_config, run_dir=folder.path, overwrite=True, console=console)
             if not result.completed:  # Ctrl-C / SIGTERM: stop the whole comparison, keep what finished
                 console.print(f"[yellow]interrupted during {entry!r}; the comparison covers the entries before it")
+                stop_signal = result.stop_signal
                 break
             histories[entry] = result.history
-        metrics = evaluate_run(run_dir)
+        metrics = evaluate_run(folder.path)
         rows.append({"loss": entry, "epochs": budget, **{k: round(v, 6) for k, v in metrics.items()}})
     if not rows:
-        return CompareResult(out_dir, rows)
+        return CompareResult(out_dir, rows, stop_signal)
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    with (out_dir / "compare.csv").open("w", newline="") as handle:
+    with atomic_write(out_dir / "compare.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
     _plot(histories, rows, out_dir / "compare.png")
     console.print(comparison_table(rows))
-    return CompareResult(out_dir, rows)
+    return CompareResult(out_dir, rows, stop_signal)
 
 
 def comparison_table(rows: Sequence[dict[str, Any]]) -> Table:

@@ -17,13 +17,18 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from lovaszseg.thresholds import DEFAULT_THRESHOLD, THRESHOLD_GRID
+
 __all__ = [
+    "DEFAULT_THRESHOLD",
     "SALT_IOU_THRESHOLDS",
+    "THRESHOLD_GRID",
     "ConfusionMatrix",
     "MeanMeter",
     "best_threshold",
     "binary_iou",
     "image_iou",
+    "round_down",
     "salt_score",
 ]
 
@@ -212,7 +217,7 @@ def image_iou(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int 
 def binary_iou(
     scores: Tensor,
     target: Tensor,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     *,
     from_logits: bool = False,
     ignore_index: int | None = None,
@@ -352,7 +357,7 @@ def salt_score(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return passes / len(SALT_IOU_THRESHOLDS)
 
 
-def _round_down(thresholds: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def round_down(thresholds: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Largest ``dtype`` values <= ``thresholds``: for x of that dtype, ``x > t`` iff ``x > result``."""
     cast = thresholds.astype(dtype)
     too_big = cast.astype(np.float64) > thresholds
@@ -452,7 +457,7 @@ def best_threshold(
     Args:
         probs: Foreground probabilities (any float dtype; e.g. ``tensor.cpu().numpy()``).
         truth: True binary masks (bool or 0/1 integers).
-        thresholds: Candidate thresholds, in any order; default ``np.linspace(0.05, 0.95, 19)``.
+        thresholds: Candidate thresholds, in any order; default :data:`THRESHOLD_GRID`.
         metric: ``"salt"``: mean :func:`salt_score` (rounded once from the exact count of passed IoU
             thresholds); ``"iou"``: dataset foreground IoU (summed
             intersections over summed unions; 1 when all are empty); ``"image_iou"``: mean per-image
@@ -478,13 +483,13 @@ def best_threshold(
     truth = _as_binary("truth", truth)
     if probs.ndim != 3 or probs.shape != truth.shape or not probs.size:
         raise ValueError(f"probs and truth must both be non-empty [N, H, W], got {probs.shape} and {truth.shape}")
-    given = np.linspace(0.05, 0.95, 19) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+    given = THRESHOLD_GRID if thresholds is None else np.asarray(thresholds, dtype=np.float64)
     if given.ndim != 1 or not given.size or not np.isfinite(given).all():
         raise ValueError(f"thresholds must be a non-empty 1-D array of finite numbers, got {given!r}")
     # Work in float32 for float16/float32 probabilities, with each threshold rounded down so that the
     # comparison ``p > t`` is unchanged; thresholds that collapse together share one score.
     work = np.dtype(np.float64 if probs.dtype == np.float64 else np.float32)
-    unique, position = np.unique(_round_down(given, work), return_inverse=True)
+    unique, position = np.unique(round_down(given, work), return_inverse=True)
     intersection, pred_area, truth_area = _bin_counts(probs.astype(work, copy=False), truth, unique)
     if metric == "salt":
         passes = _salt_passes(intersection, pred_area, truth_area[:, None]).sum(0)

@@ -12,6 +12,7 @@ from PIL import Image
 
 from lovaszseg.metrics import (
     SALT_IOU_THRESHOLDS,
+    THRESHOLD_GRID,
     ConfusionMatrix,
     MeanMeter,
     best_threshold,
@@ -341,7 +342,7 @@ def test_best_threshold_equals_brute_force(thresholds: str, dtype: type, metric:
     probs[5] = 0.5
     given = _THRESHOLD_SETS[thresholds]
     best, best_score, scores = best_threshold(probs, truth, given, metric=metric)
-    candidates = np.linspace(0.05, 0.95, 19) if given is None else given
+    candidates = THRESHOLD_GRID if given is None else given
     expected = _brute_force_scores(probs, truth, candidates, metric)
     np.testing.assert_array_equal(scores, expected)
     assert best == candidates[int(np.argmax(expected))]

@@ -1,8 +1,9 @@
 """Datasets (TGS Salt, Pascal VOC, image/mask folders), transform presets and file readers."""
 
-from lovaszseg.data.factory import DATASET_NAMES, build_dataset, build_transform, dataset_options
+from lovaszseg.data.factory import DATASET_NAMES, build_dataset, build_transform, dataset_options, describe_dataset
 from lovaszseg.data.folder import FolderDataset
 from lovaszseg.data.io import DatasetError
+from lovaszseg.data.spec import DatasetSpec
 from lovaszseg.data.synth import ensure_demo_salt, synth_salt, synth_voc
 from lovaszseg.data.tgs import TGS_ORIGINAL_SIZE, TGSSalt, coverage_class, make_folds, read_folds, write_folds
 from lovaszseg.data.transforms import crop_to_original, folder_transforms, tgs_transforms, voc_transforms
@@ -14,6 +15,7 @@ __all__ = [
     "VOC_CLASSES",
     "VOC_COLORMAP",
     "DatasetError",
+    "DatasetSpec",
     "FolderDataset",
     "TGSSalt",
     "VOCSegmentation",
@@ -23,6 +25,7 @@ __all__ = [
     "coverage_class",
     "crop_to_original",
     "dataset_options",
+    "describe_dataset",
     "ensure_demo_salt",
     "folder_transforms",
     "make_folds",

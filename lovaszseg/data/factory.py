@@ -10,18 +10,47 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from lovaszseg.data.folder import FolderDataset
-from lovaszseg.data.tgs import TGSSalt
-from lovaszseg.data.transforms import folder_transforms, tgs_transforms, voc_transforms
-from lovaszseg.data.voc import VOCSegmentation
+from lovaszseg.data.spec import DatasetSpec
+from lovaszseg.data.tgs import TGS_ORIGINAL_SIZE, TGSSalt
+from lovaszseg.data.transforms import VOC_IGNORE_INDEX, folder_transforms, tgs_transforms, voc_transforms
+from lovaszseg.data.voc import VOC_CLASSES, VOCSegmentation
+from lovaszseg.errors import ConfigError
 
-__all__ = ["DATASET_NAMES", "build_dataset", "build_transform", "dataset_options"]
+__all__ = ["DATASET_NAMES", "build_dataset", "build_transform", "dataset_options", "describe_dataset"]
 
-# name -> (dataset class, transform preset, dataset arguments fixed by the name)
-_REGISTRY: dict[str, tuple[type[Dataset], Callable[..., Any], dict[str, Any]]] = {
-    "tgs": (TGSSalt, tgs_transforms, {}),
-    "voc": (VOCSegmentation, voc_transforms, {"binary": False}),
-    "voc_binary": (VOCSegmentation, voc_transforms, {"binary": True}),
-    "folder": (FolderDataset, folder_transforms, {}),
+_LABELLED = ("image", "mask", "id")
+
+
+def _tgs_spec(options: dict[str, Any]) -> DatasetSpec:
+    resize = options["resize"]
+    return DatasetSpec(
+        "tgs", "binary", 1, 1, None, TGS_ORIGINAL_SIZE, (resize, resize) if resize else None, (*_LABELLED, "depth")
+    )
+
+
+def _voc_spec(options: dict[str, Any]) -> DatasetSpec:
+    if options["binary"]:
+        return DatasetSpec("voc_binary", "binary", 3, 1, VOC_IGNORE_INDEX, None, None, _LABELLED)
+    return DatasetSpec("voc", "multiclass", 3, len(VOC_CLASSES), VOC_IGNORE_INDEX, None, None, _LABELLED, VOC_CLASSES)
+
+
+def _folder_spec(options: dict[str, Any]) -> DatasetSpec:
+    classes = options["num_classes"]
+    binary = classes == 2
+    task = "binary" if binary else "multiclass"
+    return DatasetSpec(
+        "folder", task, options["in_channels"], 1 if binary else classes, options["ignore_index"], None, None, _LABELLED
+    )
+
+
+# name -> (dataset class, transform preset, dataset arguments fixed by the name, its spec from its options)
+_REGISTRY: dict[
+    str, tuple[type[Dataset], Callable[..., Any], dict[str, Any], Callable[[dict[str, Any]], DatasetSpec]]
+] = {
+    "tgs": (TGSSalt, tgs_transforms, {}, _tgs_spec),
+    "voc": (VOCSegmentation, voc_transforms, {"binary": False}, _voc_spec),
+    "voc_binary": (VOCSegmentation, voc_transforms, {"binary": True}, _voc_spec),
+    "folder": (FolderDataset, folder_transforms, {}, _folder_spec),
 }
 DATASET_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 _NOT_OPTIONS = frozenset({"self", "root", "split", "transform", "train"})
@@ -33,8 +62,43 @@ def _keywords(func: Callable[..., Any], fixed: dict[str, Any]) -> set[str]:
 
 def _lookup(name: str) -> tuple[type[Dataset], Callable[..., Any], dict[str, Any]]:
     if name not in _REGISTRY:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)}")
-    return _REGISTRY[name]
+        raise ConfigError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)}")
+    return _REGISTRY[name][:3]
+
+
+def _defaults(func: Callable[..., Any]) -> dict[str, Any]:
+    return {
+        name: parameter.default
+        for name, parameter in inspect.signature(func).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+
+
+def describe_dataset(name: str, options: dict[str, Any] | None = None) -> DatasetSpec:
+    """The :class:`DatasetSpec` of a dataset name and its options, without reading any file.
+
+    Args:
+        name: One of ``DATASET_NAMES``.
+        options: The config's ``data.options`` (unset options take the dataset's and preset's defaults).
+
+    Returns:
+        Task, channels, classes, ignore index, original size, resize and sample keys.
+
+    Raises:
+        ConfigError: unknown name or option.
+    """
+    cls, preset, fixed = _lookup(name)
+    options = dict(options or {})
+    _check_options(name, options)
+    resolved = {**_defaults(preset), **_defaults(cls.__init__), **options, **fixed}
+    return _REGISTRY[name][3](resolved)
+
+
+def _check_options(name: str, options: dict[str, Any]) -> None:
+    if unknown := sorted(set(options) - set(dataset_options(name))):
+        raise ConfigError(
+            f"unknown option(s) {', '.join(unknown)} for dataset {name!r}; allowed: {', '.join(dataset_options(name))}"
+        )
 
 
 def dataset_options(name: str) -> tuple[str, ...]:
@@ -47,7 +111,7 @@ def dataset_options(name: str) -> tuple[str, ...]:
         Sorted option names (dataset and transform preset arguments).
 
     Raises:
-        ValueError: unknown name.
+        ConfigError: unknown name.
     """
     cls, preset, fixed = _lookup(name)
     return tuple(sorted(_keywords(cls.__init__, fixed) | _keywords(preset, {})))
@@ -71,17 +135,26 @@ def build_dataset(name: str, root: str | Path, split: str, *, train: bool, **opt
         The dataset.
 
     Raises:
-        ValueError: unknown name or option (the message lists the allowed options), or a bad value.
+        ConfigError: unknown name or option (the message lists the allowed options).
+        DataError: missing or unusable files, or a bad value.
     """
     cls, preset, fixed = _lookup(name)
+    _check_options(name, options)
     dataset_keys, preset_keys = _keywords(cls.__init__, fixed), _keywords(preset, {})
-    if unknown := sorted(set(options) - dataset_keys - preset_keys):
-        raise ValueError(
-            f"unknown option(s) {', '.join(unknown)} for dataset {name!r}; allowed: {', '.join(dataset_options(name))}"
-        )
     transform = preset(train=train, **{k: v for k, v in options.items() if k in preset_keys})
     dataset_kwargs = {k: v for k, v in options.items() if k in dataset_keys}
-    return cls(root, split, transform=transform, **fixed, **dataset_kwargs)
+    dataset = cls(root, split, transform=transform, **fixed, **dataset_kwargs)
+    _check_matches(dataset, describe_dataset(name, options))
+    return dataset
+
+
+def _check_matches(dataset: Dataset, spec: DatasetSpec) -> None:
+    """The dataset built must be the one its spec describes: a mismatch is a bug in the registry."""
+    for field in ("task", "num_classes", "ignore_index", "in_channels", "original_size"):
+        if getattr(dataset, field) != getattr(spec, field):
+            raise AssertionError(
+                f"{spec.name}: dataset {field} {getattr(dataset, field)!r} != spec {getattr(spec, field)!r}"
+            )
 
 
 def build_transform(name: str, *, train: bool, **options: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import random
 from pathlib import Path
 from typing import Any
@@ -10,31 +11,38 @@ import numpy as np
 import torch
 
 from lovaszseg.data.io import atomic_write
+from lovaszseg.errors import CheckpointError
 
-__all__ = ["capture_rng", "load_checkpoint", "restore_rng", "save_checkpoint"]
+__all__ = ["capture_rng", "checkpoint_bytes", "load_checkpoint", "restore_rng", "save_checkpoint"]
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` through a temporary file, so a crash never leaves a torn checkpoint."""
+def checkpoint_bytes(state: dict[str, Any]) -> bytes:
+    """``state`` serialised once, for writing to several files (best, last, stage files)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def save_checkpoint(path: Path, state: dict[str, Any] | bytes) -> None:
+    """Write ``state`` (or its :func:`checkpoint_bytes`) through a temporary file: a crash never tears it."""
     with atomic_write(path, "wb") as handle:
-        torch.save(state, handle)
+        handle.write(state if isinstance(state, bytes) else checkpoint_bytes(state))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint without executing code from it (``weights_only=True``), onto the CPU.
 
     Raises:
-        FileNotFoundError: no such file.
-        ValueError: the file is not a lovaszseg checkpoint.
+        CheckpointError: no such file, or the file is not a lovaszseg checkpoint.
     """
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling errors come in many types
-        raise ValueError(f"{path} is not a readable lovaszseg checkpoint: {error}") from error
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise ValueError(f"{path} is not a lovaszseg checkpoint (no 'model' and 'config' entries)")
+        raise CheckpointError(f"{path} is not a readable lovaszseg checkpoint: {error}") from error
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path} is not a lovaszseg checkpoint (it has no 'model' entry)")
     return state
 
 

@@ -3,15 +3,54 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Sampler
 
-__all__ = ["DistInfo", "ShardSampler", "any_rank", "broadcast_buffers", "broadcast_object", "cleanup", "setup"]
+from lovaszseg.errors import ConfigError
+
+__all__ = [
+    "DEVICE_NAMES",
+    "DistInfo",
+    "ShardSampler",
+    "any_rank",
+    "broadcast_buffers",
+    "broadcast_object",
+    "cleanup",
+    "mean_over_ranks",
+    "resolve_device",
+    "setup",
+    "wrap_model",
+]
+
+DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device a user named: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Raises:
+        ConfigError: an unknown name, or CUDA asked for where there is none (or not that many GPUs).
+    """
+    if not isinstance(name, str) or not _DEVICE.match(name):
+        raise ConfigError(f"unknown device {name!r}; use {DEVICE_NAMES}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r} asked for, but no CUDA GPU is available here; use cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name!r} asked for, but only {torch.cuda.device_count()} GPU(s) exist")
+    return device
 
 
 @dataclass(frozen=True)
@@ -35,14 +74,15 @@ def setup(device: str) -> DistInfo:
     """Join the torchrun process group if launched by torchrun (nccl on GPU, gloo on CPU).
 
     Args:
-        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+        device: See :func:`resolve_device`.
 
     Returns:
         This process's rank, world size and device.
+
+    Raises:
+        ConfigError: see :func:`resolve_device`.
     """
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device is 'cuda' but no CUDA device is available; use train.device=cpu")
+    use_cuda = resolve_device(device).type == "cuda"
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
@@ -79,6 +119,22 @@ def any_rank(flag: bool, info: DistInfo) -> bool:
     value = torch.tensor([float(flag)], device=info.device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
+
+
+def mean_over_ranks(total: float, count: int, info: DistInfo) -> float:
+    """``sum(total) / sum(count)`` over all ranks (e.g. the epoch's training loss)."""
+    if not info.distributed:
+        return total / max(count, 1)
+    sums = torch.tensor([total, count], dtype=torch.float64, device=info.device)
+    dist.all_reduce(sums)
+    return float(sums[0] / sums[1].clamp_min(1))
+
+
+def wrap_model(model: nn.Module, info: DistInfo, find_unused_parameters: bool) -> nn.Module:
+    """The model to train: wrapped in DistributedDataParallel under torchrun, else itself."""
+    if not info.distributed:
+        return model
+    return DistributedDataParallel(model, find_unused_parameters=find_unused_parameters)
 
 
 def broadcast_buffers(model: torch.nn.Module, info: DistInfo) -> None:

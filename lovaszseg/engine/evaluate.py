@@ -1,82 +1,204 @@
-"""Validation metrics over a dataset, reduced across processes before any IoU is computed."""
+"""The one metrics engine: validation during training and ``lovaszseg eval`` both score through it.
+
+:class:`Scorer` streams batches of probabilities and keeps only sums (a confusion matrix; for binary
+tasks per-threshold counts over :data:`~lovaszseg.metrics.THRESHOLD_GRID`), so a split of any size is
+scored in constant memory, the threshold search comes for free, and reducing the sums across
+processes before any ratio is taken makes a DDP evaluation equal a single-process one.
+"""
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
 
+import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from lovaszseg.data.spec import DatasetSpec
 from lovaszseg.data.transforms import crop_to_original
-from lovaszseg.metrics import ConfusionMatrix, MeanMeter, binary_iou, image_iou, salt_score
+from lovaszseg.inference import Tta, predict_probabilities
+from lovaszseg.metrics import (
+    DEFAULT_THRESHOLD,
+    SALT_IOU_THRESHOLDS,
+    THRESHOLD_GRID,
+    ConfusionMatrix,
+    MeanMeter,
+    image_iou,
+    round_down,
+)
 
-__all__ = ["BINARY_METRICS", "MULTICLASS_METRICS", "evaluate"]
+__all__ = ["BINARY_METRICS", "MULTICLASS_METRICS", "Scorer", "evaluate", "metric_names"]
 
 BINARY_METRICS = ("salt_score", "iou", "image_iou")
 MULTICLASS_METRICS = ("miou", "image_miou", "pixel_acc")
+
+
+def metric_names(spec: DatasetSpec) -> tuple[str, ...]:
+    """The headline metrics of a dataset, the first being the default ``train.monitor``.
+
+    The TGS competition metric needs every pixel labelled, so binary data with an ignore index go without it.
+    """
+    if not spec.binary:
+        return MULTICLASS_METRICS
+    return BINARY_METRICS if spec.ignore_index is None else BINARY_METRICS[1:]
+
+
+def _ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
+    """``numerator / denominator`` with 1 where the denominator is 0 (both masks empty: a perfect score)."""
+    numerator, denominator = numerator.double(), denominator.double()
+    return torch.where(denominator > 0, numerator / denominator.clamp_min(1), torch.ones_like(denominator))
+
+
+class Scorer:
+    """Streaming metrics of a labelled split.
+
+    Binary tasks, at :data:`~lovaszseg.metrics.DEFAULT_THRESHOLD`: ``salt_score`` (TGS metric),
+    ``iou`` (dataset foreground IoU), ``image_iou`` (mean per-image IoU); and for each of them the grid
+    threshold that maximises it: ``best_threshold`` with ``salt_score_at_best_threshold``, and
+    ``NAME_best_threshold`` with ``NAME_at_best_threshold`` for ``iou`` and ``image_iou``.
+    Multi-class: ``miou`` (VOC), ``image_miou`` (the paper's per-image mIoU) and ``pixel_acc``.
+
+    Args:
+        spec: The dataset's description (task, classes, ignore index).
+        device: Where the sums live (the model's device).
+    """
+
+    def __init__(self, spec: DatasetSpec, device: torch.device | str = "cpu") -> None:
+        self.spec = spec
+        self.device = torch.device(device)
+        self.salt = spec.binary and spec.ignore_index is None
+        grid = len(THRESHOLD_GRID)
+        # Rounded down to float32 so that ``p > t`` decides exactly as for the float64 thresholds.
+        self._boundaries = torch.from_numpy(round_down(THRESHOLD_GRID, np.dtype(np.float32))).to(self.device)
+        self._default = int(list(THRESHOLD_GRID).index(DEFAULT_THRESHOLD))
+        self.sums = {
+            "images": torch.zeros((), dtype=torch.int64, device=self.device),
+            "intersection": torch.zeros(grid, dtype=torch.int64, device=self.device),
+            "predicted": torch.zeros(grid, dtype=torch.int64, device=self.device),
+            "truth": torch.zeros((), dtype=torch.int64, device=self.device),
+            "image_iou": torch.zeros(grid, dtype=torch.float64, device=self.device),
+            "salt_passes": torch.zeros(grid, dtype=torch.int64, device=self.device),
+        }
+        self.matrix = ConfusionMatrix(spec.label_classes, spec.ignore_index, device=self.device)
+        self.image_mious = MeanMeter(self.device)
+
+    @torch.no_grad()
+    def update(self, probs: Tensor, masks: Tensor) -> None:
+        """Add a batch.
+
+        Args:
+            probs: Class probabilities at the original size (sigmoid for binary tasks), ``[B, C, H, W]``.
+            masks: Labels ``[B, H, W]`` (0/1 for binary tasks; ``spec.ignore_index`` where void).
+        """
+        probs, masks = probs.to(self.device), masks.to(self.device)
+        if self.spec.binary:
+            self._update_binary(probs[:, 0].float(), masks)
+        else:
+            pred = probs.argmax(1)
+            self.matrix.update(pred, masks)
+            self.image_mious.update(image_iou(pred, masks, self.spec.num_classes, self.spec.ignore_index))
+
+    def _update_binary(self, probs: Tensor, masks: Tensor) -> None:
+        # Every threshold at once: a pixel's bin is the number of thresholds below its probability, so it
+        # is foreground at threshold k iff its bin is > k; per-image (bin, truth) histograms give the counts.
+        batch, bins = probs.shape[0], len(THRESHOLD_GRID) + 1
+        index = torch.bucketize(probs.contiguous(), self._boundaries) * 2 + (masks == 1)
+        index += (torch.arange(batch, device=self.device) * 2 * bins).view(-1, 1, 1)
+        if self.spec.ignore_index is not None:
+            index = index[masks != self.spec.ignore_index]
+        counts = torch.bincount(index.reshape(-1), minlength=batch * 2 * bins).view(batch, bins, 2)
+        predicted = counts.flip(1).cumsum(1).flip(1)[:, 1:]  # [B, T, truth]: pixels above threshold k
+        intersection, area = predicted[..., 1], predicted.sum(-1)
+        truth = counts[..., 1].sum(1)
+        ious = _ratio(intersection, area + truth[:, None] - intersection)
+        self.sums["images"] += batch
+        self.sums["intersection"] += intersection.sum(0)
+        self.sums["predicted"] += area.sum(0)
+        self.sums["truth"] += truth.sum()
+        self.sums["image_iou"] += ious.sum(0)
+        if self.salt:
+            passes = ious[..., None] > torch.as_tensor(SALT_IOU_THRESHOLDS, device=self.device)
+            self.sums["salt_passes"] += passes.sum(-1).sum(0)
+
+    def reduce_from_all_processes(self) -> None:
+        """Sum the state over all DDP processes (a no-op when not distributed)."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            for total in self.sums.values():
+                torch.distributed.all_reduce(total)
+        self.matrix.reduce_from_all_processes()
+        self.image_mious.reduce_from_all_processes()
+
+    def compute(self) -> dict[str, float]:
+        """Metric name -> value (see the class docstring)."""
+        if not self.spec.binary:
+            return {
+                "miou": self.matrix.mean_iou(),
+                "image_miou": self.image_mious.compute(),
+                "pixel_acc": self.matrix.pixel_accuracy(),
+            }
+        images = int(self.sums["images"])
+        if not images:
+            return dict.fromkeys(metric_names(self.spec), float("nan"))
+        intersection = self.sums["intersection"]
+        curves = {
+            "iou": _ratio(intersection, self.sums["predicted"] + self.sums["truth"] - intersection),
+            "image_iou": self.sums["image_iou"] / images,
+        }
+        if self.salt:
+            curves = {"salt_score": self.sums["salt_passes"].double() / (len(SALT_IOU_THRESHOLDS) * images), **curves}
+        metrics = {name: float(curve[self._default]) for name, curve in curves.items()}
+        for name, curve in curves.items():
+            best = int(torch.argmax(curve))  # the first maximum: the lowest threshold on ties
+            prefix = "" if name == "salt_score" else f"{name}_"
+            metrics[f"{prefix}best_threshold"] = float(THRESHOLD_GRID[best])
+            metrics[f"{name}_at_best_threshold"] = float(curve[best])
+        return metrics
 
 
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
     loader: DataLoader,
+    spec: DatasetSpec,
     *,
-    task: str,
-    num_classes: int,
-    ignore_index: int | None,
     device: torch.device,
-    original_size: tuple[int, int] | None = None,
-    resized: tuple[int, int] | None = None,
+    tta: Tta = "none",
     loss_fn: nn.Module | None = None,
     autocast: AbstractContextManager | None = None,
 ) -> dict[str, float]:
-    """Score a model on a labelled loader (this process's shard; metrics are summed over all ranks).
+    """Score a model on a labelled loader (this process's shard; sums are reduced over all ranks).
 
-    Binary tasks: ``salt_score`` (the TGS competition metric at threshold 0.5, when nothing is
-    ignored), ``iou`` (dataset foreground IoU), ``image_iou`` (mean per-image IoU). Multi-class:
-    ``miou`` (VOC: per-class IoU from the dataset confusion matrix, averaged), ``image_miou`` (the
-    paper's per-image mIoU) and ``pixel_acc``. Predictions and masks are cropped back to
-    ``original_size`` first (TGS: 128 -> 101). ``loss`` is the mean batch loss when ``loss_fn`` is given.
+    Predictions and masks are cropped back to ``spec.original_size`` first (TGS: 128 -> 101).
+
+    Args:
+        model: Segmentation model returning logits.
+        loader: Batches with ``image`` and ``mask``.
+        spec: The dataset's description.
+        device: The model's device.
+        tta: Test-time augmentation of the probabilities (``none`` or ``hflip``).
+        loss_fn: When given, ``val_loss`` is the mean batch loss of the plain (un-augmented) logits.
+        autocast: Mixed-precision context of the forward passes.
 
     Returns:
-        Metric name -> value.
+        Metric name -> value (see :class:`Scorer`), with ``val_loss`` when ``loss_fn`` is given.
     """
     model.eval()
-    binary = task == "binary"
-    matrix = ConfusionMatrix(2 if binary else num_classes, ignore_index, device=device)
-    image_scores, salt_scores, losses = MeanMeter(device), MeanMeter(device), MeanMeter(device)
+    scorer, losses = Scorer(spec, device), MeanMeter(device)
     for batch in loader:
         images, masks = batch["image"].to(device), batch["mask"].to(device)
         with autocast or nullcontext():
-            logits = model(images)
-        logits = logits.float()
+            logits = model(images).float()
+            probs = predict_probabilities(model, images, tta, logits=logits)
         if loss_fn is not None:
             losses.update(loss_fn(logits, masks).reshape(1))
-        if original_size is not None:
-            logits = crop_to_original(logits, original_size, resized=resized)
-            masks = crop_to_original(masks, original_size, resized=resized)
-        if binary:
-            pred = (logits[:, 0] > 0).long()  # sigmoid(logit) > 0.5
-            image_scores.update(binary_iou(pred, masks, ignore_index=ignore_index))
-            if ignore_index is None:
-                salt_scores.update(torch.from_numpy(salt_score(pred.cpu().numpy(), masks.cpu().numpy())))
-        else:
-            pred = logits.argmax(1)
-            image_scores.update(image_iou(pred, masks, num_classes, ignore_index))
-        matrix.update(pred, masks)
-    for meter in (matrix, image_scores, salt_scores, losses):
-        meter.reduce_from_all_processes()
-    metrics: dict[str, float] = {}
-    if binary:
-        if salt_scores.count:
-            metrics["salt_score"] = salt_scores.compute()
-        metrics["iou"] = float(matrix.iou()[1])
-        metrics["image_iou"] = image_scores.compute()
-    else:
-        metrics["miou"] = matrix.mean_iou()
-        metrics["image_miou"] = image_scores.compute()
-        metrics["pixel_acc"] = matrix.pixel_accuracy()
+        if spec.original_size is not None:
+            probs = crop_to_original(probs, spec.original_size, resized=spec.resize)
+            masks = crop_to_original(masks, spec.original_size, resized=spec.resize)
+        scorer.update(probs, masks)
+    scorer.reduce_from_all_processes()
+    losses.reduce_from_all_processes()
+    metrics = scorer.compute()
     if losses.count:
         metrics["val_loss"] = losses.compute()
     return metrics

@@ -1,116 +1,64 @@
-"""Using a finished run: load its model, evaluate it, predict masks, write a Kaggle submission.
+"""Using a finished run: evaluate it, predict masks, write a Kaggle submission.
 
-Each function takes a run folder or a checkpoint file, so the CLI commands ``eval``, ``predict`` and
-``submit`` are thin wrappers and a notebook can call the same functions.
+Each function takes a run folder or a model file (see :func:`~lovaszseg.engine.run_folder.load_model`),
+so the CLI commands ``eval``, ``predict`` and ``submit`` are thin wrappers and a notebook can call the
+same functions. What a model takes and returns comes from its dataset's
+:class:`~lovaszseg.data.spec.DatasetSpec`, never from the dataset's name.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
 from PIL import Image
-from safetensors.torch import load_file
-from torch import nn
+from torch.utils.data import DataLoader
 
-from lovaszseg.config import Config, load_config
 from lovaszseg.data import build_dataset, build_transform
 from lovaszseg.data.io import atomic_write
+from lovaszseg.data.tgs import TGS_ORIGINAL_SIZE
 from lovaszseg.data.voc import save_palette_png
-from lovaszseg.engine.checkpoint import load_checkpoint
+from lovaszseg.engine.distributed import resolve_device
+from lovaszseg.engine.evaluate import evaluate
+from lovaszseg.engine.run_folder import EVAL_FILE, LoadedModel, RunFolder, load_model
 from lovaszseg.engine.trainer import resolve_data_root
-from lovaszseg.inference import Predictions, Tta, predict_dataset, predict_folder, save_overlay, write_submission
-from lovaszseg.metrics import ConfusionMatrix, MeanMeter, best_threshold, binary_iou, image_iou, salt_score
+from lovaszseg.errors import ConfigError, DataError
+from lovaszseg.inference import Tta, predict_folder, save_overlay, write_submission
+from lovaszseg.metrics import DEFAULT_THRESHOLD
 from lovaszseg.rle import read_rle_csv
 
-__all__ = ["evaluate_run", "load_model", "predict_run", "submit_run"]
+__all__ = ["check_threshold", "evaluate_run", "predict_run", "submit_run"]
 
 
-def _device(name: str) -> torch.device:
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
+def check_threshold(value: float) -> float:
+    """A probability threshold, which must lie in [0, 1] (outside it every mask is full or empty).
 
-
-def load_model(run_or_checkpoint: str | Path) -> tuple[nn.Module, Config]:
-    """Load a trained model and its config, without executing code from any file.
-
-    Args:
-        run_or_checkpoint: A run folder (``best.pt``, else ``model.safetensors`` + ``config.json``, else
-            ``last.pt``), a ``.pt`` checkpoint, or a ``.safetensors`` file with ``config.json`` beside it.
-
-    Returns:
-        ``(model in eval mode on the CPU, config)``.
+    Raises:
+        ConfigError: the value is not a number in [0, 1].
     """
-    from lovaszseg.models import build_model
-
-    path = Path(run_or_checkpoint)
-    if path.is_dir():
-        for candidate in ("best.pt", "model.safetensors", "last.pt"):
-            if (path / candidate).is_file():
-                path = path / candidate
-                break
-        else:
-            raise FileNotFoundError(f"{path} holds no best.pt, model.safetensors or last.pt: is it a run folder?")
-    if path.suffix == ".safetensors":
-        config_path = path.with_name("config.json")
-        if not config_path.is_file():
-            raise FileNotFoundError(f"{config_path} not found: a .safetensors model needs its config.json beside it")
-        config, weights = load_config(json.loads(config_path.read_text())), load_file(str(path))
-    else:
-        checkpoint = load_checkpoint(path)
-        config, weights = load_config(checkpoint["config"]), checkpoint["model"]
-    model = build_model(config.model, _in_channels(config), _classes(config), pretrained=False)
-    model.load_state_dict(weights)
-    return model.eval(), config
-
-
-def _in_channels(config: Config) -> int:
-    if config.data.name == "tgs":
-        return 1
-    return config.data.options.get("in_channels", 3) if config.data.name == "folder" else 3
-
-
-def _classes(config: Config) -> int:
-    if config.data.name == "voc":
-        return 21
-    if config.data.name == "folder":
-        num_classes = config.data.options.get("num_classes", 2)
-        return 1 if num_classes == 2 else num_classes
-    return 1
-
-
-def _resized(config: Config) -> tuple[int, int] | None:
-    size = config.data.options.get("resize")
-    return (size, size) if size else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        raise ConfigError(f"threshold must be a probability in [0, 1], got {value!r}")
+    return float(value)
 
 
 def _predict_images(
-    model: nn.Module, config: Config, images_dir: Path, tta: Tta, device: str, batch_size: int = 16
-) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """Predict a folder with the evaluation preset of the run's dataset."""
+    loaded: LoadedModel, images_dir: Path, tta: Tta, device: str, batch_size: int = 16
+) -> Iterator[tuple[Path, np.ndarray, np.ndarray]]:
+    """Predict a folder with the evaluation preset the model was trained with."""
+    config = loaded.config
     transform = build_transform(config.data.name, train=False, **config.data.options)
     yield from predict_folder(
-        model,
+        loaded.model,
         images_dir,
         transform,
-        in_channels=_in_channels(config),
-        device=_device(device),
+        in_channels=loaded.spec.in_channels,
+        device=resolve_device(device),
         tta=tta,
-        resized=_resized(config),
+        resized=loaded.spec.resize,
         batch_size=batch_size,
     )
-
-
-def _predict_split(
-    model: nn.Module, config: Config, split: str, tta: Tta, device: torch.device, data_root: Path | None
-) -> Predictions:
-    root = data_root or resolve_data_root(config)
-    dataset = build_dataset(config.data.name, root, split, train=False, **config.data.options)
-    batch_size = config.data.val_batch_size or config.data.batch_size
-    return predict_dataset(model, dataset, batch_size=batch_size, device=device, tta=tta, resized=_resized(config))
 
 
 def evaluate_run(
@@ -122,63 +70,38 @@ def evaluate_run(
     data_root: str | Path | None = None,
     out: Path | None = None,
 ) -> dict[str, float]:
-    """Score a trained model on a labelled split and write ``eval.json``.
+    """Score a trained model on a labelled split, streaming, and write ``eval.json``.
 
-    Binary models: the TGS metric (``salt_score``), dataset ``iou`` and per-image ``image_iou`` at
-    threshold 0.5; the threshold that maximises the TGS metric (``best_threshold``, the one
-    ``submit --threshold auto`` uses) and its score; and for ``iou`` and ``image_iou`` the threshold
-    that maximises each (``NAME_best_threshold``) and its value (``NAME_at_best_threshold``). Multi-class:
-    ``miou`` (VOC), ``image_miou`` and ``pixel_acc``.
+    The metrics are those of validation during training (:class:`~lovaszseg.engine.evaluate.Scorer`):
+    binary models get the TGS metric (``salt_score``, without an ignore index), ``iou`` and
+    ``image_iou`` at the default threshold, and for each the best threshold of the grid and its score
+    (``best_threshold`` is the one ``submit --threshold auto`` uses); multi-class models ``miou``,
+    ``image_miou`` and ``pixel_acc``.
 
     Args:
-        run_or_checkpoint: Run folder or checkpoint (see :func:`load_model`).
+        run_or_checkpoint: Run folder or model file.
         split: Dataset split to score (e.g. ``val``, ``train``, ``all``).
         tta: ``none`` or ``hflip``.
-        device: ``auto``, ``cpu`` or ``cuda``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         data_root: Dataset root, if not the one in the run's config.
-        out: Where to write ``eval.json`` (default: the run folder).
+        out: Folder to write ``eval.json`` to (default: the run folder, or the model file's folder).
 
     Returns:
         Metric name -> value.
+
+    Raises:
+        CheckpointError, ConfigError, DataError: no such run, a bad option, or a split without masks.
     """
-    model, config = load_model(run_or_checkpoint)
-    predictions = _predict_split(model, config, split, tta, _device(device), Path(data_root) if data_root else None)
-    if predictions.truths is None:
-        raise ValueError(f"split {split!r} has no masks to evaluate against")
-    metrics: dict[str, float] = {}
-    if predictions.probabilities is not None:
-        probs = predictions.probabilities
-        truths = np.stack(predictions.truths)
-        ignore = 255 if config.data.name == "voc_binary" else None
-        pred = torch.from_numpy((probs > 0.5).astype(np.int64))
-        target = torch.from_numpy(truths.astype(np.int64))
-        matrix = ConfusionMatrix(2, ignore)
-        matrix.update(pred, target)
-        metrics["iou"] = float(matrix.iou()[1])
-        metrics["image_iou"] = float(binary_iou(pred, target, ignore_index=ignore).mean())
-        if ignore is None:
-            positive = truths > 0
-            metrics["salt_score"] = float(salt_score(probs > 0.5, positive).mean())
-            # Each loss calibrates its probabilities differently: compare losses at each metric's best threshold.
-            grid = np.linspace(0.05, 0.95, 91)
-            threshold, score, _ = best_threshold(probs, positive, grid, metric="salt")
-            metrics["best_threshold"], metrics["salt_score_at_best_threshold"] = float(threshold), float(score)
-            for name in ("iou", "image_iou"):
-                threshold, score, _ = best_threshold(probs, positive, grid, metric=name)
-                metrics[f"{name}_best_threshold"], metrics[f"{name}_at_best_threshold"] = float(threshold), float(score)
-    else:
-        num_classes = _classes(config)
-        matrix, images = ConfusionMatrix(num_classes, 255), MeanMeter()
-        for labels, truth in zip(predictions.labels, predictions.truths, strict=True):
-            pred, target = torch.from_numpy(labels.astype(np.int64))[None], torch.from_numpy(truth)[None]
-            matrix.update(pred, target)
-            images.update(image_iou(pred, target, num_classes, 255))
-        metrics.update(miou=matrix.mean_iou(), image_miou=images.compute(), pixel_acc=matrix.pixel_accuracy())
-    target_dir = out or (
-        Path(run_or_checkpoint) if Path(run_or_checkpoint).is_dir() else Path(run_or_checkpoint).parent
-    )
-    with atomic_write(target_dir / "eval.json") as handle:
-        json.dump({"split": split, "tta": tta, **metrics}, handle, indent=2)
+    loaded = load_model(run_or_checkpoint)
+    config, target = loaded.config, resolve_device(device)
+    root = Path(data_root) if data_root else resolve_data_root(config)
+    dataset = build_dataset(config.data.name, root, split, train=False, **config.data.options)
+    if "mask" not in dataset[0]:
+        raise DataError(f"split {split!r} of {root} has no masks to evaluate against")
+    loader = DataLoader(dataset, batch_size=config.data.val_batch_size or config.data.batch_size)
+    metrics = evaluate(loaded.model.to(target), loader, loaded.spec, device=target, tta=tta)
+    folder = RunFolder(out or loaded.source.parent)
+    folder.write_json(EVAL_FILE, {"split": split, "tta": tta, "model": str(loaded.source), **metrics})
     return metrics
 
 
@@ -188,7 +111,7 @@ def predict_run(
     out_dir: str | Path,
     *,
     tta: Tta = "none",
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     device: str = "auto",
 ) -> int:
     """Predict every image of a folder: ``OUT/masks/STEM.png`` and ``OUT/overlays/STEM.png``.
@@ -198,17 +121,22 @@ def predict_run(
     Returns:
         The number of images predicted.
     """
-    model, config = load_model(run_or_checkpoint)
+    threshold = check_threshold(threshold)
+    loaded = load_model(run_or_checkpoint)
     out_dir = Path(out_dir)
+    if out_dir.is_file():
+        raise ConfigError(f"output folder {out_dir} is a file")
     count = 0
-    for stem, image, probs in _predict_images(model, config, Path(images_dir), tta, device):
-        labels = (probs[0] > threshold).astype(np.uint8) if probs.shape[0] == 1 else probs.argmax(0).astype(np.uint8)
-        if probs.shape[0] == 1:
-            with atomic_write(out_dir / "masks" / f"{stem}.png", "wb") as handle:
+    for path, image, probs in _predict_images(loaded, Path(images_dir), tta, device):
+        mask_path = out_dir / "masks" / f"{path.stem}.png"
+        if loaded.spec.binary:
+            labels = (probs[0] > threshold).astype(np.uint8)
+            with atomic_write(mask_path, "wb") as handle:
                 Image.fromarray(labels * 255).save(handle, format="PNG")
         else:
-            save_palette_png(labels, out_dir / "masks" / f"{stem}.png")
-        save_overlay(image, labels, out_dir / "overlays" / f"{stem}.png")
+            labels = probs.argmax(0).astype(np.uint8)
+            save_palette_png(labels, mask_path)
+        save_overlay(image, labels, out_dir / "overlays" / f"{path.stem}.png")
         count += 1
     return count
 
@@ -219,43 +147,54 @@ def submit_run(
     out: str | Path,
     *,
     tta: Tta = "none",
-    threshold: float | Literal["auto"] = 0.5,
+    threshold: float | Literal["auto"] = DEFAULT_THRESHOLD,
     sample_submission: str | Path | None = None,
     device: str = "auto",
 ) -> tuple[Path, float]:
     """Write a Kaggle TGS Salt submission (``id,rle_mask``) for every image of a test folder.
 
+    Masks are encoded as they are predicted; every image must be 101x101 (the competition's size)
+    and the file is validated before it is written or replaces anything.
+
     Args:
-        run_or_checkpoint: Run folder or checkpoint of a binary (salt) model.
+        run_or_checkpoint: Run folder or model file of a binary (salt) model.
         test_dir: The test images, or a folder holding ``images/`` (Kaggle's ``test/``).
-        out: CSV to write; it is validated first and written only if valid.
+        out: CSV to write.
         tta: ``none`` or ``hflip``.
-        threshold: Probability threshold, or ``"auto"``: the one maximising the TGS metric on the
-            run's validation split.
-        sample_submission: Kaggle's ``sample_submission.csv``: the file must then hold exactly its ids.
-            By default the one beside ``test_dir`` (``test/../sample_submission.csv``) is used if present.
-        device: ``auto``, ``cpu`` or ``cuda``.
+        threshold: Probability threshold in [0, 1], or ``"auto"``: the one maximising the TGS metric
+            on the run's validation split.
+        sample_submission: Kaggle's ``sample_submission.csv``: the file must then hold exactly its ids,
+            in its order. By default the one beside ``test_dir`` (``test/../sample_submission.csv``).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
 
     Returns:
         ``(path of the CSV, threshold used)``.
+
+    Raises:
+        ConfigError: a multi-class model, a threshold outside [0, 1], or ``out`` naming a folder.
+        DataError: an image that is not 101x101 (named), ids that do not match the sample submission.
     """
-    model, config = load_model(run_or_checkpoint)
-    if _classes(config) != 1:
-        raise ValueError("submit writes binary RLE masks; this run's model is multi-class")
+    out, test_dir = Path(out), Path(test_dir)
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; name the CSV file to write")
+    loaded = load_model(run_or_checkpoint)
+    if not loaded.spec.binary:
+        raise ConfigError("submit writes binary RLE masks; this run's model is multi-class")
     if threshold == "auto":
         threshold = evaluate_run(run_or_checkpoint, tta=tta, device=device)["best_threshold"]
-    test_dir = Path(test_dir)
+    threshold = check_threshold(threshold)
     images_dir = test_dir / "images" if (test_dir / "images").is_dir() else test_dir
     if sample_submission is None and (images_dir.parent.parent / "sample_submission.csv").is_file():
         sample_submission = images_dir.parent.parent / "sample_submission.csv"
-    ids, masks = [], []
-    for stem, _, probs in _predict_images(model, config, images_dir, tta, device, batch_size=64):
-        ids.append(stem)
-        masks.append(probs[0] > threshold)
     expected = list(read_rle_csv(Path(sample_submission))) if sample_submission else None
-    if expected is not None:  # Kaggle's row order
-        order = {sample_id: index for index, sample_id in enumerate(expected)}
-        ranked = sorted(range(len(ids)), key=lambda i: order.get(ids[i], len(order)))
-        ids, masks = [ids[i] for i in ranked], [masks[i] for i in ranked]
-    path = write_submission(ids, np.stack(masks), Path(out), expected_ids=expected)
-    return path, float(threshold)
+
+    def masks() -> Iterator[tuple[str, np.ndarray]]:
+        for path, image, probs in _predict_images(loaded, images_dir, tta, device, batch_size=64):
+            if image.shape[:2] != TGS_ORIGINAL_SIZE:
+                raise DataError(
+                    f"image {path} is {image.shape[0]}x{image.shape[1]}; TGS submissions need "
+                    f"{TGS_ORIGINAL_SIZE[0]}x{TGS_ORIGINAL_SIZE[1]} images"
+                )
+            yield path.stem, probs[0] > threshold
+
+    return write_submission(masks(), out, shape=TGS_ORIGINAL_SIZE, expected_ids=expected), threshold

@@ -1,67 +1,96 @@
 """The training loop: stages of (loss, epochs, optimiser, schedule), validation every epoch, checkpoints.
 
-One linear function, :func:`train`, in the style of torchvision's reference scripts; the helpers
-above it build the pieces. A run folder holds ``config.yaml``, ``summary.csv``, ``curves.png``,
-``last.pt``, ``best.pt``, per-stage ``stage{N}_best.pt``, and at the end ``model.safetensors`` +
-``config.json`` for inference.
+:func:`train` builds a :class:`Trainer` (data and model first, so that bad input fails before a run
+folder exists), opens the :class:`~lovaszseg.engine.run_folder.RunFolder` and calls
+:meth:`Trainer.fit`, which runs each stage (:meth:`~Trainer.run_stage`) as epochs of
+:meth:`~Trainer.train_epoch` and :meth:`~Trainer.validate`, in the style of Lightning Fabric's trainer.
+Nothing goes on silently: a non-finite or exploding loss, or weights that stop being finite, end the
+run with a :class:`~lovaszseg.errors.TrainingError` before anything is saved or exported from them.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
-import shutil
-import signal
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from rich.console import Console
-from safetensors.torch import save as safetensors_bytes
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lovaszseg.config import Config, StageConfig, builtin_config, load_config
-from lovaszseg.data import build_dataset
-from lovaszseg.data.io import atomic_write
+from lovaszseg.data import build_dataset, describe_dataset
 from lovaszseg.data.synth import ensure_demo_salt
 from lovaszseg.engine import distributed
-from lovaszseg.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from lovaszseg.engine.evaluate import BINARY_METRICS, MULTICLASS_METRICS, evaluate
-from lovaszseg.engine.reporting import EpochProgress, append_summary, final_table, plot_curves, read_summary
-from lovaszseg.engine.schedule import (
-    build_optimizer,
-    build_scheduler,
-    cycle_length,
-    is_snapshot_epoch,
-    step_scheduler,
-)
+from lovaszseg.engine.checkpoint import capture_rng, load_checkpoint, restore_rng
+from lovaszseg.engine.evaluate import evaluate, metric_names
+from lovaszseg.engine.interrupt import StopRequest
+from lovaszseg.engine.reporting import EpochProgress, final_table
+from lovaszseg.engine.run_folder import DISTRIBUTED_FILE, RunFolder
+from lovaszseg.engine.schedule import build_optimizer, build_scheduler, cycle_length, is_snapshot_epoch, step_scheduler
+from lovaszseg.errors import ConfigError, LovaszsegError, TrainingError
 from lovaszseg.losses import build_loss
 from lovaszseg.models import build_model, check_input_size
 
-__all__ = ["RunResult", "TrainingError", "build_datasets", "resolve_data_root", "train"]
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. a non-finite loss); the message says where and what was kept."""
+__all__ = ["RunResult", "Trainer", "TrainingError", "build_datasets", "resolve_data_root", "train"]
 
 
 @dataclass
 class RunResult:
-    """What :func:`train` returns."""
+    """What :func:`train` returns.
+
+    Attributes:
+        run_dir: The run folder.
+        best_metrics: Validation metrics of ``best.pt`` (empty before any epoch ended).
+        completed: Whether every stage ran to its end.
+        history: The rows of ``summary.csv``.
+        stop_signal: The signal (SIGINT, SIGTERM) that stopped an incomplete run, if one did.
+    """
 
     run_dir: Path
     best_metrics: dict[str, float]
     completed: bool
     history: list[dict[str, str]] = field(default_factory=list)
+    stop_signal: int | None = None
+
+
+@dataclass
+class Progress:
+    """Where a run stands; saved in every checkpoint, so that ``--resume`` continues exactly there."""
+
+    stage: int = 0
+    epoch: int = 0  # epochs of ``stage`` done
+    stage_done: bool = False  # the stage ended: all its epochs, or early stopping
+    stage_best: float | None = None
+    stale_epochs: int = 0
+    best_overall: float | None = None
+    loss_reference: float | None = None  # the stage's first loss, for the divergence check
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict[str, Any]) -> Progress:
+        return cls(**{name: checkpoint[name] for name in cls.__dataclass_fields__ if name in checkpoint})
+
+
+@dataclass
+class Stage:
+    """One stage being trained: its settings and the objects built from them."""
+
+    index: int
+    config: StageConfig
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+
+    @property
+    def label(self) -> str:
+        return f"{self.index + 1}-{self.config.name}"
 
 
 def resolve_data_root(config: Config) -> Path:
@@ -103,50 +132,350 @@ def _autocast(amp: str, device: torch.device) -> AbstractContextManager:
     if amp == "none":
         return nullcontext()
     if amp == "fp16" and device.type != "cuda":
-        raise ValueError("train.amp=fp16 needs a CUDA device; on CPU use train.amp=bf16 or none")
+        raise ConfigError("train.amp=fp16 needs a CUDA device; on CPU use train.amp=bf16 or none")
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
-def _new_run_dir(config: Config, run_dir: Path | None, overwrite: bool) -> Path:
-    """A fresh folder: an existing non-empty one is replaced only with ``overwrite``, else suffixed."""
-    base = run_dir or Path(config.output.runs_dir) / (config.output.name or "run")
-    candidate, suffix = base, 1
-    while candidate.exists() and any(candidate.iterdir()):
-        if overwrite:
-            shutil.rmtree(candidate)
-            break
-        suffix += 1
-        candidate = base.with_name(f"{base.name}-{suffix}")
-    candidate.mkdir(parents=True, exist_ok=True)
-    return candidate
-
-
-@contextmanager
-def _stop_on_signals() -> Iterator[dict[str, bool]]:
-    """Turn Ctrl-C / SIGTERM into a flag checked between steps, so the run can stop cleanly."""
-    flag = {"stop": False}
-
-    def handler(signum: int, _frame: Any) -> None:
-        flag["stop"] = True
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield flag
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-def _stage_label(index: int, stage: StageConfig) -> str:
-    return f"{index + 1}-{stage.name}"
-
-
 def _improved(value: float, best: float | None, mode: str) -> bool:
-    return best is None or (value > best if mode == "max" else value < best)
+    return not math.isnan(value) and (best is None or (value > best if mode == "max" else value < best))
+
+
+def _non_finite(model: nn.Module) -> list[str]:
+    """Names of the parameters and buffers (e.g. BatchNorm running variances) holding inf or NaN."""
+    return [
+        name
+        for name, tensor in model.state_dict().items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
 
 
 def _weights_checksum(model: nn.Module) -> float:
     return float(sum(p.detach().double().sum() for p in model.state_dict().values() if p.is_floating_point()))
+
+
+def _resolve_config(config: Config | str | Path | None, overrides: Sequence[str], resume: Path | None) -> Config:
+    if resume is not None:
+        if config is not None or overrides:
+            raise ConfigError("resume continues a run with its saved config: pass no config or overrides with it")
+        return RunFolder.existing(resume).config()
+    if isinstance(config, Config):
+        return load_config(config.model_dump(), overrides) if overrides else config
+    return load_config(config if config is not None else builtin_config("salt-demo"), overrides)
+
+
+class Trainer:
+    """Everything a run needs, built from its config; :meth:`fit` trains it into a run folder.
+
+    Args:
+        config: The resolved config.
+        info: This process's rank, world size and device.
+        console: Where progress and tables go (rank 0 only).
+        pretrained: Load the encoder's pretrained weights (not when resuming: the checkpoint has them).
+    """
+
+    def __init__(self, config: Config, info: distributed.DistInfo, console: Console, *, pretrained: bool) -> None:
+        self.config, self.info, self.console = config, info, console
+        self.spec = describe_dataset(config.data.name, config.data.options)
+        self.metric_names = metric_names(self.spec)
+        self.monitor = config.train.monitor or self.metric_names[0]
+        if self.monitor not in (*self.metric_names, "val_loss"):
+            raise ConfigError(
+                f"train.monitor {self.monitor!r} is not a validation metric of this dataset; "
+                f"choose from {[*self.metric_names, 'val_loss']}"
+            )
+        self.stop = StopRequest()
+        self._build_data()
+        self._build_model(pretrained)
+
+    def _build_data(self) -> None:
+        config, info = self.config, self.info
+        root = resolve_data_root(config) if info.is_main else None  # rank 0 generates the demo data first
+        root = distributed.broadcast_object(root, info) or resolve_data_root(config)
+        self.train_set, self.val_set = build_datasets(config, root)
+        self.generator = torch.Generator()
+        self.train_sampler = (
+            DistributedSampler(self.train_set, info.world_size, info.rank, shuffle=True, seed=config.train.seed)
+            if info.distributed
+            else None
+        )
+        self.train_loader = DataLoader(
+            self.train_set,
+            batch_size=config.data.batch_size,
+            shuffle=self.train_sampler is None,
+            sampler=self.train_sampler,
+            num_workers=config.data.num_workers,
+            worker_init_fn=_seed_worker,
+            generator=self.generator,
+            drop_last=len(self.train_set) > config.data.batch_size * info.world_size,
+        )
+        self.val_loader = DataLoader(
+            self.val_set,
+            batch_size=config.data.val_batch_size or config.data.batch_size,
+            sampler=distributed.ShardSampler(len(self.val_set), info.rank, info.world_size),
+            num_workers=config.data.num_workers,
+        )
+
+    def _build_model(self, pretrained: bool) -> None:
+        config, info = self.config, self.info
+        _seed_everything(config.train.seed)  # the seed fixes the initial weights too
+        model = build_model(config.model, self.spec.in_channels, self.spec.num_classes, pretrained=pretrained)
+        self.model = model.to(info.device)
+        for dataset, split in ((self.train_set, config.data.train_split), (self.val_set, config.data.val_split)):
+            height, width = dataset[0]["image"].shape[-2:]
+            check_input_size(model, height, width, f"the first image of {config.data.name} split {split!r}")
+        self.ddp_model = distributed.wrap_model(self.model, info, config.train.find_unused_parameters)
+        self.scaler = torch.amp.GradScaler(info.device.type, enabled=config.train.amp == "fp16")
+        self.autocast = _autocast(config.train.amp, info.device)
+
+    # The run ------------------------------------------------------------------------------------------
+    def open_folder(self, resume: Path | None, run_dir: Path | None, overwrite: bool) -> RunFolder:
+        """Rank 0 creates (or reopens, to resume) and locks the run folder; every rank learns its path."""
+        folder, error = None, None
+        if self.info.is_main:
+            try:
+                if resume is not None:
+                    folder = RunFolder.for_resume(resume)
+                else:
+                    folder = RunFolder.create(self.config, run_dir, overwrite=overwrite)
+            except LovaszsegError as caught:
+                error = caught
+        path, error = distributed.broadcast_object((folder.path if folder else None, error), self.info)
+        if error is not None:
+            raise error
+        return folder or RunFolder(path)
+
+    def fit(self, folder: RunFolder, *, resume: bool, stop_after_epochs: int | None = None) -> RunResult:
+        """Train every stage into ``folder``; continue from its ``last.pt`` when ``resume``."""
+        checkpoint, progress = None, Progress()
+        if resume:
+            checkpoint = load_checkpoint(folder.last_path)
+            progress = Progress.from_checkpoint(checkpoint)
+            self.model.load_state_dict(checkpoint["model"])
+            restore_rng(checkpoint["rng"])
+        elif self.info.is_main:
+            folder.save_start(self._state(None, progress, {}))
+            self.console.print(f"run folder: {folder.path}")
+        self.epochs_left = stop_after_epochs
+        completed = True
+        with self.stop:
+            for index in range(progress.stage, len(self.config.stages)):
+                if index == progress.stage and progress.stage_done:
+                    continue
+                continuing = checkpoint if index == progress.stage and progress.epoch > 0 else None
+                if not self.run_stage(folder, index, progress, continuing):
+                    completed = False
+                    break
+        return self._finish(folder, completed)
+
+    def run_stage(self, folder: RunFolder, index: int, progress: Progress, checkpoint: dict[str, Any] | None) -> bool:
+        """Train one stage from where ``progress`` says; False when a stop request ended it early."""
+        stage = self._start_stage(folder, index, progress, checkpoint)
+        for epoch in range(progress.epoch, stage.config.epochs):
+            if self._stop_requested(before_epoch=True):
+                return False
+            self._seed_epoch(index, epoch)
+            started = time.perf_counter()
+            train_loss = self.train_epoch(stage, epoch, folder, progress)
+            if train_loss is None:
+                return False
+            metrics = self.validate(stage, epoch, folder)
+            self._end_epoch(folder, stage, epoch, train_loss, metrics, progress, time.perf_counter() - started)
+            if progress.stage_done:
+                break
+        return True
+
+    def _start_stage(
+        self, folder: RunFolder, index: int, progress: Progress, checkpoint: dict[str, Any] | None
+    ) -> Stage:
+        config = self.config.stages[index]
+        loss_fn = build_loss(config.loss, ignore_index=self.spec.ignore_index)
+        optimizer = build_optimizer(config, self.model)
+        stage = Stage(
+            index, config, loss_fn, optimizer, build_scheduler(config, optimizer, self.config.train.monitor_mode)
+        )
+        if checkpoint is not None:  # continuing this stage where the checkpoint left it
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            if stage.scheduler is not None:
+                stage.scheduler.load_state_dict(checkpoint["scheduler"])
+            self.scaler.load_state_dict(checkpoint["scaler"])
+            return stage
+        progress.stage, progress.epoch, progress.stage_done = index, 0, False
+        progress.stage_best, progress.stale_epochs, progress.loss_reference = None, 0, None
+        if index > 0:  # e.g. BCE -> Lovász: start from the previous stage's best weights
+            source = folder.stage_best_path(index - 1) if config.init == "best_of_previous" else None
+            if source is None or not source.is_file():  # asked for, or no epoch of it had a finite metric
+                source = folder.stage_last_path(index - 1)
+            self.model.load_state_dict(load_checkpoint(source)["model"])
+            if self.info.is_main:
+                self.console.print(f"stage {stage.label}: starting from {source.name}")
+        return stage
+
+    def _stop_requested(self, *, before_epoch: bool = False) -> bool:
+        """Whether to stop now: a signal (on any rank: all must leave at the same step) or the epoch budget."""
+        budget_spent = before_epoch and self.epochs_left is not None and self.epochs_left <= 0
+        return distributed.any_rank(self.stop.requested or budget_spent, self.info)
+
+    def _seed_epoch(self, index: int, epoch: int) -> None:
+        seed = _epoch_seed(self.config.train.seed, index, epoch)
+        _seed_everything(seed)
+        self.generator.manual_seed(seed)
+        if self.train_sampler is not None:
+            self.train_sampler.set_epoch(index * 100_000 + epoch)
+        if hasattr(self.train_set.transform, "set_random_seed"):
+            self.train_set.transform.set_random_seed(seed)
+
+    # One epoch ----------------------------------------------------------------------------------------
+    def train_epoch(self, stage: Stage, epoch: int, folder: RunFolder, progress: Progress) -> float | None:
+        """One pass over the training data; its mean loss over all ranks, or None if stopped midway."""
+        self.ddp_model.train()
+        steps = min(len(self.train_loader), self.config.train.max_steps_per_epoch or len(self.train_loader))
+        description = f"{stage.label} {epoch + 1}/{stage.config.epochs}"
+        bar = EpochProgress(self.console, description, steps, self.info.is_main)
+        total, seen, started = 0.0, 0, time.perf_counter()
+        try:
+            for step, batch in enumerate(self.train_loader, start=1):
+                if step > steps:
+                    break
+                if self._stop_requested():
+                    return None
+                loss = self.training_step(stage, batch, progress, lambda s=step: f"{description}, step {s}", folder)
+                total, seen = total + loss * len(batch["image"]), seen + len(batch["image"])
+                bar.update(step, total / seen, seen / max(time.perf_counter() - started, 1e-9))
+        finally:
+            bar.close()
+        return distributed.mean_over_ranks(total, seen, self.info)
+
+    def training_step(
+        self, stage: Stage, batch: dict[str, Any], progress: Progress, where: Any, folder: RunFolder
+    ) -> float:
+        """Forward, loss check, backward and optimiser step on one batch; returns the loss."""
+        images, masks = batch["image"].to(self.info.device), batch["mask"].to(self.info.device)
+        with self.autocast:
+            logits = self.ddp_model(images)
+        loss = stage.loss_fn(logits.float(), masks)
+        value = float(loss.detach())
+        self._check_loss(value, stage, progress, where, folder)
+        stage.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.config.train.grad_clip:
+            self.scaler.unscale_(stage.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
+        self.scaler.step(stage.optimizer)
+        self.scaler.update()
+        return value
+
+    def _check_loss(self, value: float, stage: Stage, progress: Progress, where: Any, folder: RunFolder) -> None:
+        """Stop on a non-finite loss, or one ``train.divergence_factor`` times the stage's first (at least 1)."""
+        if progress.loss_reference is None and math.isfinite(value):
+            progress.loss_reference = value
+        factor = self.config.train.divergence_factor
+        limit = factor * max(progress.loss_reference or 0.0, 1.0) if factor else math.inf
+        if not distributed.any_rank(not math.isfinite(value) or value > limit, self.info):
+            return
+        problem = "non-finite" if not math.isfinite(value) else f"exploding ({value:.4g} > {limit:.4g})"
+        raise TrainingError(
+            f"{problem} loss on rank {self.info.rank} at {where()}: training diverged; lower the learning rate "
+            f"(stages.{stage.index}.lr={stage.config.lr:g}) or set train.grad_clip. {self._kept(folder)}"
+        )
+
+    def validate(self, stage: Stage, epoch: int, folder: RunFolder) -> dict[str, float]:
+        """Metrics of the validation split, after checking that the weights are still finite."""
+        distributed.broadcast_buffers(self.model, self.info)
+        if bad := _non_finite(self.model):
+            raise TrainingError(
+                f"after epoch {epoch + 1} of stage {stage.label}, {len(bad)} weight tensor(s) hold inf or NaN "
+                f"(e.g. {', '.join(bad[:3])}): training diverged; lower the learning rate "
+                f"(stages.{stage.index}.lr={stage.config.lr:g}) or set train.grad_clip. {self._kept(folder)}"
+            )
+        return evaluate(
+            self.model,
+            self.val_loader,
+            self.spec,
+            device=self.info.device,
+            loss_fn=stage.loss_fn,
+            autocast=self.autocast,
+        )
+
+    def _kept(self, folder: RunFolder) -> str:
+        if folder.last_path.is_file():
+            return f"The last good checkpoint is kept: {folder.last_path}"
+        return "No checkpoint was written."
+
+    def _end_epoch(
+        self,
+        folder: RunFolder,
+        stage: Stage,
+        epoch: int,
+        train_loss: float,
+        metrics: dict[str, float],
+        progress: Progress,
+        seconds: float,
+    ) -> None:
+        """Update the progress, write the checkpoints and the summary row, print the epoch's line."""
+        value, lr = metrics[self.monitor], stage.optimizer.param_groups[0]["lr"]
+        step_scheduler(stage.scheduler, value)
+        mode = self.config.train.monitor_mode
+        stage_best = _improved(value, progress.stage_best, mode)
+        overall_best = stage_best and _improved(value, progress.best_overall, mode)
+        progress.epoch = epoch + 1
+        progress.stage_best = value if stage_best else progress.stage_best
+        progress.best_overall = value if overall_best else progress.best_overall
+        progress.stale_epochs = 0 if stage_best else progress.stale_epochs + 1
+        patience = self.config.train.early_stopping
+        early = bool(patience) and progress.stale_epochs >= patience and progress.epoch < stage.config.epochs
+        progress.stage_done = early or progress.epoch == stage.config.epochs
+        if self.epochs_left is not None:
+            self.epochs_left -= 1
+        if not self.info.is_main:
+            return
+        snapshot = (epoch + 1) // cycle_length(stage.config) if is_snapshot_epoch(stage.config, epoch + 1) else None
+        state = self._state(stage, progress, metrics)
+        folder.save_epoch(state, stage.index, stage_best=stage_best, overall_best=overall_best, snapshot=snapshot)
+        row = {"stage": stage.label, "epoch": epoch + 1, "lr": f"{lr:.6g}", "train_loss": f"{train_loss:.6f}"}
+        row |= {name: f"{metrics[name]:.6f}" for name in (*self.metric_names, "val_loss") if name in metrics}
+        folder.record_epoch(row | {"time_s": f"{seconds:.1f}"}, self.metric_names)
+        shown = "  ".join(f"{name} {metrics[name]:.4f}" for name in (*self.metric_names, "val_loss") if name in metrics)
+        line = f"{stage.label} epoch {epoch + 1}/{stage.config.epochs}  train_loss {train_loss:.4f}  {shown}"
+        self.console.print(line, soft_wrap=True)
+        if early:
+            self.console.print(
+                f"stage {stage.label}: no improvement of {self.monitor} for {patience} epochs, stopping it"
+            )
+
+    def _state(self, stage: Stage | None, progress: Progress, metrics: dict[str, float]) -> dict[str, Any]:
+        """The checkpoint dict: weights, optimiser, schedule, progress, metrics and RNG states."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": stage.optimizer.state_dict() if stage else {},
+            "scheduler": stage.scheduler.state_dict() if stage and stage.scheduler is not None else {},
+            "scaler": self.scaler.state_dict(),
+            **asdict(progress),
+            "metrics": metrics,
+            "rng": capture_rng(),
+        }
+
+    def _finish(self, folder: RunFolder, completed: bool) -> RunResult:
+        """Export the best model of a finished run and show the final table."""
+        if self.info.distributed and completed:  # every rank must end with the same weights (and BN statistics)
+            checksums = [None] * self.info.world_size
+            torch.distributed.all_gather_object(checksums, _weights_checksum(self.model))
+            if self.info.is_main:
+                folder.write_json(DISTRIBUTED_FILE, {"weights_checksum_per_rank": checksums})
+        history, best_metrics = folder.summary(), {}
+        if self.info.is_main and folder.best_path.is_file():
+            best = load_checkpoint(folder.best_path)
+            best_metrics = dict(best["metrics"])
+            if completed:
+                folder.export(best, self.config)
+        elif self.info.is_main and completed:
+            raise TrainingError(f"no epoch produced a finite {self.monitor}: there is no best model to export")
+        if self.info.is_main and history:
+            self.console.print(
+                final_table(history, [*self.metric_names, "val_loss"], self.monitor, self.config.train.monitor_mode)
+            )
+            if not completed:
+                self.console.print(f"stopped early; continue with: lovaszseg train --resume {folder.path}")
+        return RunResult(folder.path, best_metrics, completed, history, self.stop.signum)
 
 
 def train(
@@ -164,297 +493,34 @@ def train(
     Args:
         config: A :class:`Config`, a YAML path, or None for the built-in demo (``salt-demo.yaml``).
         overrides: ``key.path=value`` strings applied to the config.
-        resume: A run folder to continue from its ``last.pt`` (same stage, epoch, schedule and RNG);
-            the run's saved config is used and the run continues in that folder.
-        run_dir: Where to write the run (default ``output.runs_dir/output.name``, suffixed if taken).
-        overwrite: Replace an existing non-empty run folder instead of choosing a new name.
+        resume: A run folder to continue from its ``last.pt`` (same stage, epoch, schedule and RNG)
+            with its saved config.
+        run_dir: Where to write the run (default ``output.runs_dir/output.name``, suffixed if taken);
+            an explicit folder that holds a run is refused unless ``overwrite``.
+        overwrite: Replace what the run folder holds.
         stop_after_epochs: Stop cleanly after this many epochs of this call, as if interrupted
             (``resume`` then continues).
         console: Where progress and tables go.
 
     Returns:
-        :class:`RunResult` with the run folder and the best validation metrics.
+        :class:`RunResult`; ``completed`` is False (and ``stop_signal`` set) after Ctrl-C or SIGTERM,
+        which stop at the next step and keep ``last.pt`` (the end of the last whole epoch).
 
     Raises:
-        TrainingError: non-finite loss (the last good checkpoint is kept).
-        ConfigError, ValueError, FileNotFoundError: bad config, data or checkpoint; a config or
-            overrides given with ``resume``; images whose size the model cannot take.
-        EncoderWeightsError: pretrained encoder weights cannot be downloaded (a ValueError).
+        ConfigError, DataError: bad config, options or data (before any run folder is created).
+        RunFolderError: the run folder is taken or being written by another process.
+        CheckpointError: ``resume`` names no resumable run.
+        TrainingError: a non-finite or exploding loss, or weights that turned non-finite.
     """
     console = console or Console()
-    checkpoint: dict[str, Any] | None = None
-    if resume is not None and (config is not None or overrides):
-        raise ValueError("resume continues a run with its saved config: pass no config or overrides with it")
-    if resume is not None:
-        checkpoint = load_checkpoint(Path(resume) / "last.pt")
-        config = load_config(checkpoint["config"])
-    elif isinstance(config, Config):
-        config = load_config(config.model_dump(), overrides) if overrides else config
-    else:
-        config = load_config(config if config is not None else builtin_config("salt-demo"), overrides)
+    config = _resolve_config(config, overrides, resume)
     info = distributed.setup(config.train.device)
     try:
-        return _train(config, info, checkpoint, resume, run_dir, overwrite, stop_after_epochs, console)
+        trainer = Trainer(config, info, console, pretrained=resume is None)
+        folder = trainer.open_folder(resume, run_dir, overwrite)
+        try:
+            return trainer.fit(folder, resume=resume is not None, stop_after_epochs=stop_after_epochs)
+        finally:
+            folder.release()
     finally:
         distributed.cleanup()
-
-
-def _train(
-    config: Config,
-    info: distributed.DistInfo,
-    checkpoint: dict[str, Any] | None,
-    resume: Path | None,
-    run_dir: Path | None,
-    overwrite: bool,
-    stop_after_epochs: int | None,
-    console: Console,
-) -> RunResult:
-    # Data: the demo data is generated by rank 0 first.
-    root = resolve_data_root(config) if info.is_main else None
-    root = distributed.broadcast_object(root, info) if info.distributed else root
-    if root is None:
-        root = resolve_data_root(config)
-    train_set, val_set = build_datasets(config, root)
-    resized = config.data.options.get("resize")
-    resized = (resized, resized) if resized else None
-    task, num_classes = train_set.task, train_set.num_classes
-    metric_names = BINARY_METRICS if task == "binary" else MULTICLASS_METRICS
-    if task == "binary" and train_set.ignore_index is not None:
-        metric_names = tuple(m for m in metric_names if m != "salt_score")
-    monitor = config.train.monitor or metric_names[0]
-    mode = config.train.monitor_mode
-    if monitor not in (*metric_names, "val_loss"):
-        raise ValueError(f"train.monitor {monitor!r} is not a validation metric; choose from {list(metric_names)}")
-    generator = torch.Generator()
-    train_sampler = (
-        DistributedSampler(train_set, info.world_size, info.rank, shuffle=True, seed=config.train.seed)
-        if info.distributed
-        else None
-    )
-    train_loader = DataLoader(
-        train_set,
-        batch_size=config.data.batch_size,
-        shuffle=train_sampler is None,
-        sampler=train_sampler,
-        num_workers=config.data.num_workers,
-        worker_init_fn=_seed_worker,
-        generator=generator,
-        drop_last=len(train_set) > config.data.batch_size * info.world_size,
-    )
-    val_loader = DataLoader(
-        val_set,
-        batch_size=config.data.val_batch_size or config.data.batch_size,
-        sampler=distributed.ShardSampler(len(val_set), info.rank, info.world_size),
-        num_workers=config.data.num_workers,
-    )
-
-    # Model, and where the run starts (the seed fixes the initial weights too).
-    _seed_everything(config.train.seed)
-    model = build_model(config.model, train_set.in_channels, num_classes, pretrained=checkpoint is None).to(info.device)
-    for dataset, split in ((train_set, config.data.train_split), (val_set, config.data.val_split)):
-        height, width = dataset[0]["image"].shape[-2:]
-        check_input_size(model, height, width, f"the first image of {config.data.name} split {split!r}")
-    start_stage, start_epoch, stage_best, stale_epochs = 0, 0, None, 0
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        start_stage, start_epoch = checkpoint["stage"], checkpoint["epoch"]
-        stage_best, stale_epochs = checkpoint["stage_best"], checkpoint["stale_epochs"]
-        restore_rng(checkpoint["rng"])
-    ddp_model = (
-        DistributedDataParallel(model, find_unused_parameters=config.train.find_unused_parameters)
-        if info.distributed
-        else model
-    )
-    scaler = torch.amp.GradScaler(info.device.type, enabled=config.train.amp == "fp16")
-    autocast = _autocast(config.train.amp, info.device)
-
-    # The run folder, once everything that can fail on bad input has been built: rank 0 chooses and
-    # creates it, and only rank 0 writes files.
-    out = Path(resume) if resume is not None else (_new_run_dir(config, run_dir, overwrite) if info.is_main else None)
-    out = distributed.broadcast_object(out, info)
-    if info.is_main and resume is None:
-        with atomic_write(out / "config.yaml") as handle:
-            yaml.safe_dump(config.model_dump(), handle, sort_keys=False)
-        console.print(f"run folder: {out}")
-
-    best_overall = checkpoint["best_overall"] if checkpoint is not None else None
-    epochs_this_call = 0
-    completed = True
-
-    with _stop_on_signals() as signals:
-        for stage_index in range(start_stage, len(config.stages)):
-            stage = config.stages[stage_index]
-            label = _stage_label(stage_index, stage)
-            loss_fn = build_loss(stage.loss, ignore_index=train_set.ignore_index)
-            optimizer = build_optimizer(stage, model)
-            scheduler = build_scheduler(stage, optimizer, mode)
-            resuming_here = checkpoint is not None and stage_index == start_stage and start_epoch > 0
-            if resuming_here:
-                optimizer.load_state_dict(checkpoint["optimizer"])
-                if scheduler is not None:
-                    scheduler.load_state_dict(checkpoint["scheduler"])
-                scaler.load_state_dict(checkpoint["scaler"])
-            else:
-                start_epoch, stage_best, stale_epochs = 0, None, 0
-                if stage_index > 0:  # e.g. BCE -> Lovász: start from the previous stage's best weights
-                    source = "best" if stage.init == "best_of_previous" else "last"
-                    if not (out / f"stage{stage_index}_{source}.pt").is_file():
-                        source = "last"  # the previous stage never produced a finite metric
-                    previous = load_checkpoint(out / f"stage{stage_index}_{source}.pt")
-                    model.load_state_dict(previous["model"])
-                    if info.is_main:
-                        console.print(f"stage {label}: starting from stage {stage_index}'s {source} weights")
-
-            for epoch in range(start_epoch, stage.epochs):
-                # Stop requests are agreed on by all ranks (a signal may reach only some), every time.
-                stop_here = stop_after_epochs is not None and epochs_this_call >= stop_after_epochs
-                signals["stop"] = distributed.any_rank(signals["stop"] or stop_here, info)
-                if signals["stop"]:
-                    completed = False
-                    break
-                _seed_everything(_epoch_seed(config.train.seed, stage_index, epoch))
-                generator.manual_seed(_epoch_seed(config.train.seed, stage_index, epoch))
-                if train_sampler is not None:
-                    train_sampler.set_epoch(stage_index * 100_000 + epoch)
-                if hasattr(train_set.transform, "set_random_seed"):
-                    train_set.transform.set_random_seed(_epoch_seed(config.train.seed, stage_index, epoch))
-
-                ddp_model.train()
-                started = time.perf_counter()
-                loss_sum, seen = torch.zeros((), dtype=torch.float64), 0
-                steps = len(train_loader)
-                if config.train.max_steps_per_epoch:
-                    steps = min(steps, config.train.max_steps_per_epoch)
-                progress = EpochProgress(console, f"{label} {epoch + 1}/{stage.epochs}", steps, info.is_main)
-                try:
-                    for step, batch in enumerate(train_loader, start=1):
-                        signals["stop"] = distributed.any_rank(signals["stop"], info)
-                        if step > steps or signals["stop"]:
-                            break
-                        images, masks = batch["image"].to(info.device), batch["mask"].to(info.device)
-                        with autocast:
-                            logits = ddp_model(images)
-                        loss = loss_fn(logits.float(), masks)
-                        if distributed.any_rank(not bool(torch.isfinite(loss)), info):
-                            raise TrainingError(
-                                f"non-finite loss ({loss.item()} on rank {info.rank}) at stage {label}, "
-                                f"epoch {epoch + 1}, step {step}; stopped. "
-                                f"The last good checkpoint is kept: {out / 'last.pt'}"
-                            )
-                        optimizer.zero_grad(set_to_none=True)
-                        scaler.scale(loss).backward()
-                        if config.train.grad_clip:
-                            scaler.unscale_(optimizer)
-                            nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
-                        scaler.step(optimizer)
-                        scaler.update()
-                        loss_sum += loss.detach().double() * len(images)
-                        seen += len(images)
-                        elapsed = time.perf_counter() - started
-                        progress.update(step, float(loss_sum / seen), seen / max(elapsed, 1e-9))
-                finally:
-                    progress.close()
-                signals["stop"] = distributed.any_rank(signals["stop"], info)
-                if signals["stop"]:  # interrupted mid-epoch: last.pt (end of the previous epoch) is kept
-                    completed = False
-                    break
-
-                train_loss = float(loss_sum / max(seen, 1))
-                distributed.broadcast_buffers(model, info)
-                if info.distributed:
-                    totals = torch.tensor([train_loss * seen, seen], dtype=torch.float64, device=info.device)
-                    torch.distributed.all_reduce(totals)
-                    train_loss = float(totals[0] / totals[1])
-                metrics = evaluate(
-                    model,
-                    val_loader,
-                    task=task,
-                    num_classes=num_classes,
-                    ignore_index=val_set.ignore_index,
-                    device=info.device,
-                    original_size=getattr(val_set, "original_size", None),
-                    resized=resized,
-                    loss_fn=loss_fn,
-                    autocast=autocast,
-                )
-                value = metrics[monitor]
-                lr = optimizer.param_groups[0]["lr"]
-                step_scheduler(scheduler, value)
-
-                improved = not math.isnan(value) and _improved(value, stage_best, mode)
-                stage_best = value if improved else stage_best
-                stale_epochs = 0 if improved else stale_epochs + 1
-                state = {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else {},
-                    "scaler": scaler.state_dict(),
-                    "stage": stage_index,
-                    "epoch": epoch + 1,
-                    "stage_best": stage_best,
-                    "stale_epochs": stale_epochs,
-                    "best_overall": best_overall,
-                    "metrics": metrics,
-                    "config": config.model_dump(),
-                    "rng": capture_rng(),
-                }
-                if info.is_main:
-                    if improved:
-                        save_checkpoint(out / f"stage{stage_index + 1}_best.pt", state)
-                        if _improved(value, best_overall, mode):
-                            best_overall = value
-                            state["best_overall"] = value
-                            save_checkpoint(out / "best.pt", state)
-                    if is_snapshot_epoch(stage, epoch + 1):  # the end of a cosine cycle: a snapshot-ensemble member
-                        cycle = (epoch + 1) // cycle_length(stage)
-                        save_checkpoint(out / f"stage{stage_index + 1}_snapshot{cycle}.pt", state)
-                    save_checkpoint(out / f"stage{stage_index + 1}_last.pt", state)
-                    save_checkpoint(out / "last.pt", state)
-                    row = {"stage": label, "epoch": epoch + 1, "lr": f"{lr:.6g}", "train_loss": f"{train_loss:.6f}"}
-                    row |= {name: f"{metrics[name]:.6f}" for name in (*metric_names, "val_loss") if name in metrics}
-                    row["time_s"] = f"{time.perf_counter() - started:.1f}"
-                    append_summary(out / "summary.csv", row)
-                    plot_curves(read_summary(out / "summary.csv"), out / "curves.png", metric_names)
-                    shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-                    console.print(
-                        f"{label} epoch {epoch + 1}/{stage.epochs}  train_loss {train_loss:.4f}  {shown}",
-                        soft_wrap=True,
-                    )
-                best_overall = distributed.broadcast_object(best_overall, info)
-                epochs_this_call += 1
-                if config.train.early_stopping and stale_epochs >= config.train.early_stopping:
-                    if info.is_main:
-                        console.print(
-                            f"stage {label}: no improvement of {monitor} for {stale_epochs} epochs, stopping it"
-                        )
-                    break
-            if not completed:
-                break
-
-    if info.distributed and completed:  # every rank must end with the same weights (and BN statistics)
-        checksums = [None] * info.world_size
-        torch.distributed.all_gather_object(checksums, _weights_checksum(model))
-        if info.is_main:
-            with atomic_write(out / "distributed.json") as handle:
-                json.dump({"weights_checksum_per_rank": checksums}, handle)
-    history = read_summary(out / "summary.csv")
-    best_metrics: dict[str, float] = {}
-    if info.is_main and (out / "best.pt").is_file():
-        best = load_checkpoint(out / "best.pt")
-        best_metrics = dict(best["metrics"])
-        if completed:
-            export_for_inference(best, out)
-    if info.is_main and history:
-        console.print(final_table(history, [*metric_names, "val_loss"], monitor, mode))
-        if not completed:
-            console.print(f"stopped early; continue with: lovaszseg train --resume {out}")
-    return RunResult(out, best_metrics, completed, history)
-
-
-def export_for_inference(checkpoint: dict[str, Any], out: Path) -> None:
-    """``model.safetensors`` (weights) + ``config.json`` (the run's config) for inference."""
-    tensors = {name: tensor.contiguous() for name, tensor in checkpoint["model"].items()}
-    with atomic_write(out / "model.safetensors", "wb") as handle:
-        handle.write(safetensors_bytes(tensors))
-    with atomic_write(out / "config.json") as handle:
-        json.dump(checkpoint["config"], handle, indent=2)

@@ -1,0 +1,41 @@
+"""Errors a user can cause: one base class, one subclass per kind of input.
+
+The CLI turns exactly these into one red line and exit code 2; any other exception is a bug and
+keeps its traceback. Each class also derives from the built-in type callers caught before
+(``ValueError``, ``RuntimeError``), so ``except ValueError`` in a notebook keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "LovaszsegError",
+    "RunFolderError",
+    "TrainingError",
+]
+
+
+class LovaszsegError(Exception):
+    """Base of every error caused by the user's input (files, keys, values) rather than by a bug."""
+
+
+class ConfigError(LovaszsegError, ValueError):
+    """A configuration file, override or command option is invalid; the message names the key and value."""
+
+
+class DataError(LovaszsegError, ValueError):
+    """A dataset or image folder is missing or its content unusable; the message names the file."""
+
+
+class CheckpointError(LovaszsegError, ValueError):
+    """A checkpoint, exported model or run folder cannot be read as one; the message names the file."""
+
+
+class RunFolderError(LovaszsegError, RuntimeError):
+    """A run folder cannot be written: another process holds it, or it is taken and not to be replaced."""
+
+
+class TrainingError(LovaszsegError, RuntimeError):
+    """Training cannot go on (non-finite loss or weights, a diverging loss); says what was kept."""
