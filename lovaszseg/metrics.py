@@ -483,7 +483,7 @@ def best_threshold(
     truth = _as_binary("truth", truth)
     if probs.ndim != 3 or probs.shape != truth.shape or not probs.size:
         raise ValueError(f"probs and truth must both be non-empty [N, H, W], got {probs.shape} and {truth.shape}")
-    given = THRESHOLD_GRID if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+    given = np.asarray(THRESHOLD_GRID if thresholds is None else thresholds, dtype=np.float64)
     if given.ndim != 1 or not given.size or not np.isfinite(given).all():
         raise ValueError(f"thresholds must be a non-empty 1-D array of finite numbers, got {given!r}")
     # Work in float32 for float16/float32 probabilities, with each threshold rounded down so that the

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import pytest
 import torch
 
-import lovaszseg.engine.checkpoint as checkpoint_module
-from lovaszseg.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from lovaszseg.engine.checkpoint import capture_rng, checkpoint_bytes, load_checkpoint, restore_rng, save_checkpoint
+from lovaszseg.errors import CheckpointError
 
 
 def _draw() -> tuple[list[float], list[float], list[float]]:
@@ -35,12 +35,15 @@ def test_checkpoints_load_with_weights_only_and_refuse_code(tmp_path: Path) -> N
     state = load_checkpoint(tmp_path / "ok.pt")
     assert torch.equal(state["model"]["w"], torch.ones(2)) and state["metrics"] == {"iou": 0.5}
     torch.save({"model": {}, "config": {}, "payload": _Payload()}, tmp_path / "evil.pt")
-    with pytest.raises(ValueError, match=r"evil\.pt is not a readable lovaszseg checkpoint"):
+    with pytest.raises(CheckpointError, match=r"evil\.pt is not a readable lovaszseg checkpoint"):
         load_checkpoint(tmp_path / "evil.pt")
     torch.save({"weights": torch.ones(1)}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="no 'model' and 'config'"):
+    with pytest.raises(CheckpointError, match="no 'model' entry"):
         load_checkpoint(tmp_path / "other.pt")
-    with pytest.raises(FileNotFoundError, match=r"checkpoint not found: .*missing\.pt"):
+    (tmp_path / "truncated.pt").write_bytes((tmp_path / "ok.pt").read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=r"truncated\.pt is not a readable"):
+        load_checkpoint(tmp_path / "truncated.pt")
+    with pytest.raises(CheckpointError, match=r"checkpoint not found: .*missing\.pt"):
         load_checkpoint(tmp_path / "missing.pt")
 
 
@@ -52,12 +55,20 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatc
     path = tmp_path / "last.pt"
     save_checkpoint(path, {"model": {"w": torch.zeros(2)}, "config": {}})
 
-    def torn_write(state: object, handle: BinaryIO) -> None:
-        handle.write(b"half a checkpoint")
-        raise OSError("disk full")
+    def crash_before_rename(source: str, target: str) -> None:  # the data is written, the rename never happens
+        raise OSError("killed")
 
-    monkeypatch.setattr(checkpoint_module.torch, "save", torn_write)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(os, "replace", crash_before_rename)
+    with pytest.raises(OSError, match="killed"):
         save_checkpoint(path, {"model": {"w": torch.ones(2)}, "config": {}})
+    monkeypatch.undo()
     assert torch.equal(load_checkpoint(path)["model"]["w"], torch.zeros(2))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_serialised_once_equals_saved_directly(tmp_path: Path) -> None:
+    state = {"model": {"w": torch.arange(4.0)}, "epoch": 3}
+    save_checkpoint(tmp_path / "a.pt", checkpoint_bytes(state))
+    save_checkpoint(tmp_path / "b.pt", state)
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+    assert load_checkpoint(tmp_path / "a.pt")["epoch"] == 3

@@ -342,7 +342,7 @@ def test_best_threshold_equals_brute_force(thresholds: str, dtype: type, metric:
     probs[5] = 0.5
     given = _THRESHOLD_SETS[thresholds]
     best, best_score, scores = best_threshold(probs, truth, given, metric=metric)
-    candidates = THRESHOLD_GRID if given is None else given
+    candidates = np.asarray(THRESHOLD_GRID) if given is None else given
     expected = _brute_force_scores(probs, truth, candidates, metric)
     np.testing.assert_array_equal(scores, expected)
     assert best == candidates[int(np.argmax(expected))]

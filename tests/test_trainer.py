@@ -1,4 +1,4 @@
-"""The training loop on tiny data: two stages, resume, faults, run folders, early stopping."""
+"""The training loop on tiny data: two stages, resume, interruptions, divergence, run folders, early stopping."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from conftest import tiny_salt_config
 
 import lovaszseg.engine.trainer as engine_train
 from lovaszseg.config import load_config
-from lovaszseg.engine import TrainingError, train
+from lovaszseg.engine import TrainingError, load_model, train
 from lovaszseg.engine.checkpoint import load_checkpoint
-from lovaszseg.engine.runs import load_model
+from lovaszseg.errors import ConfigError, RunFolderError
 
 
 def _loss_with_hook(hook: Callable[[int, torch.Tensor], torch.Tensor]) -> Callable[..., Callable]:
@@ -53,14 +53,16 @@ def test_two_stage_run_writes_the_run_folder_and_stage_two_starts_from_stage_one
     )
     result = train(config)
     run = result.run_dir
-    for name in ("config.yaml", "summary.csv", "curves.png", "last.pt", "best.pt", "model.safetensors", "config.json"):
+    for name in ("config.yaml", "summary.csv", "curves.png", "last.pt", "best.pt", "model.safetensors"):
         assert (run / name).is_file(), name
+    assert not (run / "config.json").exists()  # the config is saved once (and in the export's header)
     assert [row["stage"] for row in result.history] == ["1-bce", "1-bce", "1-bce", "2-frozen"]
-    assert set(result.best_metrics) >= {"salt_score", "iou", "image_iou"}
-    exported, exported_config = load_model(run / "model.safetensors")  # the best weights, for inference
+    assert set(result.best_metrics) >= {"salt_score", "iou", "image_iou", "best_threshold"}
+    (run / "config.yaml").unlink()  # the exported file alone is enough for inference
+    exported = load_model(run / "model.safetensors")
     best = load_checkpoint(run / "best.pt")
-    assert exported_config == config and best["metrics"] == result.best_metrics
-    assert all(torch.equal(tensor, best["model"][name]) for name, tensor in exported.state_dict().items())
+    assert exported.config == config and best["metrics"] == result.best_metrics
+    assert all(torch.equal(tensor, best["model"][name]) for name, tensor in exported.model.state_dict().items())
     stage_one_best = load_checkpoint(run / "stage1_best.pt")["model"]
     stage_two = load_checkpoint(run / "stage2_last.pt")["model"]
     for name, tensor in stage_two.items():
@@ -89,7 +91,8 @@ def test_resume_after_interruptions_gives_the_same_weights(
     with monkeypatch.context() as patch:
         patch.setattr(engine_train, "build_loss", _loss_with_hook(terminate_at_fourth_call))
         second = train(resume=run)
-    assert not second.completed and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert not second.completed and second.stop_signal == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     assert (load_checkpoint(run / "last.pt")["stage"], load_checkpoint(run / "last.pt")["epoch"]) == (1, 1)
 
     resumed = train(resume=run)
@@ -102,10 +105,44 @@ def test_resume_after_interruptions_gives_the_same_weights(
 
 
 def test_resume_takes_no_config_or_overrides(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="resume continues a run with its saved config"):
+    with pytest.raises(ConfigError, match="resume continues a run with its saved config"):
         train(tmp_path / "salt.yaml", resume=tmp_path / "run")
-    with pytest.raises(ValueError, match="resume continues a run with its saved config"):
+    with pytest.raises(ConfigError, match="resume continues a run with its saved config"):
         train(None, ["train.seed=1"], resume=tmp_path / "run")
+
+
+def test_an_interruption_in_the_first_epoch_is_resumable_from_the_start(
+    tiny_salt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _config(tiny_salt, tmp_path, stages=[{"name": "bce", "loss": "bce", "epochs": 2, "lr": 0.01}])
+    straight = train(config, run_dir=tmp_path / "straight")
+
+    def interrupt_at_first_call(call: int, value: torch.Tensor) -> torch.Tensor:
+        if call == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return value
+
+    with monkeypatch.context() as patch:
+        patch.setattr(engine_train, "build_loss", _loss_with_hook(interrupt_at_first_call))
+        stopped = train(config, run_dir=tmp_path / "stopped")
+    assert not stopped.completed and stopped.stop_signal == signal.SIGINT and stopped.history == []
+    assert load_checkpoint(tmp_path / "stopped" / "last.pt")["epoch"] == 0  # the initial weights, resumable
+    resumed = train(resume=tmp_path / "stopped")
+    assert resumed.completed
+    assert [r["train_loss"] for r in straight.history] == [r["train_loss"] for r in resumed.history]
+
+
+def test_a_second_signal_stops_at_once(tiny_salt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def two_signals(call: int, value: torch.Tensor) -> torch.Tensor:
+        if call == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        raise AssertionError("the second signal must stop the step it arrives in")
+
+    monkeypatch.setattr(engine_train, "build_loss", _loss_with_hook(two_signals))
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tiny_salt, tmp_path), run_dir=tmp_path / "run")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_images_the_model_cannot_take_fail_before_the_run_folder_is_made(tiny_salt: Path, tmp_path: Path) -> None:
@@ -116,7 +153,7 @@ def test_images_the_model_cannot_take_fail_before_the_run_folder_is_made(tiny_sa
         data={"options": {"fold": 0, "n_folds": 4, "pad_size": 101}},
     )
     message = r"first image of tgs split 'train' is 101x101, .* divisible by 32: pad or resize to 128x128"
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         train(config)
     assert not (tmp_path / "tiny").exists()
 
@@ -129,35 +166,100 @@ def test_non_finite_loss_stops_with_stage_epoch_and_step_and_keeps_the_last_chec
 
     monkeypatch.setattr(engine_train, "build_loss", _loss_with_hook(nan_at_fifth_call))
     config = _config(tiny_salt, tmp_path)
-    with pytest.raises(TrainingError, match=r"stage 1-bce, epoch 2, step 2.*last\.pt"):
+    with pytest.raises(TrainingError, match=r"non-finite loss .* 1-bce 2/2, step 2.*kept: .*nan/last\.pt"):
         train(config, run_dir=tmp_path / "nan")
     assert load_checkpoint(tmp_path / "nan" / "last.pt")["epoch"] == 1
+    assert not (tmp_path / "nan" / "model.safetensors").exists()
+
+
+def test_an_exploding_loss_stops_the_run_and_exports_nothing(
+    tiny_salt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def explode_at_fourth_call(call: int, value: torch.Tensor) -> torch.Tensor:
+        return value * 1e6 if call == 4 else value  # train, train, validation, then epoch 2 step 1
+
+    monkeypatch.setattr(engine_train, "build_loss", _loss_with_hook(explode_at_fourth_call))
+    config = _config(tiny_salt, tmp_path)
+    with pytest.raises(TrainingError, match=r"exploding \(.* > 1000\) loss .*stages\.0\.lr=0\.01"):
+        train(config, run_dir=tmp_path / "boom")
+    assert not (tmp_path / "boom" / "model.safetensors").exists()
+    off = _config(
+        tiny_salt,
+        tmp_path,
+        stages=[{"name": "bce", "loss": "bce", "epochs": 2, "lr": 0.01}],
+        train={"seed": 0, "device": "cpu", "divergence_factor": None},
+    )
+    with monkeypatch.context() as patch:
+        patch.setattr(engine_train, "build_loss", _loss_with_hook(explode_at_fourth_call))
+        assert train(off, run_dir=tmp_path / "unchecked").completed
+
+
+def test_weights_that_turn_non_finite_are_never_saved_as_best_or_exported(
+    tiny_salt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_step = engine_train.Trainer.training_step
+    steps = {"n": 0}
+
+    def poisoning_step(self, *args, **kwargs):  # a BatchNorm variance overflows in the 3rd step (epoch 2)
+        loss = real_step(self, *args, **kwargs)
+        steps["n"] += 1
+        if steps["n"] == 3:
+            self.model.encoder.bn1.running_var.fill_(float("inf"))
+        return loss
+
+    monkeypatch.setattr(engine_train.Trainer, "training_step", poisoning_step)
+    with pytest.raises(
+        TrainingError, match=r"after epoch 2 of stage 1-bce, 1 weight tensor.*encoder\.bn1\.running_var"
+    ):
+        train(_config(tiny_salt, tmp_path), run_dir=tmp_path / "inf")
+    run = tmp_path / "inf"
+    assert not (run / "model.safetensors").exists()
+    for name in ("best.pt", "last.pt", "stage1_best.pt", "stage1_last.pt"):
+        if (run / name).exists():
+            state = load_checkpoint(run / name)
+            assert state["epoch"] == 1 and torch.isfinite(state["model"]["encoder.bn1.running_var"]).all(), name
 
 
 def test_existing_run_folder_is_never_overwritten_silently(tiny_salt: Path, tmp_path: Path) -> None:
     config = _config(tiny_salt, tmp_path, stages=[{"name": "bce", "loss": "bce", "epochs": 1}])
     first = train(config)
-    second = train(config)
+    second = train(config)  # the default name is taken: a new one
     assert first.run_dir == tmp_path / "tiny" and second.run_dir == tmp_path / "tiny-2"
+    with pytest.raises(RunFolderError, match=r"already holds a run; pass --overwrite"):
+        train(config, run_dir=first.run_dir)  # an explicit folder is never renamed
     marker = first.run_dir / "mine.txt"
     marker.write_text("x")
     third = train(config, overwrite=True)
     assert third.run_dir == first.run_dir and not marker.exists()
 
 
+def _never_improving(root: Path, runs: Path, monkeypatch: pytest.MonkeyPatch, patience: int):
+    """Stages of 5 and 1 one-step epochs whose validation metrics never change, with early stopping."""
+    flat = {"salt_score": 0.5, "iou": 0.5, "image_iou": 0.5, "val_loss": 1.0}
+    monkeypatch.setattr(engine_train, "evaluate", lambda *args, **kwargs: dict(flat))
+    return _config(
+        root,
+        runs,
+        stages=[{"name": "a", "loss": "bce", "epochs": 5}, {"name": "b", "loss": "bce", "epochs": 1}],
+        train={"seed": 0, "device": "cpu", "early_stopping": patience, "max_steps_per_epoch": 1},
+    )
+
+
 def test_early_stopping_ends_a_stage_after_patience_epochs_without_improvement(
     tiny_salt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    flat = {"salt_score": 0.5, "iou": 0.5, "image_iou": 0.5, "val_loss": 1.0}
-    monkeypatch.setattr(engine_train, "evaluate", lambda *args, **kwargs: dict(flat))
-    config = _config(
-        tiny_salt,
-        tmp_path,
-        stages=[{"name": "a", "loss": "bce", "epochs": 5}, {"name": "b", "loss": "bce", "epochs": 1}],
-        train={"seed": 0, "device": "cpu", "early_stopping": 2, "max_steps_per_epoch": 1},
-    )
-    result = train(config)
+    result = train(_never_improving(tiny_salt, tmp_path, monkeypatch, patience=2))
     assert [row["stage"] for row in result.history] == ["1-a", "1-a", "1-a", "2-b"]
+
+
+def test_resume_after_early_stopping_goes_on_with_the_next_stage(
+    tiny_salt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _never_improving(tiny_salt, tmp_path, monkeypatch, patience=1)
+    first = train(config, run_dir=tmp_path / "run", stop_after_epochs=2)  # stage a stops early after epoch 2
+    assert [row["stage"] for row in first.history] == ["1-a", "1-a"] and not first.completed
+    resumed = train(resume=tmp_path / "run")
+    assert [row["stage"] for row in resumed.history] == ["1-a", "1-a", "2-b"] and resumed.completed
 
 
 def test_bf16_autocast_with_gradient_clipping_trains_on_cpu(tiny_salt: Path, tmp_path: Path) -> None:
@@ -175,6 +277,6 @@ def test_bf16_autocast_with_gradient_clipping_trains_on_cpu(tiny_salt: Path, tmp
 
 def test_fp16_on_cpu_is_refused_before_the_run_folder_is_made(tiny_salt: Path, tmp_path: Path) -> None:
     config = _config(tiny_salt, tmp_path, train={"seed": 0, "device": "cpu", "amp": "fp16"})
-    with pytest.raises(ValueError, match=r"train\.amp=fp16 needs a CUDA device"):
+    with pytest.raises(ConfigError, match=r"train\.amp=fp16 needs a CUDA device"):
         train(config)
     assert not (tmp_path / "tiny").exists()

@@ -70,8 +70,9 @@ class Scorer:
         self.salt = spec.binary and spec.ignore_index is None
         grid = len(THRESHOLD_GRID)
         # Rounded down to float32 so that ``p > t`` decides exactly as for the float64 thresholds.
-        self._boundaries = torch.from_numpy(round_down(THRESHOLD_GRID, np.dtype(np.float32))).to(self.device)
-        self._default = int(list(THRESHOLD_GRID).index(DEFAULT_THRESHOLD))
+        grid_array = np.asarray(THRESHOLD_GRID, dtype=np.float64)
+        self._boundaries = torch.from_numpy(round_down(grid_array, np.dtype(np.float32))).to(self.device)
+        self._default = THRESHOLD_GRID.index(DEFAULT_THRESHOLD)
         self.sums = {
             "images": torch.zeros((), dtype=torch.int64, device=self.device),
             "intersection": torch.zeros(grid, dtype=torch.int64, device=self.device),
@@ -151,7 +152,7 @@ class Scorer:
         for name, curve in curves.items():
             best = int(torch.argmax(curve))  # the first maximum: the lowest threshold on ties
             prefix = "" if name == "salt_score" else f"{name}_"
-            metrics[f"{prefix}best_threshold"] = float(THRESHOLD_GRID[best])
+            metrics[f"{prefix}best_threshold"] = THRESHOLD_GRID[best]
             metrics[f"{name}_at_best_threshold"] = float(curve[best])
         return metrics
 

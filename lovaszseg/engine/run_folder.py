@@ -17,6 +17,7 @@ A writer holds an exclusive lock on ``.lock`` (which records its PID) for as lon
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import os
 import shutil
@@ -130,20 +131,17 @@ class RunFolder:
             RunFolderError: an explicit ``path`` holds files and ``overwrite`` is not set, or another
                 process is writing the folder.
         """
-        base = Path(path) if path is not None else Path(config.output.runs_dir) / (config.output.name or "run")
-        folder, suffix = cls(base), 1
-        while True:
+        if path is not None:
+            folder = cls(path)
             folder.lock()
-            if not folder._contents() or overwrite:
-                break
-            folder.release()
-            if path is not None:
+            if folder._contents() and not overwrite:
+                folder.release()
                 raise RunFolderError(
-                    f"run folder {base} already holds a run; pass --overwrite to replace it, "
-                    f"--resume {base} to continue it, or choose another --run-dir"
+                    f"run folder {folder.path} already holds a run; pass --overwrite to replace it, "
+                    f"--resume {folder.path} to continue it, or choose another --run-dir"
                 )
-            suffix += 1
-            folder = cls(base.with_name(f"{base.name}-{suffix}"))
+        else:
+            folder = cls._first_free(Path(config.output.runs_dir) / (config.output.name or "run"), overwrite)
         for entry in folder._contents():
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
@@ -152,6 +150,21 @@ class RunFolder:
         with atomic_write(folder.config_path) as handle:
             yaml.safe_dump(config.model_dump(), handle, sort_keys=False)
         return folder
+
+    @classmethod
+    def _first_free(cls, base: Path, overwrite: bool) -> RunFolder:
+        """``base``, else ``base-2``, ``base-3``, ...: the first one not being written and, unless
+        ``overwrite``, empty; returned locked."""
+        for suffix in itertools.count(1):
+            folder = cls(base if suffix == 1 else base.with_name(f"{base.name}-{suffix}"))
+            try:
+                folder.lock()
+            except RunFolderError:
+                continue
+            if overwrite or not folder._contents():
+                return folder
+            folder.release()
+        raise AssertionError("unreachable")
 
     @classmethod
     def for_resume(cls, path: str | Path) -> RunFolder:

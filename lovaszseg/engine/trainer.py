@@ -302,12 +302,12 @@ class Trainer:
         progress.stage, progress.epoch, progress.stage_done = index, 0, False
         progress.stage_best, progress.stale_epochs, progress.loss_reference = None, 0, None
         if index > 0:  # e.g. BCE -> Lovász: start from the previous stage's best weights
-            source = folder.stage_best_path(index - 1) if config.init == "best_of_previous" else None
-            if source is None or not source.is_file():  # asked for, or no epoch of it had a finite metric
-                source = folder.stage_last_path(index - 1)
+            source, which = folder.stage_best_path(index - 1), "best"
+            if config.init == "last_of_previous" or not source.is_file():  # no epoch of it had a finite metric
+                source, which = folder.stage_last_path(index - 1), "last"
             self.model.load_state_dict(load_checkpoint(source)["model"])
             if self.info.is_main:
-                self.console.print(f"stage {stage.label}: starting from {source.name}")
+                self.console.print(f"stage {stage.label}: starting from stage {index}'s {which} weights")
         return stage
 
     def _stop_requested(self, *, before_epoch: bool = False) -> bool:
