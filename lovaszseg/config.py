@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lovaszseg.data import DATASET_NAMES, dataset_options
+from lovaszseg.errors import ConfigError
 from lovaszseg.losses import LossSpec, build_loss
 
 __all__ = [
@@ -31,8 +32,11 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
-    """A configuration file or override is invalid; the message names the key path."""
+# Bounds beyond which a value is a slip (a missing "e-", a percentage) rather than a choice.
+MAX_LR = 10.0
+MAX_WEIGHT_DECAY = 1.0
+# The trainer reseeds torch with seed * 1_000_003 + ..., which must stay below 2**64.
+MAX_SEED = 2**32 - 1
 
 
 class _Strict(BaseModel):
@@ -79,13 +83,14 @@ class StageConfig(_Strict):
     loss: LossSpec = "lovasz_hinge"
     epochs: int = Field(10, ge=1)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    lr: float = Field(1e-3, gt=0, le=MAX_LR)
+    weight_decay: float = Field(0.0, ge=0, le=MAX_WEIGHT_DECAY)
     momentum: float = Field(0.9, ge=0, lt=1)
     schedule: Literal["none", "cosine", "cosine_restarts", "plateau"] = "cosine"
     # cosine_restarts: number of equal cycles (a snapshot per cycle end); plateau: patience in epochs.
     cycles: int = Field(1, ge=1)
     patience: int = Field(3, ge=1)
+    # Where cosine schedules end and plateau reductions stop; at most lr.
     min_lr: float = Field(0.0, ge=0)
     # Weights a stage after the first starts from: the previous stage's best or last checkpoint.
     init: Literal["best_of_previous", "last_of_previous"] = "best_of_previous"
@@ -97,18 +102,20 @@ class StageConfig(_Strict):
         return loss
 
     @model_validator(mode="after")
-    def _whole_cycles(self) -> StageConfig:
+    def _consistent(self) -> StageConfig:
         if self.schedule == "cosine_restarts" and self.epochs % self.cycles:
             raise ValueError(
                 f"schedule cosine_restarts needs epochs ({self.epochs}) to be a multiple of cycles ({self.cycles})"
             )
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr:g}) must not exceed lr ({self.lr:g})")
         return self
 
 
 class TrainConfig(_Strict):
     """Loop settings shared by every stage."""
 
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["none", "bf16", "fp16"] = "none"
     grad_clip: float | None = Field(None, gt=0)
@@ -117,6 +124,8 @@ class TrainConfig(_Strict):
     monitor_mode: Literal["max", "min"] = "max"
     early_stopping: int | None = Field(None, ge=1)
     max_steps_per_epoch: int | None = Field(None, ge=1)
+    # Stop when a step's loss exceeds this many times the stage's first loss (at least 1); null: never.
+    divergence_factor: float | None = Field(1000.0, gt=1)
     # DDP only: needed when some parameters get no gradient (e.g. smp encoders with encoder_depth < 5).
     find_unused_parameters: bool = False
 
@@ -227,8 +236,8 @@ def load_config(source: str | Path | Mapping[str, Any] | None = None, overrides:
         The validated :class:`Config`; ``output.name`` defaults to the YAML file's stem.
 
     Raises:
-        ConfigError: unreadable YAML, a bad override, or a validation error naming each key path.
-        FileNotFoundError: the YAML file does not exist.
+        ConfigError: a missing or unreadable file, invalid YAML, a bad override, or a validation error
+            naming each key path.
     """
     label = "(defaults)"
     tree: dict[str, Any] = {}
@@ -236,10 +245,14 @@ def load_config(source: str | Path | Mapping[str, Any] | None = None, overrides:
         tree, label = yaml.safe_load(yaml.safe_dump(dict(source))), "(mapping)"
     elif source is not None:
         path = Path(source)
+        if path.is_dir():
+            raise ConfigError(f"config {path} is a directory, not a YAML file")
         if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
+            raise ConfigError(f"config file not found: {path}")
         try:
-            tree = yaml.safe_load(path.read_text()) or {}
+            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"cannot read config file {path}: {error}") from error
         except yaml.YAMLError as error:
             raise ConfigError(f"{path} is not valid YAML: {error}") from error
         if not isinstance(tree, dict):

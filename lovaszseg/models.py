@@ -8,11 +8,12 @@ import segmentation_models_pytorch as smp
 from torch import nn
 
 from lovaszseg.config import ModelConfig
+from lovaszseg.errors import ConfigError
 
 __all__ = ["EncoderWeightsError", "build_model", "check_input_size", "output_stride"]
 
 
-class EncoderWeightsError(ValueError):
+class EncoderWeightsError(ConfigError):
     """``model.encoder_weights`` cannot be used here (e.g. offline); the message says how to go on."""
 
 
@@ -27,14 +28,14 @@ def _check_options(config: ModelConfig) -> None:
     model_class = smp.MODEL_ARCHITECTURES_MAPPING.get(config.arch.lower())
     if model_class is None:
         names = sorted(c.__name__ for c in smp.MODEL_ARCHITECTURES_MAPPING.values())
-        raise ValueError(f"unknown model.arch {config.arch!r}; choose from {names}")
+        raise ConfigError(f"unknown model.arch {config.arch!r}; choose from {names}")
     parameters = inspect.signature(model_class.__init__).parameters
     allowed = sorted(name for name in parameters if name not in _RESERVED_OPTIONS | {"self", "kwargs"})
     reserved = sorted(set(config.options) & _RESERVED_OPTIONS)
     # timm ("tu-") encoders take further keyword arguments, so only named smp encoders are checked.
     unknown = [] if config.encoder.startswith("tu-") else sorted(set(config.options) - set(allowed) - set(reserved))
     if reserved or unknown:
-        raise ValueError(
+        raise ConfigError(
             f"model.options {reserved + unknown} not accepted by {model_class.__name__} here; allowed: {allowed}"
         )
 
@@ -52,9 +53,9 @@ def build_model(config: ModelConfig, in_channels: int, classes: int, *, pretrain
         The model, returning logits ``[B, classes, H, W]``.
 
     Raises:
-        ValueError: unknown architecture or encoder, or bad options.
-        EncoderWeightsError: the pretrained weights could not be downloaded (the message says how to
-            train without them).
+        ConfigError: unknown architecture or encoder, or bad options.
+        EncoderWeightsError: the pretrained weights could not be downloaded (a ConfigError; the message
+            says how to train without them).
     """
     _check_options(config)
     weights = config.encoder_weights if pretrained else None
@@ -68,7 +69,9 @@ def build_model(config: ModelConfig, in_channels: int, classes: int, *, pretrain
             **config.options,
         )
     except (KeyError, ValueError, TypeError) as error:
-        raise ValueError(f"cannot build model {config.arch!r} with encoder {config.encoder!r}: {error}") from error
+        raise ConfigError(
+            f"cannot build model.arch {config.arch!r} with model.encoder {config.encoder!r}: {error}"
+        ) from error
     except OSError as error:  # connection, DNS, HTTP and "not in the offline cache" errors of the download
         raise EncoderWeightsError(
             f"could not download the {weights!r} weights of encoder {config.encoder!r} ({error}); "
@@ -101,12 +104,12 @@ def check_input_size(model: nn.Module, height: int, width: int, source: str) -> 
         source: What produced the size, for the message (e.g. ``"the first training image"``).
 
     Raises:
-        ValueError: a side is not divisible by :func:`output_stride`; names the padded size to use.
+        ConfigError: a side is not divisible by :func:`output_stride`; names the padded size to use.
     """
     stride = output_stride(model)
     if height % stride or width % stride:
         padded = (-(-height // stride) * stride, -(-width // stride) * stride)
-        raise ValueError(
+        raise ConfigError(
             f"{source} is {height}x{width}, but this model needs sides divisible by {stride}: "
             f"pad or resize to {padded[0]}x{padded[1]} (e.g. TGS 101x101 -> data.options.pad_size=128)"
         )

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lovaszseg.errors import DataError
+
 __all__ = ["decode", "encode", "read_rle_csv", "validate_rles"]
 
 _MAX_REPORTED = 5  # offending ids listed in an error message
@@ -155,7 +157,7 @@ def decode(rle: str | float | None, shape: tuple[int, int]) -> np.ndarray:
 
 
 def read_rle_csv(path: str | Path) -> dict[str, str]:
-    """Read an ``id,rle_mask`` CSV (TGS ``train.csv`` or a submission) without pandas.
+    """Read an ``id,rle_mask`` CSV (TGS ``train.csv``, a sample submission or a submission) without pandas.
 
     Args:
         path: CSV file with a header holding the columns ``id`` and ``rle_mask``.
@@ -164,27 +166,30 @@ def read_rle_csv(path: str | Path) -> dict[str, str]:
         ``{id: rle}`` in file order; empty cells become ``""``.
 
     Raises:
-        FileNotFoundError: If ``path`` does not exist.
-        ValueError: If a column is missing, a row is short, or an id is repeated or blank.
+        DataError: If ``path`` is not a UTF-8 CSV file, a column is missing, a row is short, or an id is
+            repeated or blank; the message names the file and line.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"RLE CSV not found: {path}")
+        raise DataError(f"RLE CSV {'is a folder, not a file' if path.is_dir() else 'not found'}: {path}")
     rows: dict[str, str] = {}
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"id", "rle_mask"} - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{path}: header {reader.fieldnames} lacks column(s) {sorted(missing)}")
-        for row in reader:
-            image_id, rle = row["id"], row["rle_mask"]
-            if image_id is None or rle is None:
-                raise ValueError(f"{path}, line {reader.line_num}: expected the columns id and rle_mask")
-            if not image_id.strip():
-                raise ValueError(f"{path}, line {reader.line_num}: blank id")
-            if image_id in rows:
-                raise ValueError(f"{path}, line {reader.line_num}: id {image_id!r} is repeated")
-            rows[image_id] = rle
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            missing = {"id", "rle_mask"} - set(reader.fieldnames or ())
+            if missing:
+                raise DataError(f"{path}: header {reader.fieldnames} lacks column(s) {sorted(missing)}")
+            for row in reader:
+                image_id, rle = row["id"], row["rle_mask"]
+                if image_id is None or rle is None:
+                    raise DataError(f"{path}, line {reader.line_num}: expected the columns id and rle_mask")
+                if not image_id.strip():
+                    raise DataError(f"{path}, line {reader.line_num}: blank id")
+                if image_id in rows:
+                    raise DataError(f"{path}, line {reader.line_num}: id {image_id!r} is repeated")
+                rows[image_id] = rle
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"cannot read RLE CSV {path}: {error}") from error
     return rows
 
 
@@ -205,7 +210,8 @@ def validate_rles(
         expected_ids: The ids that must be present, no more and no fewer; ``None`` to skip this check.
 
     Raises:
-        ValueError: Listing the first offending ids and why.
+        DataError: Listing the first offending ids and why (a ``ValueError``).
+        ValueError: ``shape`` is not two positive integers, or ``expected_ids`` repeats an id.
     """
     height, width = _check_shape(shape)
     problems: list[str] = []
@@ -229,4 +235,4 @@ def validate_rles(
     if problems:
         shown = "; ".join(problems[:_MAX_REPORTED])
         more = f" (and {len(problems) - _MAX_REPORTED} more)" if len(problems) > _MAX_REPORTED else ""
-        raise ValueError(f"invalid RLE rows: {shown}{more}")
+        raise DataError(f"invalid RLE rows: {shown}{more}")

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from lovaszseg.config import Config, ConfigError, builtin_config, load_config
+from lovaszseg import errors
+from lovaszseg.config import MAX_LR, Config, ConfigError, builtin_config, load_config
 
 
 @pytest.mark.parametrize("name", ["salt", "salt-demo", "voc", "voc-binary"])
@@ -59,6 +60,11 @@ def test_round_trip_through_a_plain_dict() -> None:
         (["stages.5.lr=0.1"], r"stages\.5 is not an index of a list of 2"),
         (["epochs"], "is not of the form key.path=value"),
         (["stages.0.lr.x=1"], r"stages\.0\.lr is a value, not a section"),
+        (["stages.0.loss={lovasz_hinge: {per_image: 'false'}}"], r"stages\.0\.loss: .*per_image must be true or false"),
+        (
+            ["stages.0.loss={bce: -0.5}"],
+            r"stages\.0\.loss: .*'bce': weight must be a finite number >= 0, got -0.5",
+        ),
     ],
 )
 def test_errors_name_the_key_path(overrides: list[str], message: str) -> None:
@@ -66,15 +72,53 @@ def test_errors_name_the_key_path(overrides: list[str], message: str) -> None:
         load_config(builtin_config("salt-demo"), overrides)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["stages.0.lr=0"], r"stages\.0\.lr: Input should be greater than 0"),
+        (["stages.0.lr=-0.001"], r"stages\.0\.lr: Input should be greater than 0"),
+        (["stages.1.lr=30"], r"stages\.1\.lr: Input should be less than or equal to 10"),
+        (["stages.0.weight_decay=5"], r"stages\.0\.weight_decay: Input should be less than or equal to 1"),
+        (["stages.0.weight_decay=-1"], r"stages\.0\.weight_decay: Input should be greater than or equal to 0"),
+        (["stages.0.momentum=1"], r"stages\.0\.momentum: Input should be less than 1"),
+        (["stages.0.min_lr=0.1"], r"stages\.0: .*min_lr \(0\.1\) must not exceed lr \(0\.003\)"),
+        (["train.grad_clip=0"], r"train\.grad_clip: Input should be greater than 0"),
+        (["train.seed=-1"], r"train\.seed: Input should be greater than or equal to 0"),
+        (["train.seed=4294967296"], r"train\.seed: Input should be less than or equal to 4294967295"),
+    ],
+)
+def test_absurd_values_are_refused(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(builtin_config("salt-demo"), overrides)
+
+
+def test_bounds_keep_the_limits_themselves() -> None:
+    config = load_config(
+        builtin_config("salt-demo"),
+        [f"stages.0.lr={MAX_LR}", "stages.0.weight_decay=1", "stages.0.min_lr=10", "train.seed=4294967295"],
+    )
+    assert config.stages[0].lr == config.stages[0].min_lr == MAX_LR and config.train.seed == 2**32 - 1
+
+
+def test_config_error_is_the_typed_error() -> None:
+    assert ConfigError is errors.ConfigError and issubclass(ConfigError, errors.LovaszsegError)
+
+
 def test_file_errors(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="config file not found"):
+    with pytest.raises(ConfigError, match=r"config file not found: .*missing\.yaml"):
         load_config(tmp_path / "missing.yaml")
+    (tmp_path / "configs.yaml").mkdir()
+    with pytest.raises(ConfigError, match=r"config .*configs\.yaml is a directory, not a YAML file"):
+        load_config(tmp_path / "configs.yaml")
     (tmp_path / "bad.yaml").write_text("model: [unclosed")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml is not valid YAML"):
         load_config(tmp_path / "bad.yaml")
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
-    with pytest.raises(ConfigError, match="must hold a mapping"):
+    with pytest.raises(ConfigError, match=r"list\.yaml must hold a mapping"):
         load_config(tmp_path / "list.yaml")
+    (tmp_path / "binary.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    with pytest.raises(ConfigError, match=r"cannot read config file .*binary\.yaml: 'utf-8' codec"):
+        load_config(tmp_path / "binary.yaml")
 
 
 def test_defaults_are_a_valid_config() -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +20,14 @@ from lovaszseg.data.io import (
     read_csv_column,
     read_csv_rows,
     read_image,
+    read_image_size,
+    read_lines,
     read_mask,
+    remove_stale_temporaries,
     require_dir,
+    require_file,
 )
+from lovaszseg.errors import DataError
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (12, 9, 3), dtype=np.uint8)
@@ -75,20 +83,39 @@ def test_corrupt_files_raise_dataset_error_naming_the_file(tmp_path: Path, kind:
     else:
         path = tmp_path / "bad.png"
         path.write_text("not an image" if kind == "text_as_png" else "")
-    with pytest.raises(DatasetError, match=path.name):
+    with pytest.raises(DataError, match=path.name):
         read_image(path, channels=3) if reader == "image" else read_mask(path)
 
 
-@pytest.mark.parametrize("reader", ["image", "mask"])
-def test_missing_file_raises_file_not_found(tmp_path: Path, reader: str) -> None:
+def test_dataset_error_is_the_typed_data_error() -> None:
+    assert DatasetError is DataError and issubclass(DataError, ValueError)
+
+
+@pytest.mark.parametrize("reader", ["image", "mask", "size"])
+def test_missing_file_raises_data_error(tmp_path: Path, reader: str) -> None:
     path = tmp_path / "nope.png"
-    with pytest.raises(FileNotFoundError, match=r"nope\.png"):
-        read_image(path, channels=1) if reader == "image" else read_mask(path)
+    with pytest.raises(DataError, match=r"image file not found: .*nope\.png"):
+        if reader == "image":
+            read_image(path, channels=1)
+        elif reader == "mask":
+            read_mask(path)
+        else:
+            read_image_size(path)
+
+
+def test_read_image_size_reads_the_header_only(tmp_path: Path) -> None:
+    path = _save(RGB, tmp_path / "a.png")
+    assert read_image_size(path) == (12, 9)
+    path.write_bytes(path.read_bytes()[:60])  # the header survives: no decoding, no error
+    assert read_image_size(path) == (12, 9)
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(DataError, match=r"cannot read the size of image .*text\.png"):
+        read_image_size(tmp_path / "text.png")
 
 
 def test_read_image_rejects_16bit_and_bad_channels(tmp_path: Path) -> None:
     path = _save(np.full((4, 4), 40000, dtype=np.uint16), tmp_path / "deep.png")
-    with pytest.raises(DatasetError, match="8-bit"):
+    with pytest.raises(DataError, match="8-bit"):
         read_image(path, channels=1)
     with pytest.raises(ValueError, match="channels must be 1 or 3"):
         read_image(path, channels=2)
@@ -127,21 +154,37 @@ def test_read_mask_one_bit_gives_zero_one(tmp_path: Path) -> None:
 
 def test_read_mask_rejects_colour_masks(tmp_path: Path) -> None:
     path = _save(RGB, tmp_path / "colour.png")
-    with pytest.raises(DatasetError, match=r"colour.png has mode 'RGB'"):
+    with pytest.raises(DataError, match=r"colour.png has mode 'RGB'"):
         read_mask(path)
 
 
 def test_check_same_size() -> None:
     check_same_size(np.zeros((5, 6, 3)), np.zeros((5, 6)), Path("i.png"), Path("m.png"))
-    with pytest.raises(DatasetError, match=r"i.png is 5x6 .* m.png is 5x7"):
+    check_same_size((5, 6), np.zeros((5, 6)), Path("i.png"), Path("m.png"))  # a size from read_image_size
+    with pytest.raises(DataError, match=r"i.png is 5x6 .* m.png is 5x7"):
         check_same_size(np.zeros((5, 6, 3)), np.zeros((5, 7)), Path("i.png"), Path("m.png"))
+    with pytest.raises(DataError, match=r"i.png is 5x6 \(HxW\) but its mask m.png is 6x5"):
+        check_same_size((5, 6), (6, 5), Path("i.png"), Path("m.png"))
 
 
-def test_check_mask_values_lists_bad_values() -> None:
-    mask = np.array([[0, 1, 2], [255, 7, 7]])
-    check_mask_values(mask, {0, 1, 2, 7, 255}, "m.png")
-    with pytest.raises(DatasetError, match=r"m.png has values 2, 7; expected only \[0, 1, 255\]"):
-        check_mask_values(mask, {0, 1, 255}, "m.png")
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.int64])
+@pytest.mark.parametrize(
+    ("allowed", "message"),
+    [
+        ({0, 1, 255}, r"m.png has values 2, 7; expected only \[0, 1, 255\]"),  # a few values: compared
+        (set(range(2)) | {255, 300, 400, 500}, r"m.png has values 2, 7; expected only \[0, 1, 255, 300"),  # many
+    ],
+)
+def test_check_mask_values_lists_bad_values(dtype: type, allowed: set[int], message: str) -> None:
+    mask = np.array([[0, 1, 2], [255, 7, 7]], dtype=dtype)
+    check_mask_values(mask, allowed | {2, 7}, "m.png")
+    with pytest.raises(DataError, match=message):
+        check_mask_values(mask, allowed, "m.png")
+
+
+def test_check_mask_values_shortens_long_lists() -> None:
+    with pytest.raises(DataError, match=r"m.png has values 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, \.\.\.; expected"):
+        check_mask_values(np.arange(20, dtype=np.uint16), {0, 1}, "m.png")
 
 
 def test_list_stems_filters_and_sorts(tmp_path: Path) -> None:
@@ -155,16 +198,35 @@ def test_list_stems_filters_and_sorts(tmp_path: Path) -> None:
 def test_list_stems_errors(tmp_path: Path) -> None:
     (tmp_path / "x.png").write_bytes(b"")
     (tmp_path / "x.jpg").write_bytes(b"")
-    with pytest.raises(DatasetError, match=r"ambiguous files for id 'x'"):
+    with pytest.raises(DataError, match=r"ambiguous files for id 'x'"):
         list_stems(tmp_path)
-    with pytest.raises(FileNotFoundError, match="missing"):
+    with pytest.raises(DataError, match="missing"):
         list_stems(tmp_path / "missing")
 
 
-def test_require_dir_names_what_is_missing(tmp_path: Path) -> None:
+def test_require_dir_and_file_name_what_is_missing(tmp_path: Path) -> None:
+    (tmp_path / "f.txt").write_text("")
     assert require_dir(tmp_path, "root") == tmp_path
-    with pytest.raises(FileNotFoundError, match=r"masks folder not found: .*nowhere"):
+    assert require_file(tmp_path / "f.txt", "list") == tmp_path / "f.txt"
+    with pytest.raises(DataError, match=r"masks folder not found: .*nowhere"):
         require_dir(tmp_path / "nowhere", "masks")
+    with pytest.raises(DataError, match=r"masks folder is a file, not a folder: .*f\.txt"):
+        require_dir(tmp_path / "f.txt", "masks")
+    with pytest.raises(DataError, match=r"list not found: .*nowhere\.txt"):
+        require_file(tmp_path / "nowhere.txt", "list")
+    with pytest.raises(DataError, match=r"list is a folder, not a file: "):
+        require_file(tmp_path, "list")
+
+
+def test_read_lines(tmp_path: Path) -> None:
+    path = tmp_path / "ids.txt"
+    path.write_text(" a \n\n b\n")
+    assert read_lines(path, "split file") == ["a", "b"]
+    path.write_bytes(b"\xff\xfe\x00a")
+    with pytest.raises(DataError, match=r"split file .*ids\.txt is not UTF-8 text"):
+        read_lines(path, "split file")
+    with pytest.raises(DataError, match=r"split file not found: .*none\.txt"):
+        read_lines(tmp_path / "none.txt", "split file")
 
 
 def test_read_csv_column_and_rows(tmp_path: Path) -> None:
@@ -180,13 +242,18 @@ def test_read_csv_column_and_rows(tmp_path: Path) -> None:
         ("id,depth\na,1\n", r"lacks column\(s\) \['z'\]"),
         ("id,z\na,1\na,2\n", "has id 'a' more than once"),
         ("id,z\na\n", "line 2 has fewer fields"),
+        (b"id,z\n\xff\xfe,1\n", r"cannot read CSV .*bad\.csv: 'utf-8' codec"),
+        ("id,z\na," + "9" * 200_000 + "\n", r"cannot read CSV .*bad\.csv: field larger than field limit"),
     ],
+    ids=["missing_column", "repeated_key", "short_row", "not_utf8", "huge_field"],
 )
-def test_read_csv_column_errors(tmp_path: Path, text: str, message: str) -> None:
+def test_read_csv_column_errors(tmp_path: Path, text: str | bytes, message: str) -> None:
     path = tmp_path / "bad.csv"
-    path.write_text(text)
-    with pytest.raises(DatasetError, match=message):
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(DataError, match=message):
         read_csv_column(path, "id", "z")
+    with pytest.raises(DataError, match=r"CSV file not found: .*missing\.csv"):
+        read_csv_column(tmp_path / "missing.csv", "id", "z")
 
 
 def test_atomic_write_replaces_only_on_success(tmp_path: Path) -> None:
@@ -199,3 +266,92 @@ def test_atomic_write_replaces_only_on_success(tmp_path: Path) -> None:
         raise RuntimeError("boom")
     assert path.read_text() == "first"
     assert sorted(p.name for p in path.parent.iterdir()) == ["out.txt"]
+
+
+@pytest.fixture
+def umask() -> Iterator[Callable[[int], int]]:
+    """``os.umask``, with the process umask restored after the test."""
+    previous = os.umask(0o022)
+    try:
+        yield os.umask
+    finally:
+        os.umask(previous)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.parametrize(("mask", "expected"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_write_new_file_gets_the_umask_mode(
+    tmp_path: Path, umask: Callable[[int], int], mask: int, expected: int
+) -> None:
+    umask(mask)
+    for mode in ("w", "wb"):
+        path = tmp_path / f"new-{mode}"
+        with atomic_write(path, mode) as handle:
+            handle.write("x" if mode == "w" else b"x")
+        assert _mode(path) == expected, oct(_mode(path))
+
+
+@pytest.mark.parametrize(("existing", "mask"), [(0o644, 0o077), (0o600, 0o022), (0o640, 0o002)])
+def test_atomic_write_keeps_the_mode_of_a_replaced_file(
+    tmp_path: Path, umask: Callable[[int], int], existing: int, mask: int
+) -> None:
+    umask(mask)
+    path = tmp_path / "out.txt"
+    path.write_text("old")
+    path.chmod(existing)
+    with atomic_write(path) as handle:
+        handle.write("new")
+    assert path.read_text() == "new" and _mode(path) == existing, oct(_mode(path))
+
+
+def test_atomic_write_temporary_sits_beside_the_file_and_matches_the_cleanup_pattern(tmp_path: Path) -> None:
+    path = tmp_path / "out.csv"
+    with atomic_write(path) as handle:
+        (temporary,) = [p for p in tmp_path.iterdir() if p != path]
+        assert temporary.name.startswith(".out.csv.") and temporary.name.endswith(".tmp")
+        handle.write("x")
+    assert sorted(tmp_path.iterdir()) == [path]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork to kill a writer mid-write")
+def test_remove_stale_temporaries_after_a_writer_is_killed(tmp_path: Path) -> None:
+    (tmp_path / "out.txt").write_text("kept")
+    pid = os.fork()
+    if pid == 0:  # the child dies inside the block, as if killed: no cleanup runs
+        with atomic_write(tmp_path / "out.txt") as handle:
+            handle.write("half")
+            handle.flush()
+            os._exit(0)
+    os.waitpid(pid, 0)
+    (left,) = [p for p in tmp_path.iterdir() if p.name != "out.txt"]
+    assert remove_stale_temporaries(tmp_path) == [left]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"] and (tmp_path / "out.txt").read_text() == "kept"
+
+
+def test_remove_stale_temporaries_removes_only_matching_files(tmp_path: Path) -> None:
+    stale = [tmp_path / name for name in (".best.pt.k3x_9q0a.tmp", ".summary.csv.abcdefgh.tmp", ".a.b.c.12345678.tmp")]
+    kept = [
+        "best.pt",
+        ".best.pt.ABCDEFGH.tmp",  # capitals: never drawn
+        ".best.pt.abcdefg.tmp",  # 7 characters
+        ".best.pt.abcdefghi.tmp",  # 9 characters
+        "best.pt.abcdefgh.tmp",  # no leading dot
+        ".best.pt.abcdefgh.tmp.bak",
+        "..abcdefgh.tmp",  # no name
+        ".notes.tmp",
+    ]
+    for path in stale:
+        path.write_text("partial")
+    for name in kept:
+        (tmp_path / name).write_text("mine")
+    (tmp_path / ".sub.abcdefgh.tmp").mkdir()  # a folder, not a file
+    (tmp_path / ".sub.abcdefgh.tmp" / ".x.abcdefgh.tmp").write_text("not directly in the folder")
+    (tmp_path / ".link.abcdefgh.tmp").symlink_to(tmp_path / "best.pt")
+    assert remove_stale_temporaries(tmp_path) == sorted(stale)
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left == {*kept, ".sub.abcdefgh.tmp", ".link.abcdefgh.tmp"}
+    assert (tmp_path / ".sub.abcdefgh.tmp" / ".x.abcdefgh.tmp").is_file()
+    assert remove_stale_temporaries(tmp_path) == [] and remove_stale_temporaries(tmp_path / "none") == []

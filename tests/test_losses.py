@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lovaszseg.errors import ConfigError
 from lovaszseg.losses import (
     LovaszHingeLoss,
     LovaszSoftmaxLoss,
@@ -228,6 +231,36 @@ def test_bad_calls_name_what_was_expected(call, error: type[Exception], message:
         call()
 
 
+EMPTY_BATCH = [
+    (lovasz_hinge, (0, 1, 4, 4), (0, 4, 4)),
+    (binary_cross_entropy, (0, 1, 4, 4), (0, 4, 4)),
+    (soft_jaccard, (0, 4, 4), (0, 4, 4)),
+    (lovasz_softmax, (0, 3, 4, 4), (0, 4, 4)),
+    (cross_entropy, (0, 3, 4, 4), (0, 4, 4)),
+    (lovasz_sigmoid, (0, 3, 4, 4), (0, 3, 4, 4)),
+]
+
+
+@pytest.mark.parametrize(("loss", "logits_shape", "labels_shape"), EMPTY_BATCH)
+def test_an_empty_batch_is_a_clear_error_naming_the_shapes(
+    loss: Callable[..., torch.Tensor], logits_shape: tuple[int, ...], labels_shape: tuple[int, ...]
+) -> None:
+    shapes = rf"logits {re.escape(str(logits_shape))} and (labels|targets) {re.escape(str(labels_shape))}"
+    with pytest.raises(ValueError, match=rf"got an empty batch \(batch size 0\): {shapes}"):
+        loss(torch.zeros(logits_shape), torch.zeros(labels_shape, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    ("loss", "logits_shape", "labels_shape"),
+    [(lovasz_hinge, (2, 1, 0, 4), (2, 0, 4)), (lovasz_softmax, (2, 0, 4, 4), (2, 4, 4))],
+)
+def test_images_without_pixels_are_a_clear_error(
+    loss: Callable[..., torch.Tensor], logits_shape: tuple[int, ...], labels_shape: tuple[int, ...]
+) -> None:
+    with pytest.raises(ValueError, match=rf"got no values: logits {re.escape(str(logits_shape))}"):
+        loss(torch.zeros(logits_shape), torch.zeros(labels_shape, dtype=torch.long))
+
+
 def test_ignored_pixels_with_out_of_range_values_are_accepted() -> None:
     labels = torch.zeros(1, 4, 4, dtype=torch.long)
     labels[0, 0] = 255
@@ -319,12 +352,36 @@ def test_build_loss_passes_ignore_index_and_lets_options_override_it() -> None:
     ("spec", "message"),
     [
         ("lovasz", "unknown loss 'lovasz'"),
-        ({"lovasz_hinge": {"per_imag": True}}, "per_imag"),
-        ({"bce": "half"}, "weight"),
-        ({"bce": {"weight": "x"}}, "weight must be a number"),
+        ({"lovasz_hinge": {"per_imag": True}}, r"loss 'lovasz_hinge' has no option \['per_imag'\]"),
+        ({"bce": "half"}, "loss 'bce': expected a weight"),
+        ({"bce": {"weight": "x"}}, "loss 'bce': weight must be a finite number >= 0, got 'x'"),
+        ({"bce": -1}, "loss 'bce': weight must be a finite number >= 0, got -1"),
+        ({"bce": float("inf")}, "loss 'bce': weight must be a finite number >= 0, got inf"),
         ({}, "non-empty"),
+        (
+            {"lovasz_hinge": {"variant": "elu"}},
+            r"loss 'lovasz_hinge': variant must be one of \['relu', 'elu\+1'\], got 'elu'",
+        ),
+        ({"lovasz_hinge": {"per_image": "false"}}, "loss 'lovasz_hinge': per_image must be true or false, got 'false'"),
+        ({"lovasz_hinge": {"symmetric": 1}}, "loss 'lovasz_hinge': symmetric must be true or false, got 1"),
+        ({"lovasz_softmax": {"classes": "most"}}, r"classes must be one of \['present', 'all'\], got 'most'"),
+        (
+            {"lovasz_softmax": {"classes": []}},
+            r"classes must be 'present', 'all' or a non-empty list of class ids, got \[\]",
+        ),
+        ({"lovasz_softmax": {"classes": [1, -2]}}, r"non-empty list of class ids, got \[1, -2\]"),
+        ({"lovasz_softmax": {"ignore_index": "255"}}, "ignore_index must be an integer label value or null, got '255'"),
+        ({"lovasz_sigmoid": {"per_image": None}}, "loss 'lovasz_sigmoid': per_image must be true or false, got None"),
+        ({"jaccard": {"smooth": -1}}, "loss 'jaccard': smooth must be a finite number >= 0, got -1"),
+        (
+            {"jaccard": {"mode": "multilabel"}},
+            r"mode must be one of \[None, 'binary', 'multiclass'\], got 'multilabel'",
+        ),
+        ({"jaccard": {"classes": [1]}}, r"classes must be one of \['present', 'all'\], got \[1\]"),
+        ({"bce": {"pos_weight": 0}}, "loss 'bce': pos_weight must be a finite number > 0, got 0"),
+        ({"ce": {"label_smoothing": 1.5}}, "loss 'ce': label_smoothing must be a finite number >= 0 and <= 1, got 1.5"),
     ],
 )
 def test_build_loss_errors(spec: object, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         build_loss(spec)

@@ -8,6 +8,7 @@ import torch
 from huggingface_hub.errors import LocalEntryNotFoundError
 
 from lovaszseg.config import ModelConfig
+from lovaszseg.errors import ConfigError
 from lovaszseg.models import EncoderWeightsError, build_model, check_input_size, output_stride
 
 
@@ -47,6 +48,7 @@ def test_failed_weight_download_says_to_train_from_scratch(monkeypatch: pytest.M
     config = ModelConfig(arch="Unet", encoder="resnet18", encoder_weights="imagenet")
     with pytest.raises(EncoderWeightsError, match=r"'imagenet' weights of encoder 'resnet18'.*encoder_weights=null"):
         build_model(config, 1, 1)
+    assert issubclass(EncoderWeightsError, ConfigError)
     # Weights that will come from a checkpoint are never downloaded.
     assert build_model(config, 1, 1, pretrained=False) is not None
 
@@ -55,14 +57,15 @@ def test_failed_weight_download_says_to_train_from_scratch(monkeypatch: pytest.M
     ("config", "message"),
     [
         (ModelConfig(arch="NoSuchNet", encoder_weights=None), r"unknown model.arch 'NoSuchNet'; choose from .*'Unet'"),
-        (ModelConfig(encoder="no_such_encoder", encoder_weights=None), r"encoder 'no_such_encoder'"),
+        (ModelConfig(encoder="no_such_encoder", encoder_weights=None), r"model\.encoder 'no_such_encoder'"),
+        (ModelConfig(arch="Unet", encoder="resnet18", encoder_weights="imagenett"), r"model\.encoder 'resnet18'"),
         # smp itself would silently drop the misspelt option
         (_tiny("Unet", decoder_chanels=[8]), r"\['decoder_chanels'\] not accepted by Unet.*'decoder_channels'"),
         (_tiny("Unet", activation="sigmoid"), r"\['activation'\] not accepted by Unet here"),
     ],
 )
-def test_bad_model_config_is_a_value_error(config: ModelConfig, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+def test_bad_model_config_is_a_config_error(config: ModelConfig, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
         build_model(config, 3, 1)
 
 
@@ -89,6 +92,6 @@ def test_output_stride(arch: str, options: dict[str, object], stride: int) -> No
 )
 def test_check_input_size_names_the_padded_size(height: int, width: int, message: str) -> None:
     model = build_model(_tiny("FPN"), 1, 1)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         check_input_size(model, height, width, "the first image")
     check_input_size(model, 128, 64, "the first image")

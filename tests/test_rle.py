@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from lovaszseg.errors import DataError
 from lovaszseg.rle import decode, encode, read_rle_csv, validate_rles
 
 
@@ -159,13 +160,18 @@ def test_read_rle_csv(tmp_path: Path) -> None:
 def test_read_rle_csv_rejects_bad_files(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "bad.csv"
     path.write_text(text)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(DataError, match=rf"bad\.csv.*{message}"):
         read_rle_csv(path)
 
 
-def test_read_rle_csv_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"nope\.csv"):
+def test_read_rle_csv_unreadable_or_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"RLE CSV not found: .*nope\.csv"):
         read_rle_csv(tmp_path / "nope.csv")
+    with pytest.raises(DataError, match=r"RLE CSV is a folder, not a file: "):
+        read_rle_csv(tmp_path)
+    (tmp_path / "binary.csv").write_bytes(b"id,rle_mask\n\xff\xfe,1 1\n")
+    with pytest.raises(DataError, match=r"cannot read RLE CSV .*binary\.csv: 'utf-8' codec"):
+        read_rle_csv(tmp_path / "binary.csv")
 
 
 def test_validate_rles_accepts_good_rows() -> None:
@@ -185,12 +191,13 @@ def test_validate_rles_accepts_good_rows() -> None:
     ],
 )
 def test_validate_rles_rejects(rows: dict[str, str], expected: list[str] | None, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    error = ValueError if expected is not None and len(set(expected)) < len(expected) else DataError
+    with pytest.raises(error, match=message):
         validate_rles(rows, (2, 2), expected_ids=expected)
 
 
 def test_validate_rles_lists_first_offenders() -> None:
     rows = {f"id{i}": "0 1" for i in range(8)}
-    with pytest.raises(ValueError, match=r"'id4'.*\(and 3 more\)") as info:
+    with pytest.raises(DataError, match=r"'id4'.*\(and 3 more\)") as info:
         validate_rles(rows, (2, 2))
     assert "'id5'" not in str(info.value)

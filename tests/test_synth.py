@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from lovaszseg.cli import app
 from lovaszseg.data import TGSSalt, VOCSegmentation
 from lovaszseg.data.io import read_mask
 from lovaszseg.data.synth import ensure_demo_salt, synth_salt, synth_voc
+from lovaszseg.errors import ConfigError, DataError
 from lovaszseg.rle import decode, read_rle_csv
 
 
@@ -61,9 +63,24 @@ def test_voc_tree_is_read_by_the_voc_reader(tmp_path: Path) -> None:
 def test_refuses_to_overwrite_a_non_empty_folder(tmp_path: Path) -> None:
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "keep.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="overwrite"):
+    with pytest.raises(DataError, match=r"x exists and is not empty; pass overwrite=True \(--overwrite\)"):
         synth_salt(tmp_path / "x", n_train=2, n_test=1)
     assert (tmp_path / "x" / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda out: synth_salt(out, n_train=0), "n_train must be >= 1 and n_test >= 0, got 0 and 100"),
+        (lambda out: synth_salt(out, n_test=-1), "n_train must be >= 1 and n_test >= 0, got 400 and -1"),
+        (lambda out: synth_voc(out, n_images=1), "need n_images >= 2 and 0 < val_fraction < 1, got 1 and 0.25"),
+        (lambda out: synth_voc(out, val_fraction=1), "need n_images >= 2 and 0 < val_fraction < 1, got 60 and 1"),
+    ],
+)
+def test_bad_sizes_are_config_errors(tmp_path: Path, make: Callable[[Path], Path], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        make(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_demo_dataset_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import csv
+import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from lovaszseg.data.io import DatasetError, read_mask
+import lovaszseg.data.tgs as tgs_module
+from lovaszseg.data.io import read_mask
 from lovaszseg.data.tgs import (
     COVERAGE_CLASSES,
     TGSSalt,
@@ -20,7 +24,8 @@ from lovaszseg.data.tgs import (
     write_folds,
 )
 from lovaszseg.data.transforms import TGS_MEAN, TGS_STD, crop_to_original
-from lovaszseg.rle import decode
+from lovaszseg.errors import ConfigError, DataError
+from lovaszseg.rle import decode, encode
 
 # Facts about the 3000 training masks in ../shared/tgs (counted once from the files).
 COVERAGE_COUNTS = [1178, 429, 213, 169, 140, 171, 156, 127, 110, 106, 201]
@@ -199,30 +204,38 @@ def _damage(root: Path, what: str) -> None:
     elif what == "one_mask_missing":
         (root / "train" / "masks" / "id001.png").unlink()
     elif what == "no_masks_no_csv":
-        for path in (root / "train" / "masks").iterdir():
-            path.unlink()
-        (root / "train" / "masks").rmdir()
-    elif what == "no_test_images":
-        for path in (root / "test" / "images").iterdir():
+        shutil.rmtree(root / "train" / "masks")
+    elif what in ("no_test_images", "no_train_images"):
+        folder = root / ("test" if what == "no_test_images" else "train") / "images"
+        for path in folder.iterdir():
             path.unlink()
     elif what == "submission_unknown_id":
         (root / "sample_submission.csv").write_text("id,rle_mask\nt0,1 1\nzz,1 1\n")
+    elif what == "one_training_image":
+        for path in [*(root / "train" / "images").iterdir()][1:]:
+            path.unlink()
 
 
 @pytest.mark.parametrize(
     ("damage", "kwargs", "error", "message"),
     [
-        ("", {"split": "holdout"}, ValueError, "unknown TGS split 'holdout'"),
-        ("no_depths_file", {}, FileNotFoundError, "TGS depths file not found"),
-        ("depths_for_one_id", {"split": "all"}, DatasetError, r"no depth for 5 id\(s\), e.g. id001"),
-        ("bad_depth", {}, DatasetError, "depth 'x' of id id000 is not a number"),
-        ("one_mask_missing", {}, DatasetError, r"no mask PNG or train.csv row .* for 1 id\(s\), e.g. id001"),
-        ("no_masks_no_csv", {}, FileNotFoundError, "neither .*masks nor .*train.csv exists"),
-        ("no_test_images", {"split": "test"}, DatasetError, "split 'test' .* is empty"),
-        ("submission_unknown_id", {"split": "test"}, DatasetError, "sample_submission.csv lists ids with no image"),
-        ("", {"split": "val", "fold": 5}, ValueError, r"fold must be an integer in \[0, 4\]"),
-        ("", {"split": "val", "n_folds": 1}, ValueError, "n_folds must be an integer"),
-        ("", {"split": "val", "stratify": "size"}, ValueError, "stratify must be 'coverage' or 'depth'"),
+        ("", {"split": "holdout"}, ConfigError, "unknown TGS split 'holdout'"),
+        ("no_depths_file", {}, DataError, "TGS depths file not found"),
+        ("depths_for_one_id", {"split": "all"}, DataError, r"no depth for 5 id\(s\), e.g. id001"),
+        ("bad_depth", {}, DataError, "depth 'x' of id id000 is not a number"),
+        ("one_mask_missing", {}, DataError, r"no mask PNG or train.csv row .* for 1 id\(s\), e.g. id001"),
+        ("no_masks_no_csv", {}, DataError, "neither .*masks nor .*train.csv exists"),
+        ("no_test_images", {"split": "test"}, DataError, r"TGS test images folder .*test.images holds no \.png images"),
+        ("no_train_images", {}, DataError, r"TGS training images folder .*train.images holds no \.png images"),
+        ("no_train_images", {"split": "all"}, DataError, "TGS training images folder .* holds no .png images"),
+        ("one_training_image", {}, DataError, r"train.images holds 1 image; folds need at least 2"),
+        ("submission_unknown_id", {"split": "test"}, DataError, "sample_submission.csv lists ids with no image"),
+        ("", {"split": "val", "fold": 5}, ConfigError, r"fold must be an integer in \[0, 4\], got 5"),
+        ("", {"split": "val", "fold": "1"}, ConfigError, r"fold must be an integer in \[0, 4\], got '1'"),
+        ("", {"split": "val", "n_folds": 1}, ConfigError, r"n_folds must be an integer in \[2, 6\] .* got 1"),
+        ("", {"split": "val", "n_folds": 7}, ConfigError, r"n_folds must be an integer in \[2, 6\] .* got 7"),
+        ("", {"split": "val", "seed": -1}, ConfigError, "seed must be a non-negative integer, got -1"),
+        ("", {"split": "val", "stratify": "size"}, ConfigError, "stratify must be 'coverage' or 'depth', got 'size'"),
     ],
 )
 def test_generated_layout_errors(tmp_path: Path, damage: str, kwargs: dict, error: type, message: str) -> None:
@@ -232,34 +245,189 @@ def test_generated_layout_errors(tmp_path: Path, damage: str, kwargs: dict, erro
         TGSSalt(tmp_path, **kwargs)
 
 
+@pytest.mark.parametrize(
+    ("damage", "kwargs", "error", "message"),
+    [
+        ("no_train_images", {}, DataError, r"TGS training images folder .*train.images holds no \.png images"),
+        ("", {"n_folds": 7}, ConfigError, r"n_folds must be an integer in \[2, 6\]"),
+        ("", {"stratify": "size"}, ConfigError, "stratify must be 'coverage' or 'depth'"),
+    ],
+)
+def test_make_folds_errors(tmp_path: Path, damage: str, kwargs: dict, error: type, message: str) -> None:
+    _make_tgs(tmp_path)
+    _damage(tmp_path, damage)
+    with pytest.raises(error, match=message):
+        make_folds(tmp_path, **kwargs)
+
+
 @pytest.mark.parametrize("missing", ["", "train/images"])
 def test_missing_root_or_images(tmp_path: Path, missing: str) -> None:
     root = tmp_path / "tgs"
     if missing:
         (root / "train" / "masks").mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match="TGS Salt root" if not missing else "TGS training images"):
+    with pytest.raises(DataError, match="TGS Salt root" if not missing else "TGS training images"):
         TGSSalt(root, "all")
 
 
+def _save_mask(path: Path, rows: int, value: int, dtype: type, shape: tuple[int, int] = (101, 101)) -> None:
+    mask = np.zeros(shape, dtype)
+    mask[:rows] = value
+    Image.fromarray(mask).save(path)
+
+
 @pytest.mark.parametrize(
-    ("damage", "message"),
+    ("dtype", "value"), [(np.uint8, 1), (np.uint8, 255), (np.uint16, 1), (np.uint16, 65535), (np.uint8, 0)]
+)
+def test_mask_salt_may_be_one_or_the_bit_depth_maximum(tmp_path: Path, dtype: type, value: int) -> None:
+    _make_tgs(tmp_path)
+    _save_mask(tmp_path / "train" / "masks" / "id003.png", 30, value, dtype)
+    dataset = TGSSalt(tmp_path, "all")
+    mask = crop_to_original(dataset[3]["mask"], (101, 101)).numpy()
+    assert mask.sum() == (30 * 101 if value else 0) and set(np.unique(mask)) <= {0, 1}
+
+
+def _break_id003(root: Path, what: str) -> None:
+    masks, image = root / "train" / "masks", root / "train" / "images" / "id003.png"
+    if what == "value_7_8bit":
+        _save_mask(masks / "id003.png", 30, 7, np.uint8)
+    elif what == "value_7_16bit":
+        mask = np.zeros((101, 101), np.uint16)
+        mask[:30], mask[30:40] = 65535, 7
+        Image.fromarray(mask).save(masks / "id003.png")
+    elif what == "value_255_in_16bit":  # 255 is not the maximum of a 16-bit PNG
+        _save_mask(masks / "id003.png", 30, 255, np.uint16)
+    elif what == "mask_size":
+        _save_mask(masks / "id003.png", 30, 255, np.uint8, shape=(50, 101))
+    elif what == "image_size":
+        Image.fromarray(np.zeros((100, 101), np.uint8)).save(image)
+    elif what == "corrupt_mask":
+        path = masks / "id003.png"
+        path.write_bytes(path.read_bytes()[:60])
+    elif what == "bad_rle":
+        (masks / "id003.png").unlink()
+        (root / "train.csv").write_text("id,rle_mask\nid003,10200 5\n")
+
+
+BROKEN_ID003 = [
+    ("value_7_8bit", r"mask .*masks.id003\.png has values 7; expected only \[0, 1, 255\]"),
+    ("value_7_16bit", r"mask .*masks.id003\.png has values 7; expected only \[0, 1, 65535\]"),
+    ("value_255_in_16bit", r"mask .*masks.id003\.png has values 255; expected only \[0, 1, 65535\]"),
+    ("mask_size", r"TGS mask .*masks.id003\.png is 50x101 \(HxW\) but its image .*images.id003\.png is 101x101"),
+    ("image_size", r"TGS image .*images.id003\.png is 100x101 \(HxW\); expected 101x101"),
+    ("corrupt_mask", r"cannot decode image .*masks.id003\.png"),
+    ("bad_rle", r"bad RLE for id id003 in .*train\.csv: RLE run '10200 5' goes past the image's last pixel"),
+]
+
+
+@pytest.mark.parametrize(("what", "message"), BROKEN_ID003)
+@pytest.mark.parametrize("kwargs", [{"split": "all"}, {"split": "train", "fold": 1}, {"split": "val", "fold": 0}])
+def test_bad_masks_and_images_fail_at_build_time(tmp_path: Path, what: str, message: str, kwargs: dict) -> None:
+    _make_tgs(tmp_path)
+    _break_id003(tmp_path, what)
+    with pytest.raises(DataError, match=message):
+        TGSSalt(tmp_path, n_folds=3, **kwargs)
+
+
+@pytest.mark.parametrize(("what", "message"), BROKEN_ID003)
+def test_coverage_folds_check_every_mask(tmp_path: Path, what: str, message: str) -> None:
+    _make_tgs(tmp_path)
+    _break_id003(tmp_path, what)
+    with pytest.raises(DataError, match=message):
+        make_folds(tmp_path, n_folds=3)
+
+
+def test_depth_folds_check_only_the_split(tmp_path: Path) -> None:
+    _make_tgs(tmp_path)
+    _break_id003(tmp_path, "value_7_8bit")  # depth folds of 3: id003 is in fold 0
+    assert TGSSalt(tmp_path, "val", fold=1, n_folds=3, stratify="depth").ids == ["id001", "id004"]
+    with pytest.raises(DataError, match=r"id003\.png has values 7"):
+        TGSSalt(tmp_path, "train", fold=1, n_folds=3, stratify="depth")
+
+
+def test_test_images_are_checked_at_build_time(tmp_path: Path) -> None:
+    _make_tgs(tmp_path)
+    Image.fromarray(np.zeros((101, 100), np.uint8)).save(tmp_path / "test" / "images" / "t1.png")
+    with pytest.raises(DataError, match=r"TGS image .*test.images.t1\.png is 101x100 \(HxW\); expected 101x101"):
+        TGSSalt(tmp_path, "test")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "masks_read"),
     [
-        ("corrupt_image", "cannot decode image .*id000.png"),
-        ("small_image", r"id000.png is 100x101; expected 101x101"),
-        ("mask_size", r"id000.png is 101x101 \(HxW\) but its mask .*id000.png is 50x101"),
+        ({"split": "train", "fold": 0}, 6),  # coverage folds read all 6 masks; the split's check reuses them
+        ({"split": "val", "fold": 0}, 6),
+        ({"split": "val", "fold": 0, "stratify": "depth"}, 2),  # depth folds: only the split's 2 masks
+        ({"split": "all"}, 6),
+        ({"split": "test"}, 0),
     ],
 )
-def test_errors_when_reading_a_sample(tmp_path: Path, damage: str, message: str) -> None:
+def test_each_file_is_read_once_at_build_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kwargs: dict, masks_read: int
+) -> None:
+    _make_tgs(tmp_path)
+    reads: dict[str, list[str]] = {"mask": [], "size": []}
+
+    def counted(name: str, function: Callable[[Path], Any]) -> Callable[[Path], Any]:
+        def wrapper(path: Path) -> Any:
+            reads[name].append(path.name)
+            return function(path)
+
+        return wrapper
+
+    monkeypatch.setattr(tgs_module, "read_mask", counted("mask", tgs_module.read_mask))
+    monkeypatch.setattr(tgs_module, "read_image_size", counted("size", tgs_module.read_image_size))
+    monkeypatch.setattr(tgs_module, "read_image", lambda *a, **k: pytest.fail("an image was decoded"))
+    TGSSalt(tmp_path, n_folds=3, **kwargs)
+    assert len(reads["mask"]) == len(set(reads["mask"])) == masks_read
+    assert len(reads["size"]) == len(set(reads["size"])) == max(masks_read, 2)  # each image header once
+
+
+def _real_subset(tgs_root: Path, out: Path, n: int = 6) -> list[str]:
+    """Copy the first ``n`` real training pairs (16-bit and 8-bit masks), their depths and RLE rows."""
+    ids = sorted(p.stem for p in (tgs_root / "train" / "images").glob("*.png"))[:n]
+    for folder in ("train/images", "train/masks"):
+        (out / folder).mkdir(parents=True)
+        for sample_id in ids:
+            shutil.copy(tgs_root / folder / f"{sample_id}.png", out / folder / f"{sample_id}.png")
+    for name in ("depths.csv", "train.csv"):
+        with (tgs_root / name).open() as handle:
+            rows = list(csv.reader(handle))
+        kept = [rows[0], *(row for row in rows[1:] if row[0] in ids)]
+        (out / name).write_text("".join(",".join(row) + "\n" for row in kept))
+    return ids
+
+
+def test_real_masks_with_a_stray_value_fail_at_build_time(tgs_root: Path, tmp_path: Path) -> None:
+    ids = _real_subset(tgs_root, tmp_path)
+    salted = next(i for i in ids if read_mask(tmp_path / "train" / "masks" / f"{i}.png").dtype == np.uint16)
+    assert len(TGSSalt(tmp_path, "val", n_folds=2)) == 3  # the real files pass
+    mask = read_mask(tmp_path / "train" / "masks" / f"{salted}.png").copy()
+    mask[0, :3] = 7
+    Image.fromarray(mask).save(tmp_path / "train" / "masks" / f"{salted}.png")
+    with pytest.raises(DataError, match=rf"mask .*{salted}\.png has values 7; expected only \[0, 1, 65535\]"):
+        TGSSalt(tmp_path, "train", n_folds=2)
+    # Without the PNG the same id's real RLE is used, and it is valid.
+    (tmp_path / "train" / "masks" / f"{salted}.png").unlink()
+    dataset = TGSSalt(tmp_path, "all")
+    rles = dict(csv.reader((tmp_path / "train.csv").read_text().splitlines()))
+    index = dataset.ids.index(salted)
+    assert encode(crop_to_original(dataset[index]["mask"], (101, 101)).numpy()) == rles[salted]
+
+
+def test_real_image_of_the_wrong_size_fails_at_build_time(tgs_root: Path, tmp_path: Path) -> None:
+    ids = _real_subset(tgs_root, tmp_path)
+    image_path = tmp_path / "train" / "images" / f"{ids[2]}.png"
+    Image.open(image_path).crop((0, 0, 101, 100)).save(image_path)
+    with pytest.raises(DataError, match=rf"TGS image .*{ids[2]}\.png is 100x101 \(HxW\); expected 101x101"):
+        TGSSalt(tmp_path, "all")
+
+
+def test_a_corrupt_image_fails_when_read(tmp_path: Path) -> None:
     _make_tgs(tmp_path)
     image_path = tmp_path / "train" / "images" / "id000.png"
-    if damage == "corrupt_image":
-        image_path.write_bytes(image_path.read_bytes()[:100])
-    elif damage == "small_image":
-        Image.fromarray(np.zeros((100, 101), np.uint8)).save(image_path)
-    else:
-        Image.fromarray(np.zeros((50, 101), np.uint8)).save(tmp_path / "train" / "masks" / "id000.png")
+    image_path.write_bytes(image_path.read_bytes()[:100])  # the header survives: caught when decoded
     dataset = TGSSalt(tmp_path, "all")
-    with pytest.raises(DatasetError, match=message):
+    with pytest.raises(DataError, match=r"cannot decode image .*id000\.png"):
         dataset[0]
 
 
@@ -270,20 +438,15 @@ def test_errors_when_reading_a_sample(tmp_path: Path, damage: str, message: str)
 def test_read_folds_errors(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "folds.csv"
     path.write_text(text)
-    with pytest.raises(DatasetError, match=message):
+    with pytest.raises(DataError, match=message):
         read_folds(path)
 
 
-def test_folds_csv_must_cover_every_id(tmp_path: Path) -> None:
+def test_folds_csv_must_cover_every_id_and_hold_the_fold(tmp_path: Path) -> None:
     _make_tgs(tmp_path)
     write_folds(tmp_path / "folds.csv", {"id000": 0, "id001": 1, "other": 1})
-    with pytest.raises(DatasetError, match=r"has no fold for 4 id\(s\), e.g. id002"):
+    with pytest.raises(DataError, match=r"has no fold for 4 id\(s\), e.g. id002"):
         TGSSalt(tmp_path, "val", folds_csv=tmp_path / "folds.csv")
-
-
-def test_bad_rle_names_the_csv_and_id(tmp_path: Path) -> None:
-    _make_tgs(tmp_path, n=2, with_masks=False)
-    (tmp_path / "train.csv").write_text("id,rle_mask\nid000,1 5 7\nid001,\n")
-    dataset = TGSSalt(tmp_path, "all")
-    with pytest.raises(DatasetError, match=r"bad RLE for id id000 in .*train.csv: RLE has an odd number"):
-        dataset[0]
+    write_folds(tmp_path / "folds.csv", {f"id{k:03d}": k % 2 for k in range(6)})
+    with pytest.raises(ConfigError, match=r"fold must be an integer in \[0, 1\] \(folds of .*folds.csv\), got 2"):
+        TGSSalt(tmp_path, "val", fold=2, folds_csv=tmp_path / "folds.csv")

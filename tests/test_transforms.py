@@ -18,6 +18,7 @@ from lovaszseg.data.transforms import (
     tgs_transforms,
     voc_transforms,
 )
+from lovaszseg.errors import ConfigError
 
 RNG = np.random.default_rng(0)
 TGS_IMAGE = RNG.integers(0, 256, (101, 101), dtype=np.uint8)
@@ -85,17 +86,24 @@ def test_tgs_train_preset_with_shift_and_brightness_keeps_binary_mask() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"pad_size": 100}, "smaller than the image size 101"),
+        ({"pad_size": 100}, "pad_size 100 is smaller than the image size 101"),
         ({"pad_size": 200, "resize": 202}, "smaller than the image size 202"),
-        ({"resize": 0}, "resize must be a positive integer"),
-        ({"shift": 0.6}, "shift must be in"),
-        ({"hflip": 1.5}, "hflip must be a probability"),
-        ({"mean": (0.5, 0.5, 0.5), "std": (0.2, 0.2, 0.2)}, r"mean and std need 1 value"),
-        ({"std": (0.0,)}, "std must be positive"),
+        ({"resize": 0}, "resize must be a positive integer, got 0"),
+        ({"pad_size": 128.0}, "pad_size must be a positive integer, got 128.0"),
+        ({"shift": 0.6}, r"shift must be a number in \[0, 0.5\), got 0.6"),
+        ({"shift": 0.5}, r"shift must be a number in \[0, 0.5\), got 0.5"),
+        ({"shift": "0.1"}, r"shift must be a number in \[0, 0.5\), got '0.1'"),
+        ({"brightness": -0.1}, r"brightness must be a number in \[0, 1\], got -0.1"),
+        ({"hflip": 1.5}, r"hflip must be a number in \[0, 1\], got 1.5"),
+        ({"hflip": float("nan")}, r"hflip must be a number in \[0, 1\], got nan"),
+        ({"mean": (0.5, 0.5, 0.5), "std": (0.2, 0.2, 0.2)}, r"mean must be 1 number\(s\), got \(0.5, 0.5, 0.5\)"),
+        ({"mean": "0.5"}, r"mean must be 1 number\(s\), got '0.5'"),
+        ({"std": ["x"]}, r"std must be 1 number\(s\), got \['x'\]"),
+        ({"std": (0.0,)}, r"std must be positive, got \(0.0,\)"),
     ],
 )
 def test_tgs_preset_rejects_bad_options(kwargs: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         tgs_transforms(train=True, **kwargs)
 
 
@@ -160,22 +168,31 @@ def test_voc_eval_resize() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "error", "message"),
+    ("kwargs", "message"),
     [
-        ({"eval_mode": "crop"}, ValueError, "eval_mode must be 'pad' or 'resize'"),
-        ({"image_fill": "grey"}, ValueError, "image_fill must be"),
-        ({"size_divisor": 0}, ValueError, "size_divisor must be a positive integer"),
-        ({"mean": (0.5,), "std": (0.5,)}, ValueError, "mean and std need 3 value"),
+        ({"eval_mode": "crop"}, "eval_mode must be 'pad' or 'resize', got 'crop'"),
+        ({"image_fill": "grey"}, "image_fill must be 'mean' or 'zero', got 'grey'"),
+        ({"size_divisor": 0}, "size_divisor must be a positive integer, got 0"),
+        ({"mean": (0.5,), "std": (0.5,)}, r"mean must be 3 number\(s\), got \(0.5,\)"),
     ],
 )
-def test_voc_preset_rejects_bad_options(kwargs: dict, error: type, message: str) -> None:
-    with pytest.raises(error, match=message):
+def test_voc_preset_rejects_bad_options(kwargs: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
         voc_transforms(train=False, **kwargs)
 
 
-def test_voc_train_rejects_bad_scale_range() -> None:
-    with pytest.raises(ValueError, match="scale_range"):
-        voc_transforms(train=True, scale_range=(2.0, 0.5))
+@pytest.mark.parametrize(
+    ("scale_range", "message"),
+    [
+        ((2.0, 0.5), r"scale_range must be \(low, high\) with 0 < low <= high, got \(2.0, 0.5\)"),
+        ((0.0, 1.0), r"with 0 < low <= high, got \(0.0, 1.0\)"),
+        ((0.5,), r"scale_range must be 2 number\(s\), got \(0.5,\)"),
+        ("0.5,2", r"scale_range must be 2 number\(s\), got '0.5,2'"),
+    ],
+)
+def test_voc_train_rejects_bad_scale_range(scale_range: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        voc_transforms(train=True, scale_range=scale_range)
 
 
 @pytest.mark.parametrize(("ignore_index", "corner"), [(None, 1), (255, 255)])
@@ -197,7 +214,7 @@ def test_folder_resize_and_channels() -> None:
         image=np.zeros((20, 30, 3), np.uint8), mask=np.zeros((20, 30), np.uint8)
     )
     assert out["image"].shape == (3, 64, 64)
-    with pytest.raises(ValueError, match="in_channels must be 1 or 3"):
+    with pytest.raises(ConfigError, match="in_channels must be 1 or 3, got 2"):
         folder_transforms(train=False, in_channels=2)
 
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 from PIL import Image
 
-from lovaszseg.data.io import DatasetError
 from lovaszseg.data.transforms import crop_to_original, voc_transforms
 from lovaszseg.data.voc import (
     VOC_CLASSES,
@@ -22,6 +21,7 @@ from lovaszseg.data.voc import (
     resolve_voc_root,
     save_palette_png,
 )
+from lovaszseg.errors import ConfigError, DataError
 
 # Classes present in the 7 real pairs (besides background 0 and void 255), from the VOC annotations.
 REAL_CLASSES = {
@@ -194,6 +194,8 @@ def _break(voc: Path, what: str) -> None:
         (voc / "JPEGImages" / "c.jpg").unlink()
     elif what == "empty_split":
         (voc / "ImageSets" / "Segmentation" / "train.txt").write_text("\n")
+    elif what == "binary_split":
+        (voc / "ImageSets" / "Segmentation" / "train.txt").write_bytes(b"\xff\xfe\x00a\n")
     elif what == "no_images_folder":
         for path in (voc / "JPEGImages").iterdir():
             path.unlink()
@@ -203,18 +205,19 @@ def _break(voc: Path, what: str) -> None:
 @pytest.mark.parametrize(
     ("what", "split", "error", "message"),
     [
-        ("", "tain", ValueError, r"unknown VOC split 'tain'; expected one of \['train', 'trainval', 'val'\]"),
-        ("", "val", FileNotFoundError, r"VOC split file not found: .*val\.txt"),
-        ("", "missing.txt", FileNotFoundError, "VOC split file not found: missing.txt"),
+        ("", "tain", ConfigError, r"unknown VOC split 'tain'; expected one of \['train', 'trainval', 'val'\]"),
+        ("", "val", DataError, r"VOC split file not found: .*val\.txt"),
+        ("", "missing.txt", DataError, "VOC split file not found: missing.txt"),
+        ("binary_split", "train", DataError, r"VOC split file .*train\.txt is not UTF-8 text"),
         (
             "mask_missing",
             "train",
-            FileNotFoundError,
+            DataError,
             r"1 masks of split 'train' missing in .*SegmentationClass, e.g. b",
         ),
-        ("image_missing", "train", FileNotFoundError, r"1 images of split 'train' missing .* c\.jpg"),
-        ("empty_split", "train", DatasetError, "lists no ids"),
-        ("no_images_folder", "train", FileNotFoundError, "VOC image folder not found"),
+        ("image_missing", "train", DataError, r"1 images of split 'train' missing .* c\.jpg"),
+        ("empty_split", "train", DataError, "lists no ids"),
+        ("no_images_folder", "train", DataError, "VOC image folder not found"),
     ],
 )
 def test_layout_errors(tmp_path: Path, what: str, split: str, error: type, message: str) -> None:
@@ -224,7 +227,7 @@ def test_layout_errors(tmp_path: Path, what: str, split: str, error: type, messa
 
 
 def test_missing_root(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no Pascal VOC 2012 folder"):
+    with pytest.raises(DataError, match="no Pascal VOC 2012 folder"):
         VOCSegmentation(tmp_path / "nothing", "train")
 
 
@@ -253,5 +256,5 @@ def test_sample_errors(tmp_path: Path, damage: str, message: str) -> None:
         mask_path.write_text("not a png")
     dataset = VOCSegmentation(tmp_path, "train")
     dataset[0]
-    with pytest.raises(DatasetError, match=message):
+    with pytest.raises(DataError, match=message):
         dataset[1]

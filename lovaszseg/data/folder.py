@@ -15,16 +15,17 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from lovaszseg.data.io import (
-    DatasetError,
     check_mask_values,
     check_same_size,
     list_stems,
     read_image,
+    read_image_size,
+    read_lines,
     read_mask,
     require_dir,
-    require_file,
 )
 from lovaszseg.data.transforms import folder_transforms
+from lovaszseg.errors import ConfigError, DataError
 
 __all__ = ["FOLDER_SPLITS", "FolderDataset"]
 
@@ -61,7 +62,10 @@ class FolderDataset(Dataset):
         seed: int = 0,
         transform: Callable[..., dict[str, Any]] | None = None,
     ) -> None:
-        """Index the split and check that every image has exactly one mask.
+        """Index the split and check its files: one mask per image, of the image's size, with allowed values.
+
+        Every mask of the split is decoded once here and each image's size read from its header, so a
+        bad file stops the run before training; ``__getitem__`` then only reads and transforms.
 
         Args:
             root: Folder with ``images/`` and ``masks/``.
@@ -75,18 +79,24 @@ class FolderDataset(Dataset):
                 ``folder_transforms(train=False, in_channels=..., ignore_index=...)``.
 
         Raises:
-            ValueError: bad option or unknown split.
-            FileNotFoundError: missing root, ``images/``, ``masks/``, split file or mask.
-            DatasetError: ambiguous files or an empty split.
+            ConfigError: bad option or unknown split.
+            DataError: missing root, ``images/``, ``masks/``, split file or mask; ambiguous files; an
+                empty split; an unreadable image or mask, a mask of another size than its image, or
+                mask values that are neither class ids nor the ignore value.
         """
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 2 <= num_classes <= 256:
-            raise ValueError(f"num_classes must be an integer in [2, 256] (2 = binary), got {num_classes!r}")
-        if ignore_index is not None and not num_classes <= ignore_index <= 255:
-            raise ValueError(
-                f"ignore_index must be None or in [{num_classes}, 255] (not a class id), got {ignore_index!r}"
+            raise ConfigError(f"num_classes must be an integer in [2, 256] (2 = binary), got {num_classes!r}")
+        if ignore_index is not None and (
+            isinstance(ignore_index, bool)
+            or not isinstance(ignore_index, int)
+            or not num_classes <= ignore_index <= 255
+        ):
+            raise ConfigError(
+                f"ignore_index must be None or an integer in [{num_classes}, 255] (not a class id), "
+                f"got {ignore_index!r}"
             )
         if in_channels not in (1, 3):
-            raise ValueError(f"in_channels must be 1 or 3, got {in_channels!r}")
+            raise ConfigError(f"in_channels must be 1 or 3, got {in_channels!r}")
         self.root = require_dir(Path(root), "dataset root")
         self.task: Literal["binary", "multiclass"] = "binary" if num_classes == 2 else "multiclass"
         self.num_classes = 1 if num_classes == 2 else num_classes
@@ -106,31 +116,38 @@ class FolderDataset(Dataset):
         self._masks = list_stems(require_dir(self.root / "masks", "masks"))
         self.ids = self._split_ids(split, val_fraction, seed)
         if missing := [i for i in self.ids if i not in self._masks]:
-            raise FileNotFoundError(
+            raise DataError(
                 f"no mask in {self.root / 'masks'} for {len(missing)} image(s), e.g. {', '.join(missing[:5])}"
             )
+        for sample_id in self.ids:
+            image_path, mask_path = self._images[sample_id], self._masks[sample_id]
+            mask = read_mask(mask_path)
+            check_same_size(read_image_size(image_path), mask, image_path, mask_path)
+            check_mask_values(mask, self._allowed, mask_path)
 
     def _split_ids(self, split: str | Path, val_fraction: float, seed: int) -> list[str]:
         ids = list(self._images)
         if split == "all":
             chosen = ids
         elif split in ("train", "val"):
-            if not 0.0 < val_fraction < 1.0:
-                raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+            if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float) or not 0 < val_fraction < 1:
+                raise ConfigError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}")
+            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+                raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
             n_val = min(len(ids) - 1, max(1, round(len(ids) * val_fraction)))
             held_out = {ids[j] for j in np.random.default_rng(seed).permutation(len(ids))[:n_val]}
             chosen = [i for i in ids if (i in held_out) == (split == "val")]
         elif Path(split).suffix == ".txt":
-            path = require_file(Path(split), "split file")
-            chosen = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            path = Path(split)
+            chosen = read_lines(path, "split file")
             if unknown := [i for i in chosen if i not in self._images]:
-                raise FileNotFoundError(
+                raise DataError(
                     f"split file {path} lists ids with no image in {self.root / 'images'}: {', '.join(unknown[:5])}"
                 )
         else:
-            raise ValueError(f"unknown split {split!r}; expected one of {', '.join(FOLDER_SPLITS)} or a .txt file")
+            raise ConfigError(f"unknown split {split!r}; expected one of {', '.join(FOLDER_SPLITS)} or a .txt file")
         if not chosen:
-            raise DatasetError(f"split {split!r} of {self.root} is empty")
+            raise DataError(f"split {split!r} of {self.root} is empty")
         return chosen
 
     def __len__(self) -> int:
@@ -141,8 +158,8 @@ class FolderDataset(Dataset):
         image_path, mask_path = self._images[sample_id], self._masks[sample_id]
         image = read_image(image_path, channels=self.in_channels)
         mask = read_mask(mask_path)
+        # Values were checked at build time; the sizes again, at no cost, in case a file changed since.
         check_same_size(image, mask, image_path, mask_path)
-        check_mask_values(mask, self._allowed, mask_path)
         if self._foreground_alias:
             mask = np.where(mask == _BINARY_FOREGROUND_ALIAS, 1, mask)
         out = self.transform(image=image, mask=mask.astype(np.uint8))

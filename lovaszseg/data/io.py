@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
+import re
+import secrets
+import stat
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,8 +15,11 @@ from typing import IO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from lovaszseg.errors import DataError
+
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "DataError",
     "DatasetError",
     "atomic_write",
     "check_mask_values",
@@ -23,7 +28,10 @@ __all__ = [
     "read_csv_column",
     "read_csv_rows",
     "read_image",
+    "read_image_size",
+    "read_lines",
     "read_mask",
+    "remove_stale_temporaries",
     "require_dir",
     "require_file",
 ]
@@ -36,9 +44,22 @@ _IMAGE_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMY
 # Single-channel modes whose pixel values are the labels themselves (palette indices for "P").
 _MASK_MODES = frozenset({"1", "L", "P", "I", "I;16", "I;16B", "I;16L"})
 
+# check_mask_values compares with each allowed value when there are at most this many.
+_FEW_VALUES = 4
 
-class DatasetError(ValueError):
-    """A dataset file exists but its content is unusable (corrupt, wrong size, bad values, bad table)."""
+# The former name of DataError, kept importable.
+DatasetError = DataError
+
+# atomic_write's temporary file beside the destination, and the pattern of its name. The random part
+# uses tempfile.mkstemp's characters, which earlier versions used, so mkstemp's leftovers match too.
+_TEMP_NAME = ".{name}.{random}.tmp"
+_TEMP_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789_"
+_TEMP_RANDOM_LENGTH = 8
+_TEMP_PATTERN = re.compile(
+    re.escape(_TEMP_NAME)
+    .replace(re.escape("{name}"), ".+")
+    .replace(re.escape("{random}"), f"[{_TEMP_ALPHABET}]{{{_TEMP_RANDOM_LENGTH}}}")
+)
 
 
 def require_dir(path: Path, what: str) -> Path:
@@ -52,10 +73,11 @@ def require_dir(path: Path, what: str) -> Path:
         ``path`` unchanged.
 
     Raises:
-        FileNotFoundError: ``path`` is not a directory.
+        DataError: ``path`` is not a directory.
     """
     if not path.is_dir():
-        raise FileNotFoundError(f"{what} folder not found: {path}")
+        found = "is a file, not a folder" if path.exists() else "not found"
+        raise DataError(f"{what} folder {found}: {path}")
     return path
 
 
@@ -70,10 +92,11 @@ def require_file(path: Path, what: str) -> Path:
         ``path`` unchanged.
 
     Raises:
-        FileNotFoundError: ``path`` is not a file.
+        DataError: ``path`` is not a file.
     """
     if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
+        found = "is a folder, not a file" if path.is_dir() else "not found"
+        raise DataError(f"{what} {found}: {path}")
     return path
 
 
@@ -84,8 +107,29 @@ def _open_decoded(path: Path) -> Image.Image:
         image = Image.open(path)
         image.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DatasetError(f"cannot decode image {path}: {exc}") from exc
+        raise DataError(f"cannot decode image {path}: {exc}") from exc
     return image
+
+
+def read_image_size(path: Path) -> tuple[int, int]:
+    """Height and width of an image from its header, without decoding the pixels.
+
+    Args:
+        path: Image or mask file.
+
+    Returns:
+        ``(height, width)``; EXIF orientation is not applied, as in ``read_image``.
+
+    Raises:
+        DataError: the file does not exist or is not an image.
+    """
+    require_file(path, "image file")
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"cannot read the size of image {path}: {exc}") from exc
+    return height, width
 
 
 def read_image(path: Path, *, channels: int) -> np.ndarray:
@@ -105,14 +149,13 @@ def read_image(path: Path, *, channels: int) -> np.ndarray:
 
     Raises:
         ValueError: ``channels`` is not 1 or 3.
-        FileNotFoundError: the file does not exist.
-        DatasetError: the file cannot be decoded or is not an 8-bit image.
+        DataError: the file does not exist, cannot be decoded or is not an 8-bit image.
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
     image = _open_decoded(path)
     if image.mode not in _IMAGE_MODES:
-        raise DatasetError(f"image {path} has mode {image.mode!r}; expected an 8-bit grayscale or colour image")
+        raise DataError(f"image {path} has mode {image.mode!r}; expected an 8-bit grayscale or colour image")
     return np.asarray(image.convert("L" if channels == 1 else "RGB"))
 
 
@@ -129,12 +172,12 @@ def read_mask(path: Path) -> np.ndarray:
         Integer array ``[H, W]`` (uint8, uint16 or int32, as stored).
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        DatasetError: the file cannot be decoded or has several channels (e.g. an RGB colour mask).
+        DataError: the file does not exist, cannot be decoded or has several channels (e.g. an RGB colour
+            mask).
     """
     image = _open_decoded(path)
     if image.mode not in _MASK_MODES:
-        raise DatasetError(
+        raise DataError(
             f"mask {path} has mode {image.mode!r}; expected a single-channel mask "
             "(palette, 8-bit or 16-bit grayscale), not colours"
         )
@@ -142,23 +185,43 @@ def read_mask(path: Path) -> np.ndarray:
     return mask.astype(np.uint8) if mask.dtype == np.bool_ else mask
 
 
-def check_same_size(image: np.ndarray, mask: np.ndarray, image_path: Path, mask_path: Path | str) -> None:
+def _height_width(array_or_size: np.ndarray | tuple[int, int]) -> tuple[int, int]:
+    height, width = array_or_size if isinstance(array_or_size, tuple) else array_or_size.shape[:2]
+    return int(height), int(width)
+
+
+def check_same_size(
+    image: np.ndarray | tuple[int, int],
+    mask: np.ndarray | tuple[int, int],
+    image_path: Path,
+    mask_path: Path | str,
+) -> None:
     """Raise unless image and mask have the same height and width.
 
     Args:
-        image: ``[H, W]`` or ``[H, W, C]`` array.
-        mask: ``[H, W]`` array.
+        image: ``[H, W]`` or ``[H, W, C]`` array, or its ``(height, width)`` (e.g. from ``read_image_size``).
+        mask: ``[H, W]`` array, or its ``(height, width)``.
         image_path: Image file, for the message.
         mask_path: Mask file (or its source, e.g. a CSV row), for the message.
 
     Raises:
-        DatasetError: the sizes differ.
+        DataError: the sizes differ.
     """
-    if image.shape[:2] != mask.shape[:2]:
-        raise DatasetError(
-            f"image {image_path} is {image.shape[0]}x{image.shape[1]} (HxW) but its mask {mask_path} is "
-            f"{mask.shape[0]}x{mask.shape[1]}"
+    (image_h, image_w), (mask_h, mask_w) = _height_width(image), _height_width(mask)
+    if (image_h, image_w) != (mask_h, mask_w):
+        raise DataError(
+            f"image {image_path} is {image_h}x{image_w} (HxW) but its mask {mask_path} is {mask_h}x{mask_w}"
         )
+
+
+def _outside(mask: np.ndarray, allowed: set[int]) -> np.ndarray:
+    """Boolean map of the pixels whose value is not allowed."""
+    if len(allowed) > _FEW_VALUES:
+        return ~np.isin(mask, np.fromiter(allowed, dtype=np.int64))
+    outside = np.ones(mask.shape, dtype=bool)  # binary masks: a few comparisons beat a lookup table
+    for value in allowed:
+        outside &= mask != value
+    return outside
 
 
 def check_mask_values(mask: np.ndarray, allowed: Iterable[int], path: Path | str) -> None:
@@ -170,16 +233,17 @@ def check_mask_values(mask: np.ndarray, allowed: Iterable[int], path: Path | str
         path: Mask file, for the message.
 
     Raises:
-        DatasetError: some values are not allowed; the message lists them.
+        DataError: some values are not allowed; the message lists them.
     """
-    allowed_set = set(allowed)
-    # Counting is much faster than sorting (np.unique) for 8/16-bit masks, the usual case.
-    small = mask.dtype in (np.uint8, np.uint16, np.bool_)
-    present = np.flatnonzero(np.bincount(mask.ravel())) if small else np.unique(mask)
-    bad = [int(v) for v in present if int(v) not in allowed_set]
+    allowed_set = {int(v) for v in allowed}
+    if mask.dtype in (np.uint8, np.bool_) and len(allowed_set) > _FEW_VALUES:
+        # Counting into 256 bins beats sorting; wider types would need 65536 bins or more.
+        bad = [int(v) for v in np.flatnonzero(np.bincount(mask.ravel())) if int(v) not in allowed_set]
+    else:
+        bad = np.unique(mask[_outside(mask, allowed_set)]).tolist()
     if bad:
         shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
-        raise DatasetError(f"mask {path} has values {shown}; expected only {sorted(allowed_set)}")
+        raise DataError(f"mask {path} has values {shown}; expected only {sorted(allowed_set)}")
 
 
 def list_stems(folder: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> dict[str, Path]:
@@ -193,8 +257,7 @@ def list_stems(folder: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> di
         ``{stem: path}`` sorted by stem.
 
     Raises:
-        FileNotFoundError: ``folder`` is not a directory.
-        DatasetError: two files share a stem (e.g. ``a.png`` and ``a.jpg``).
+        DataError: ``folder`` is not a directory, or two files share a stem (e.g. ``a.png`` and ``a.jpg``).
     """
     require_dir(folder, "image")
     found: dict[str, Path] = {}
@@ -202,11 +265,30 @@ def list_stems(folder: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> di
         if not path.is_file() or path.suffix.lower() not in extensions:
             continue
         if path.stem in found:
-            raise DatasetError(
-                f"ambiguous files for id {path.stem!r} in {folder}: {found[path.stem].name}, {path.name}"
-            )
+            raise DataError(f"ambiguous files for id {path.stem!r} in {folder}: {found[path.stem].name}, {path.name}")
         found[path.stem] = path
     return dict(sorted(found.items()))
+
+
+def read_lines(path: Path, what: str) -> list[str]:
+    """The non-blank lines of a UTF-8 text file (e.g. a split file), stripped.
+
+    Args:
+        path: Text file.
+        what: What the file is for, used in the error message.
+
+    Returns:
+        Stripped lines, blank ones left out.
+
+    Raises:
+        DataError: the file does not exist or is not UTF-8 text.
+    """
+    require_file(path, what)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{what} {path} is not UTF-8 text: {exc}") from exc
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def read_csv_rows(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
@@ -220,20 +302,22 @@ def read_csv_rows(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
         One dict per data row (all columns of the file, values as strings).
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        DatasetError: the file is not a CSV with those columns, or a row is short.
+        DataError: the file does not exist, is not UTF-8 CSV text with those columns, or a row is short.
     """
     require_file(path, "CSV file")
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        header = reader.fieldnames or []
-        missing = [c for c in columns if c not in header]
-        if missing:
-            raise DatasetError(f"CSV {path} lacks column(s) {missing}; its header is {header}")
-        rows = list(reader)
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            header = reader.fieldnames or []
+            missing = [c for c in columns if c not in header]
+            if missing:
+                raise DataError(f"CSV {path} lacks column(s) {missing}; its header is {header}")
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read CSV {path}: {exc}") from exc
     for line, row in enumerate(rows, start=2):
         if any(row[c] is None for c in columns):
-            raise DatasetError(f"CSV {path} line {line} has fewer fields than the header")
+            raise DataError(f"CSV {path} line {line} has fewer fields than the header")
     return rows
 
 
@@ -249,20 +333,36 @@ def read_csv_column(path: Path, key: str, value: str) -> dict[str, str]:
         ``{row[key]: row[value]}`` in file order.
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        DatasetError: a column is missing or a key repeats.
+        DataError: the file does not exist, a column is missing or a key repeats.
     """
     table: dict[str, str] = {}
     for row in read_csv_rows(path, (key, value)):
         if row[key] in table:
-            raise DatasetError(f"CSV {path} has {key} {row[key]!r} more than once")
+            raise DataError(f"CSV {path} has {key} {row[key]!r} more than once")
         table[row[key]] = row[value]
     return table
+
+
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """Create a new temporary file beside ``path``, open for writing, with the mode the umask gives."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        random_part = "".join(secrets.choice(_TEMP_ALPHABET) for _ in range(_TEMP_RANDOM_LENGTH))
+        temporary = path.with_name(_TEMP_NAME.format(name=path.name, random=random_part))
+        try:
+            # 0o666 less the umask, as a plain open() gives (mkstemp would give 0o600).
+            return os.open(temporary, flags, 0o666), temporary
+        except FileExistsError:
+            continue
 
 
 @contextmanager
 def atomic_write(path: Path, mode: str = "w", **open_kwargs: object) -> Iterator[IO]:
     """Open a temporary file beside ``path`` and rename it onto ``path`` only if the block succeeds.
+
+    A new file gets the mode a plain ``open`` gives (``0o666`` less the umask); a replaced file keeps
+    its mode. A process killed inside the block leaves the temporary file behind
+    (see ``remove_stale_temporaries``).
 
     Args:
         path: Destination file; its folder is created if needed.
@@ -273,11 +373,42 @@ def atomic_write(path: Path, mode: str = "w", **open_kwargs: object) -> Iterator
         The open temporary file.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, temporary = _create_temporary(path)
     try:
-        with os.fdopen(fd, mode, **open_kwargs) as handle:
-            yield handle
-        os.replace(tmp_name, path)
+        handle = os.fdopen(fd, mode, **open_kwargs)
     except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        os.close(fd)
+        temporary.unlink(missing_ok=True)
         raise
+    try:
+        with handle:
+            yield handle
+        if path.exists():  # a replaced file keeps its mode; a new one has the umask's
+            os.chmod(temporary, stat.S_IMODE(path.stat().st_mode))
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files ``atomic_write`` leaves when its process is killed mid-write.
+
+    Only regular files directly in ``folder`` whose names match ``.{name}.{8 random characters}.tmp``
+    are removed. Call it only while no other process writes in ``folder`` (e.g. while holding the
+    run folder), since a live writer's temporary file looks the same.
+
+    Args:
+        folder: Folder to clean; a missing folder has nothing to clean.
+
+    Returns:
+        The removed files, sorted.
+    """
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in sorted(folder.iterdir()):
+        if _TEMP_PATTERN.fullmatch(path.name) and not path.is_symlink() and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from lovaszseg.data.voc import save_palette_png
+from lovaszseg.errors import ConfigError, DataError
 from lovaszseg.rle import encode
 
 __all__ = ["SALT_COVERAGE_BINS", "ensure_demo_salt", "synth_salt", "synth_voc"]
@@ -121,7 +122,7 @@ def _fresh_tree(out_dir: Path, overwrite: bool) -> Iterator[Path]:
     """Build into a temporary sibling folder and move it into place only when complete."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+        raise DataError(f"{out_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
@@ -152,9 +153,13 @@ def synth_salt(
 
     Returns:
         ``out_dir``.
+
+    Raises:
+        ConfigError: ``n_train < 1`` or ``n_test < 0``.
+        DataError: ``out_dir`` is not empty and ``overwrite`` is false.
     """
     if n_train < 1 or n_test < 0:
-        raise ValueError(f"n_train must be >= 1 and n_test >= 0, got {n_train} and {n_test}")
+        raise ConfigError(f"n_train must be >= 1 and n_test >= 0, got {n_train} and {n_test}")
     out_dir = Path(out_dir)
     id_seed, *image_seeds = np.random.SeedSequence(seed).spawn(n_train + n_test + 1)
     ids = _hex_ids(np.random.default_rng(id_seed), n_train + n_test)
@@ -280,9 +285,13 @@ def synth_voc(
 
     Returns:
         ``out_dir`` (the folder that holds ``VOCdevkit``).
+
+    Raises:
+        ConfigError: ``n_images < 2`` or ``val_fraction`` outside (0, 1).
+        DataError: ``out_dir`` is not empty and ``overwrite`` is false.
     """
     if n_images < 2 or not 0 < val_fraction < 1:
-        raise ValueError(f"need n_images >= 2 and 0 < val_fraction < 1, got {n_images} and {val_fraction}")
+        raise ConfigError(f"need n_images >= 2 and 0 < val_fraction < 1, got {n_images} and {val_fraction}")
     out_dir = Path(out_dir)
     children = np.random.SeedSequence(seed).spawn(n_images)
     names = [f"2007_{index:06d}" for index in range(n_images)]

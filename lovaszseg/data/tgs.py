@@ -16,18 +16,19 @@ import torch
 from torch.utils.data import Dataset
 
 from lovaszseg.data.io import (
-    DatasetError,
     atomic_write,
-    check_same_size,
+    check_mask_values,
     list_stems,
     read_csv_column,
     read_csv_rows,
     read_image,
+    read_image_size,
     read_mask,
     require_dir,
     require_file,
 )
 from lovaszseg.data.transforms import TGS_SIZE, tgs_transforms
+from lovaszseg.errors import ConfigError, DataError
 from lovaszseg.rle import decode
 
 __all__ = [
@@ -62,35 +63,75 @@ def _ids_with_examples(ids: list[str], limit: int = 5) -> str:
     return f"{len(ids)} id(s), e.g. {', '.join(ids[:limit])}"
 
 
-class _TrainMasks:
-    """Where each training id's mask comes from: ``train/masks/ID.png``, else its ``train.csv`` RLE."""
+def _list_images(folder: Path, what: str) -> dict[str, Path]:
+    """``{id: path}`` of the PNGs in ``folder``, which must hold at least one."""
+    images = list_stems(require_dir(folder, what), (".png",))
+    if not images:
+        raise DataError(f"{what} folder {folder} holds no .png images")
+    return images
 
-    def __init__(self, root: Path) -> None:
+
+def _check_image_size(path: Path) -> None:
+    """Raise unless the image is 101x101, read from its header without decoding it."""
+    height, width = read_image_size(path)
+    if (height, width) != TGS_ORIGINAL_SIZE:
+        raise DataError(f"TGS image {path} is {height}x{width} (HxW); expected 101x101")
+
+
+def _foreground_values(dtype: np.dtype) -> tuple[int, ...]:
+    """Values a TGS mask may hold: 0, and salt as 1 or as the bit depth's maximum.
+
+    255 for 8-bit PNGs, 65535 for 16-bit ones (read as uint16, or int32 by some Pillow versions).
+    """
+    return 0, 1, 255 if dtype.itemsize == 1 else 65535
+
+
+class _TrainMasks:
+    """Each training id's mask, ``train/masks/ID.png`` or else its ``train.csv`` RLE, checked when read.
+
+    ``coverage`` reads and checks a mask (and its image's size) once and remembers the coverage class,
+    so the fold computation and the build-time check of a split share one pass over the files.
+    """
+
+    def __init__(self, root: Path, images: dict[str, Path]) -> None:
         mask_dir, csv_path = root / "train" / "masks", root / "train.csv"
         if not mask_dir.is_dir() and not csv_path.is_file():
-            raise FileNotFoundError(f"TGS masks not found: neither {mask_dir} nor {csv_path} exists")
+            raise DataError(f"TGS masks not found: neither {mask_dir} nor {csv_path} exists")
         self.pngs = list_stems(mask_dir, (".png",)) if mask_dir.is_dir() else {}
         self.rles = read_csv_column(csv_path, "id", "rle_mask") if csv_path.is_file() else {}
         self.csv_path = csv_path
-
-    def missing(self, ids: list[str]) -> list[str]:
-        return [i for i in ids if i not in self.pngs and i not in self.rles]
-
-    def source(self, sample_id: str) -> Path | str:
-        return self.pngs.get(sample_id) or f"{self.csv_path} (id {sample_id})"
+        self.images = images
+        if missing := [i for i in images if i not in self.pngs and i not in self.rles]:
+            raise DataError(f"no mask PNG or train.csv row under {root} for {_ids_with_examples(missing)}")
+        self._coverage: dict[str, int] = {}
 
     def load(self, sample_id: str) -> np.ndarray:
-        """Binary uint8 mask ``[H, W]``; 16-bit {0, 65535} PNGs are binarised with ``> 0``."""
-        if sample_id in self.pngs:
-            return (read_mask(self.pngs[sample_id]) > 0).astype(np.uint8)
-        try:
-            return decode(self.rles[sample_id], TGS_ORIGINAL_SIZE)
-        except ValueError as exc:
-            raise DatasetError(f"bad RLE for id {sample_id} in {self.csv_path}: {exc}") from exc
+        """Binary uint8 mask ``[101, 101]``; a PNG's salt value (1, 255 or 65535) becomes 1.
 
+        Raises:
+            DataError: bad RLE, unreadable PNG, values other than 0 and salt, or not 101x101.
+        """
+        if sample_id not in self.pngs:
+            try:
+                return decode(self.rles[sample_id], TGS_ORIGINAL_SIZE)
+            except ValueError as exc:
+                raise DataError(f"bad RLE for id {sample_id} in {self.csv_path}: {exc}") from exc
+        path = self.pngs[sample_id]
+        mask = read_mask(path)
+        if mask.shape != TGS_ORIGINAL_SIZE:
+            raise DataError(
+                f"TGS mask {path} is {mask.shape[0]}x{mask.shape[1]} (HxW) but its image "
+                f"{self.images[sample_id]} is 101x101"
+            )
+        check_mask_values(mask, _foreground_values(mask.dtype), path)
+        return (mask > 0).astype(np.uint8)
 
-def _train_ids(root: Path) -> list[str]:
-    return list(list_stems(require_dir(root / "train" / "images", "TGS training images"), (".png",)))
+    def coverage(self, sample_id: str) -> int:
+        """Coverage class of the id's mask, after checking the mask and its image's size (once per id)."""
+        if sample_id not in self._coverage:
+            _check_image_size(self.images[sample_id])
+            self._coverage[sample_id] = coverage_class(self.load(sample_id))
+        return self._coverage[sample_id]
 
 
 def _read_depths(root: Path) -> dict[str, float]:
@@ -100,8 +141,45 @@ def _read_depths(root: Path) -> dict[str, float]:
         try:
             depths[sample_id] = float(z)
         except ValueError as exc:
-            raise DatasetError(f"{path}: depth {z!r} of id {sample_id} is not a number") from exc
+            raise DataError(f"{path}: depth {z!r} of id {sample_id} is not a number") from exc
     return depths
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_fold_options(n_folds: int, seed: int, stratify: str, n_ids: int, folder: Path) -> None:
+    if n_ids < 2:
+        raise DataError(f"TGS training images folder {folder} holds {n_ids} image; folds need at least 2")
+    if not _is_int(n_folds) or not 2 <= n_folds <= n_ids:
+        raise ConfigError(
+            f"n_folds must be an integer in [2, {n_ids}] (the number of training images), got {n_folds!r}"
+        )
+    if not _is_int(seed) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    if stratify not in ("coverage", "depth"):
+        raise ConfigError(f"stratify must be 'coverage' or 'depth', got {stratify!r}")
+
+
+def _check_fold(fold: int, n_folds: int, source: str) -> None:
+    if not _is_int(fold) or not 0 <= fold < n_folds:
+        raise ConfigError(f"fold must be an integer in [0, {n_folds - 1}]{source}, got {fold!r}")
+
+
+def _depth_keys(root: Path, ids: list[str]) -> list[float]:
+    depths = _read_depths(root)
+    if missing := [i for i in ids if i not in depths]:
+        raise DataError(f"{root / 'depths.csv'} has no depth for {_ids_with_examples(missing)}")
+    return [depths[i] for i in ids]
+
+
+def _deal_folds(ids: list[str], keys: list[float], n_folds: int, seed: int) -> dict[str, int]:
+    """Order ids by stratum key, ties broken by a seeded permutation, and deal them to folds round-robin."""
+    tiebreak = np.random.default_rng(seed).permutation(len(ids))
+    order = np.lexsort((tiebreak, np.asarray(keys, dtype=np.float64)))
+    folds = {ids[j]: rank % n_folds for rank, j in enumerate(order)}
+    return dict(sorted(folds.items()))
 
 
 def make_folds(
@@ -126,30 +204,21 @@ def make_folds(
         ``{id: fold}`` for every training id, sorted by id, folds in ``0..n_folds-1``.
 
     Raises:
-        ValueError: bad ``n_folds`` or ``stratify``.
-        FileNotFoundError: missing folder or file.
-        DatasetError: a mask or depth is missing or unreadable.
+        ConfigError: bad ``n_folds``, ``seed`` or ``stratify``.
+        DataError: missing or empty folder, missing file, or a mask or depth missing or unusable (with
+            ``"coverage"`` every mask is checked as in ``TGSSalt``).
     """
     root = Path(root)
-    ids = _train_ids(root)
-    if isinstance(n_folds, bool) or not isinstance(n_folds, int) or not 2 <= n_folds <= len(ids):
-        raise ValueError(f"n_folds must be an integer in [2, {len(ids)}] (number of training ids), got {n_folds!r}")
+    image_dir = root / "train" / "images"
+    images = _list_images(image_dir, "TGS training images")
+    _check_fold_options(n_folds, seed, stratify, len(images), image_dir)
+    ids = list(images)
     if stratify == "coverage":
-        masks = _TrainMasks(root)
-        if missing := masks.missing(ids):
-            raise DatasetError(f"no mask PNG or train.csv row under {root} for {_ids_with_examples(missing)}")
-        keys = np.array([coverage_class(masks.load(i)) for i in ids], dtype=np.float64)
-    elif stratify == "depth":
-        depths = _read_depths(root)
-        if missing := [i for i in ids if i not in depths]:
-            raise DatasetError(f"{root / 'depths.csv'} has no depth for {_ids_with_examples(missing)}")
-        keys = np.array([depths[i] for i in ids], dtype=np.float64)
+        masks = _TrainMasks(root, images)
+        keys: list[float] = [masks.coverage(i) for i in ids]
     else:
-        raise ValueError(f"stratify must be 'coverage' or 'depth', got {stratify!r}")
-    tiebreak = np.random.default_rng(seed).permutation(len(ids))
-    order = np.lexsort((tiebreak, keys))
-    folds = {ids[j]: rank % n_folds for rank, j in enumerate(order)}
-    return dict(sorted(folds.items()))
+        keys = _depth_keys(root, ids)
+    return _deal_folds(ids, keys, n_folds, seed)
 
 
 def write_folds(path: str | Path, folds: Mapping[str, int]) -> None:
@@ -174,17 +243,17 @@ def read_folds(path: str | Path) -> dict[str, int]:
         ``{id: fold}`` in file order.
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        DatasetError: a fold is not a non-negative integer, an id repeats, or the file is empty.
+        DataError: the file does not exist, a fold is not a non-negative integer, an id repeats, or the
+            file is empty.
     """
     path = Path(path)
     folds: dict[str, int] = {}
     for sample_id, fold in read_csv_column(path, "id", "fold").items():
         if not fold.isdigit():
-            raise DatasetError(f"folds CSV {path}: fold {fold!r} of id {sample_id} is not a non-negative integer")
+            raise DataError(f"folds CSV {path}: fold {fold!r} of id {sample_id} is not a non-negative integer")
         folds[sample_id] = int(fold)
     if not folds:
-        raise DatasetError(f"folds CSV {path} has no rows")
+        raise DataError(f"folds CSV {path} has no rows")
     return folds
 
 
@@ -223,7 +292,12 @@ class TGSSalt(Dataset):
         folds_csv: str | Path | None = None,
         transform: Callable[..., dict[str, Any]] | None = None,
     ) -> None:
-        """Index the split; files are read lazily in ``__getitem__``.
+        """Index the split and check its files; samples are decoded in ``__getitem__``.
+
+        Every image of the split must be 101x101 (read from the PNG headers) and every mask of a
+        training split (PNG or ``train.csv`` RLE) 101x101 with values 0 (no salt) and 1 or the bit
+        depth's maximum (255 / 65535 in 8-bit / 16-bit PNGs) for salt. Each mask is read once, also
+        when coverage folds are computed from all of them.
 
         Args:
             root: TGS Salt root folder (Kaggle layout).
@@ -237,33 +311,35 @@ class TGSSalt(Dataset):
             transform: Albumentations pipeline producing tensors; default ``tgs_transforms(train=False)``.
 
         Raises:
-            ValueError: unknown split or bad fold.
-            FileNotFoundError: missing root, folder or file.
-            DatasetError: missing masks or depths, bad CSV, or an empty split.
+            ConfigError: unknown split or bad fold option.
+            DataError: missing or empty root, folder or file; missing masks or depths, bad CSV, an image
+                or mask of the wrong size, a mask with values other than 0 and salt, or an empty split.
         """
         self.root = require_dir(Path(root), "TGS Salt root")
         if split not in TGS_SPLITS:
-            raise ValueError(f"unknown TGS split {split!r}; expected one of {', '.join(TGS_SPLITS)}")
+            raise ConfigError(f"unknown TGS split {split!r}; expected one of {', '.join(TGS_SPLITS)}")
         self.split = split
         self.transform = transform if transform is not None else tgs_transforms(train=False)
         self._masks: _TrainMasks | None = None
         if split == "test":
-            self._images = list_stems(require_dir(self.root / "test" / "images", "TGS test images"), (".png",))
+            self._images = _list_images(self.root / "test" / "images", "TGS test images")
             self.ids = self._test_ids()
+            for sample_id in self.ids:
+                _check_image_size(self._images[sample_id])
         else:
-            self._images = list_stems(require_dir(self.root / "train" / "images", "TGS training images"), (".png",))
-            self._masks = _TrainMasks(self.root)
+            self._images = _list_images(self.root / "train" / "images", "TGS training images")
+            self._masks = _TrainMasks(self.root, self._images)
             self.ids = list(self._images)
-            if missing := self._masks.missing(self.ids):
-                raise DatasetError(f"no mask PNG or train.csv row under {self.root} for {_ids_with_examples(missing)}")
             if split in ("train", "val"):
-                self.ids = self._fold_ids(split, fold, n_folds, seed, stratify, folds_csv)
+                self.ids = self._fold_ids(self._masks, split, fold, n_folds, seed, stratify, folds_csv)
+            for sample_id in self.ids:  # already done for every id when coverage folds were computed
+                self._masks.coverage(sample_id)
         if not self.ids:
             which = f"{split!r} (fold {fold})" if split in ("train", "val") else repr(split)
-            raise DatasetError(f"TGS split {which} under {self.root} is empty")
+            raise DataError(f"TGS split {which} under {self.root} is empty")
         depths = _read_depths(self.root)
         if missing := [i for i in self.ids if i not in depths]:
-            raise DatasetError(f"{self.root / 'depths.csv'} has no depth for {_ids_with_examples(missing)}")
+            raise DataError(f"{self.root / 'depths.csv'} has no depth for {_ids_with_examples(missing)}")
         self._depths = {i: depths[i] for i in self.ids}
 
     def _test_ids(self) -> list[str]:
@@ -272,9 +348,9 @@ class TGSSalt(Dataset):
             return list(self._images)
         ids = [row["id"] for row in read_csv_rows(submission, ("id",))]
         if len(set(ids)) != len(ids):
-            raise DatasetError(f"{submission} lists some ids more than once")
+            raise DataError(f"{submission} lists some ids more than once")
         if missing := [i for i in ids if i not in self._images]:
-            raise DatasetError(
+            raise DataError(
                 f"{submission} lists ids with no image in {self.root / 'test' / 'images'}: "
                 f"{_ids_with_examples(missing)}"
             )
@@ -282,6 +358,7 @@ class TGSSalt(Dataset):
 
     def _fold_ids(
         self,
+        masks: _TrainMasks,
         split: str,
         fold: int,
         n_folds: int,
@@ -289,15 +366,16 @@ class TGSSalt(Dataset):
         stratify: Literal["coverage", "depth"],
         folds_csv: str | Path | None,
     ) -> list[str]:
-        if folds_csv is not None:
-            folds = read_folds(folds_csv)
-            n_folds = max(folds.values()) + 1
-            if missing := [i for i in self.ids if i not in folds]:
-                raise DatasetError(f"folds CSV {folds_csv} has no fold for {_ids_with_examples(missing)}")
+        if folds_csv is None:
+            _check_fold_options(n_folds, seed, stratify, len(self.ids), self.root / "train" / "images")
+            _check_fold(fold, n_folds, "")  # before any mask is read
+            keys = [masks.coverage(i) for i in self.ids] if stratify == "coverage" else _depth_keys(self.root, self.ids)
+            folds = _deal_folds(self.ids, keys, n_folds, seed)
         else:
-            folds = make_folds(self.root, n_folds, seed, stratify)
-        if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < n_folds:
-            raise ValueError(f"fold must be an integer in [0, {n_folds - 1}], got {fold!r}")
+            folds = read_folds(folds_csv)
+            if missing := [i for i in self.ids if i not in folds]:
+                raise DataError(f"folds CSV {folds_csv} has no fold for {_ids_with_examples(missing)}")
+            _check_fold(fold, max(folds.values()) + 1, f" (folds of {folds_csv})")
         keep_val = split == "val"
         return [i for i in self.ids if (folds[i] == fold) == keep_val]
 
@@ -308,14 +386,12 @@ class TGSSalt(Dataset):
         sample_id = self.ids[index]
         path = self._images[sample_id]
         image = read_image(path, channels=1)
-        if image.shape != TGS_ORIGINAL_SIZE:
-            raise DatasetError(f"TGS image {path} is {image.shape[0]}x{image.shape[1]}; expected 101x101")
+        if image.shape != TGS_ORIGINAL_SIZE:  # checked at build time from the header; the file may have changed
+            raise DataError(f"TGS image {path} is {image.shape[0]}x{image.shape[1]} (HxW); expected 101x101")
         sample: dict[str, Any] = {"id": sample_id, "depth": torch.tensor(self._depths[sample_id], dtype=torch.float32)}
         if self._masks is None:
             sample["image"] = self.transform(image=image)["image"]
             return sample
-        mask = self._masks.load(sample_id)
-        check_same_size(image, mask, path, self._masks.source(sample_id))
-        out = self.transform(image=image, mask=mask)
+        out = self.transform(image=image, mask=self._masks.load(sample_id))
         sample["image"], sample["mask"] = out["image"], out["mask"].long()
         return sample

@@ -1,7 +1,8 @@
 """Albumentations 2.0.8 presets for TGS Salt, Pascal VOC and image folders, and undoing their padding.
 
 Every preset is an ``A.Compose(..., strict=True)`` whose transforms are built with ``strict=True``, so a
-misspelt argument or an unexpected input key raises ``ValueError`` instead of a warning.
+misspelt argument or an unexpected input key raises ``ValueError`` instead of a warning. A preset option
+out of range (they come from a config's ``data.options``) raises ``ConfigError`` naming it.
 ``ToTensorV2`` takes no ``strict`` argument; the strict ``Compose`` still validates it. Presets take
 ``image`` (uint8 ``[H, W]`` or ``[H, W, 3]``) and optionally ``mask`` (integer ``[H, W]``) and return an
 image tensor ``[C, H, W]`` (float32, normalised) and a mask tensor ``[H, W]`` (the mask's own dtype).
@@ -9,7 +10,9 @@ image tensor ``[C, H, W]`` (float32, normalised) and a mask tensor ``[H, W]`` (t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import numbers
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import albumentations as A
@@ -17,6 +20,8 @@ import cv2
 import torch
 import torch.nn.functional as F
 from albumentations.pytorch import ToTensorV2
+
+from lovaszseg.errors import ConfigError
 
 __all__ = [
     "GRAY_MEAN",
@@ -45,26 +50,42 @@ TGS_SIZE = 101
 VOC_IGNORE_INDEX = 255
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _numbers(name: str, values: Sequence[float], count: int) -> tuple[float, ...]:
+    """``values`` as ``count`` floats, or a ConfigError naming the option."""
+    items = None if isinstance(values, str) or not isinstance(values, Iterable) else tuple(values)
+    if items is None or len(items) != count or not all(map(_is_number, items)):
+        raise ConfigError(f"{name} must be {count} number(s), got {values!r}")
+    return tuple(float(v) for v in items)
+
+
 def _stats(mean: Sequence[float], std: Sequence[float], channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Check that mean/std have one value per channel and std is positive."""
-    mean_t, std_t = tuple(float(m) for m in mean), tuple(float(s) for s in std)
-    if len(mean_t) != channels or len(std_t) != channels:
-        raise ValueError(f"mean and std need {channels} value(s) each, got mean={mean_t} std={std_t}")
+    """Check that mean/std have one number per channel and std is positive."""
+    mean_t, std_t = _numbers("mean", mean, channels), _numbers("std", std, channels)
     if any(s <= 0 for s in std_t):
-        raise ValueError(f"std must be positive, got {std_t}")
+        raise ConfigError(f"std must be positive, got {std_t}")
     return mean_t, std_t
 
 
 def _positive(name: str, value: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _in_range(name: str, value: float, low: float, high: float, *, high_inclusive: bool = True) -> float:
+    """``value`` if it is a number in ``[low, high]`` (or ``[low, high)``), else a ConfigError naming it."""
+    if not (_is_number(value) and low <= value and (value <= high if high_inclusive else value < high)):
+        bracket = "]" if high_inclusive else ")"
+        raise ConfigError(f"{name} must be a number in [{low:g}, {high:g}{bracket}, got {value!r}")
     return value
 
 
 def _probability(name: str, value: float) -> float:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
-    return value
+    return _in_range(name, value, 0.0, 1.0)
 
 
 def _finish(steps: list[A.BasicTransform], mean: tuple[float, ...], std: tuple[float, ...]) -> A.Compose:
@@ -104,15 +125,13 @@ def tgs_transforms(
         A strict ``A.Compose`` producing ``image`` ``[1, pad_size, pad_size]`` and ``mask`` ``[pad_size, pad_size]``.
 
     Raises:
-        ValueError: a size is not a positive integer, ``pad_size`` is too small, or a limit is out of range.
+        ConfigError: a size is not a positive integer, ``pad_size`` is too small, or a limit is out of range.
     """
     content = _positive("resize", resize) if resize is not None else TGS_SIZE
     if _positive("pad_size", pad_size) < content:
-        raise ValueError(f"pad_size {pad_size} is smaller than the image size {content} it must contain")
-    if not 0.0 <= shift < 0.5 or not 0.0 <= brightness <= 1.0:
-        raise ValueError(
-            f"shift must be in [0, 0.5) and brightness in [0, 1], got shift={shift}, brightness={brightness}"
-        )
+        raise ConfigError(f"pad_size {pad_size} is smaller than the image size {content} it must contain")
+    _in_range("shift", shift, 0.0, 0.5, high_inclusive=False)
+    _in_range("brightness", brightness, 0.0, 1.0)
     stats = _stats(mean, std, 1)
     steps: list[A.BasicTransform] = []
     if resize is not None:
@@ -175,17 +194,17 @@ def voc_transforms(
         A strict ``A.Compose`` producing ``image`` ``[3, H, W]`` and ``mask`` ``[H, W]``.
 
     Raises:
-        ValueError: an option is out of range or unknown.
+        ConfigError: an option is out of range or unknown.
     """
     stats = _stats(mean, std, 3)
     if image_fill not in ("mean", "zero"):
-        raise ValueError(f"image_fill must be 'mean' or 'zero', got {image_fill!r}")
+        raise ConfigError(f"image_fill must be 'mean' or 'zero', got {image_fill!r}")
     fill = tuple(round(m * 255) for m in stats[0]) if image_fill == "mean" else 0
     steps: list[A.BasicTransform]
     if train:
-        low, high = (float(s) for s in scale_range)
+        low, high = _numbers("scale_range", scale_range, 2)
         if not 0 < low <= high:
-            raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {tuple(scale_range)}")
+            raise ConfigError(f"scale_range must be (low, high) with 0 < low <= high, got {tuple(scale_range)}")
         size = _positive("crop_size", crop_size)
         steps = [
             # RandomScale samples 1 + limit, so (low - 1, high - 1) gives factors in [low, high].
@@ -220,7 +239,7 @@ def voc_transforms(
         size = _positive("eval_size", eval_size)
         steps = [A.Resize(height=size, width=size, interpolation=cv2.INTER_LINEAR, strict=True)]
     else:
-        raise ValueError(f"eval_mode must be 'pad' or 'resize', got {eval_mode!r}")
+        raise ConfigError(f"eval_mode must be 'pad' or 'resize', got {eval_mode!r}")
     return _finish(steps, *stats)
 
 
@@ -255,10 +274,10 @@ def folder_transforms(
         A strict ``A.Compose`` producing ``image`` ``[in_channels, H, W]`` and ``mask`` ``[H, W]``.
 
     Raises:
-        ValueError: an option is out of range.
+        ConfigError: an option is out of range.
     """
     if in_channels not in (1, 3):
-        raise ValueError(f"in_channels must be 1 or 3, got {in_channels!r}")
+        raise ConfigError(f"in_channels must be 1 or 3, got {in_channels!r}")
     default_mean, default_std = (GRAY_MEAN, GRAY_STD) if in_channels == 1 else (IMAGENET_MEAN, IMAGENET_STD)
     stats = _stats(default_mean if mean is None else mean, default_std if std is None else std, in_channels)
     steps: list[A.BasicTransform] = []

@@ -15,15 +15,16 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from lovaszseg.data.io import (
-    DatasetError,
     atomic_write,
     check_mask_values,
     check_same_size,
     read_image,
+    read_lines,
     read_mask,
     require_dir,
 )
 from lovaszseg.data.transforms import VOC_IGNORE_INDEX, voc_transforms
+from lovaszseg.errors import ConfigError, DataError
 
 __all__ = [
     "VOC_CLASSES",
@@ -89,14 +90,14 @@ def resolve_voc_root(root: str | Path) -> Path:
         The folder holding ``ImageSets``/``JPEGImages``/``SegmentationClass``.
 
     Raises:
-        FileNotFoundError: none of the candidates is such a folder.
+        DataError: none of the candidates is such a folder.
     """
     root = Path(root)
     candidates = (root / "VOCdevkit" / "VOC2012", root / "VOC2012", root)
     for candidate in candidates:
         if any((candidate / name).is_dir() for name in ("ImageSets", "JPEGImages", "SegmentationClass")):
             return candidate
-    raise FileNotFoundError(
+    raise DataError(
         f"no Pascal VOC 2012 folder (with ImageSets/, JPEGImages/ or SegmentationClass/) at any of "
         f"{', '.join(str(c) for c in candidates)}"
     )
@@ -115,30 +116,26 @@ def read_split(voc_dir: Path, split: str | Path) -> list[str]:
         Ids in file order.
 
     Raises:
-        ValueError: unknown split name.
-        FileNotFoundError: the split file of an official split or a given path is missing.
-        DatasetError: the split lists no ids.
+        ConfigError: unknown split name.
+        DataError: the split file of an official split or a given path is missing or unreadable, or
+            lists no ids.
     """
     split_dir = voc_dir / "ImageSets" / "Segmentation"
     as_path = Path(split)
     if isinstance(split, Path) or as_path.suffix == ".txt" or len(as_path.parts) > 1:
         path = as_path
-        if not path.is_file():
-            raise FileNotFoundError(f"VOC split file not found: {path}")
     else:
         path = split_dir / f"{split}.txt"
-        if not path.is_file():
-            if split in OFFICIAL_SPLITS:
-                raise FileNotFoundError(f"VOC split file not found: {path}")
+        if not path.is_file() and split not in OFFICIAL_SPLITS:
             available = sorted(p.stem for p in split_dir.glob("*.txt")) if split_dir.is_dir() else []
-            raise ValueError(
+            raise ConfigError(
                 f"unknown VOC split {split!r}; expected one of {sorted(set(OFFICIAL_SPLITS) | set(available))} "
                 "or a path to a .txt file"
             )
-    lines = path.read_text(encoding="utf-8").splitlines()
-    ids = [Path(line.split()[0]).stem for line in lines if line.strip()]
+    lines = read_lines(path, "VOC split file")
+    ids = [Path(line.split()[0]).stem for line in lines]
     if not ids:
-        raise DatasetError(f"VOC split file {path} lists no ids")
+        raise DataError(f"VOC split file {path} lists no ids")
     return ids
 
 
@@ -152,8 +149,7 @@ def read_voc_mask(path: Path) -> np.ndarray:
         uint8 ``[H, W]`` with values in ``0..20`` and 255 (void).
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        DatasetError: unreadable, colour (RGB) mask, or values outside ``{0..20, 255}``.
+        DataError: missing, unreadable, colour (RGB) mask, or values outside ``{0..20, 255}``.
     """
     mask = read_mask(path)
     check_mask_values(mask, _ALLOWED_VALUES, path)
@@ -249,9 +245,8 @@ class VOCSegmentation(Dataset):
             transform: Albumentations pipeline producing tensors; default ``voc_transforms(train=False)``.
 
         Raises:
-            ValueError: unknown split.
-            FileNotFoundError: missing folder, split file, image or mask.
-            DatasetError: empty split.
+            ConfigError: unknown split.
+            DataError: missing folder, split file, image or mask, or an empty split.
         """
         self.voc_dir = resolve_voc_root(root)
         self.ids = read_split(self.voc_dir, split)
@@ -264,7 +259,7 @@ class VOCSegmentation(Dataset):
         for folder, suffix, what in ((self.image_dir, ".jpg", "images"), (self.mask_dir, ".png", "masks")):
             present = {p.name for p in folder.iterdir()}
             if missing := [i for i in self.ids if f"{i}{suffix}" not in present]:
-                raise FileNotFoundError(
+                raise DataError(
                     f"{len(missing)} {what} of split {split!r} missing in {folder}, e.g. "
                     + ", ".join(f"{i}{suffix}" for i in missing[:5])
                 )

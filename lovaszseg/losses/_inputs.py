@@ -29,6 +29,16 @@ def _check_labels_tensor(name: str, labels: Tensor) -> None:
         raise TypeError(f"{name} must be an integer, bool or float tensor, got {labels.dtype}")
 
 
+def _check_not_empty(kind: str, logits: Tensor, labels: Tensor, labels_name: str = "labels") -> None:
+    # Otherwise an empty batch fails deep inside reshape, with a message about an ambiguous -1.
+    if logits.numel() == 0:
+        what = "an empty batch (batch size 0)" if logits.dim() and logits.shape[0] == 0 else "no values"
+        raise ValueError(
+            f"{kind} losses need at least one image with one pixel; got {what}: "
+            f"logits {tuple(logits.shape)} and {labels_name} {tuple(labels.shape)}"
+        )
+
+
 def _valid_mask(labels: Tensor, ignore_index: int | None) -> Tensor | None:
     # None means "every pixel counts" and saves a full-size mask and the work done with it.
     return None if ignore_index is None else labels != ignore_index
@@ -63,6 +73,7 @@ def binary_inputs(logits: Tensor, labels: Tensor, ignore_index: int | None) -> t
     """
     _check_float("logits", logits)
     _check_labels_tensor("labels", labels)
+    _check_not_empty("binary", logits, labels)
     if logits.dim() == labels.dim() + 1 and logits.dim() >= 2 and logits.shape[1] == 1:
         logits = logits.squeeze(1)
     if labels.dim() == logits.dim() + 1 and labels.dim() >= 2 and labels.shape[1] == 1:
@@ -98,6 +109,7 @@ def multiclass_inputs(logits: Tensor, labels: Tensor, ignore_index: int | None) 
     _check_labels_tensor("labels", labels)
     if labels.is_floating_point() or labels.dtype == torch.bool:
         raise TypeError(f"labels must be an integer tensor of class ids, got {labels.dtype}")
+    _check_not_empty("multi-class", logits, labels)
     if (
         logits.dim() < 2
         or labels.dim() != logits.dim() - 1
@@ -139,6 +151,7 @@ def multilabel_inputs(logits: Tensor, targets: Tensor, ignore_index: int | None)
     """
     _check_float("logits", logits)
     _check_labels_tensor("targets", targets)
+    _check_not_empty("multi-label", logits, targets, "targets")
     if logits.dim() >= 2 and logits.shape[1] == 1 and targets.dim() == logits.dim() - 1:
         targets = targets.unsqueeze(1)
     if logits.dim() < 2 or logits.shape != targets.shape:

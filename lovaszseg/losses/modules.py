@@ -1,12 +1,18 @@
-"""Thin ``nn.Module`` wrappers around the functional losses, for configs and training loops."""
+"""Thin ``nn.Module`` wrappers around the functional losses, for configs and training loops.
+
+Options are checked when a module is built (from a config, before any training), raising ``ConfigError``
+naming the option and value; the functions check them again, as plain ``ValueError``, when called.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from torch import Tensor, nn
 
+from lovaszseg.errors import ConfigError
 from lovaszseg.losses.constants import BINARY_MODE, MULTICLASS_MODE
 from lovaszseg.losses.cross_entropy import binary_cross_entropy, cross_entropy
 from lovaszseg.losses.jaccard import soft_jaccard
@@ -23,6 +29,43 @@ __all__ = [
 ]
 
 
+def _flag(name: str, value: Any) -> bool:
+    # A YAML string such as "false" would otherwise count as true.
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+def _ignore_index(value: Any) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"ignore_index must be an integer label value or null, got {value!r}")
+    return value
+
+
+def _choice(name: str, value: Any, allowed: Sequence[Any]) -> Any:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {list(allowed)}, got {value!r}")
+    return value
+
+
+def _number(name: str, value: Any, low: float, high: float = math.inf, *, open_low: bool = False) -> float:
+    """``value`` as a float if it is a finite number from ``low`` (excluded with ``open_low``) to ``high``."""
+    finite = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not finite or not (low < value if open_low else low <= value) or value > high:
+        where = f"{'>' if open_low else '>='} {low:g}" + ("" if high == math.inf else f" and <= {high:g}")
+        raise ConfigError(f"{name} must be a finite number {where}, got {value!r}")
+    return float(value)
+
+
+def _classes(value: Any) -> str | list[int]:
+    if isinstance(value, str):
+        return _choice("classes", value, ("present", "all"))
+    ids = list(value) if isinstance(value, Sequence) else []
+    if not ids or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in ids):
+        raise ConfigError(f"classes must be 'present', 'all' or a non-empty list of class ids, got {value!r}")
+    return ids
+
+
 class LovaszHingeLoss(nn.Module):
     """Binary Lovász hinge loss; see :func:`lovaszseg.losses.lovasz_hinge` for the arguments."""
 
@@ -34,9 +77,8 @@ class LovaszHingeLoss(nn.Module):
         symmetric: bool = False,
     ) -> None:
         super().__init__()
-        if variant not in HINGE_VARIANTS:
-            raise ValueError(f"variant must be one of {list(HINGE_VARIANTS)}, got {variant!r}")
-        self.per_image, self.ignore_index, self.variant, self.symmetric = per_image, ignore_index, variant, symmetric
+        self.per_image, self.ignore_index = _flag("per_image", per_image), _ignore_index(ignore_index)
+        self.variant, self.symmetric = _choice("variant", variant, HINGE_VARIANTS), _flag("symmetric", symmetric)
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
         return lovasz_hinge(logits, labels, self.per_image, self.ignore_index, self.variant, self.symmetric)
@@ -53,8 +95,9 @@ class LovaszSoftmaxLoss(nn.Module):
         from_logits: bool = True,
     ) -> None:
         super().__init__()
-        self.classes = classes if isinstance(classes, str) else list(classes)
-        self.per_image, self.ignore_index, self.from_logits = per_image, ignore_index, from_logits
+        self.classes = _classes(classes)
+        self.per_image, self.ignore_index = _flag("per_image", per_image), _ignore_index(ignore_index)
+        self.from_logits = _flag("from_logits", from_logits)
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
         return lovasz_softmax(logits, labels, self.classes, self.per_image, self.ignore_index, self.from_logits)
@@ -65,7 +108,7 @@ class LovaszSigmoidLoss(nn.Module):
 
     def __init__(self, per_image: bool = False, ignore_index: int | None = None) -> None:
         super().__init__()
-        self.per_image, self.ignore_index = per_image, ignore_index
+        self.per_image, self.ignore_index = _flag("per_image", per_image), _ignore_index(ignore_index)
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         return lovasz_sigmoid(logits, targets, self.per_image, self.ignore_index)
@@ -87,15 +130,9 @@ class SoftJaccardLoss(nn.Module):
         classes: Literal["present", "all"] = "present",
     ) -> None:
         super().__init__()
-        if mode not in (None, BINARY_MODE, MULTICLASS_MODE):
-            raise ValueError(f"mode must be None, 'binary' or 'multiclass', got {mode!r}")
-        self.mode, self.per_image, self.smooth, self.ignore_index, self.classes = (
-            mode,
-            per_image,
-            smooth,
-            ignore_index,
-            classes,
-        )
+        self.mode = _choice("mode", mode, (None, BINARY_MODE, MULTICLASS_MODE))
+        self.per_image, self.smooth = _flag("per_image", per_image), _number("smooth", smooth, 0.0)
+        self.ignore_index, self.classes = _ignore_index(ignore_index), _choice("classes", classes, ("present", "all"))
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
         mode = self.mode
@@ -110,7 +147,8 @@ class BinaryCrossEntropyLoss(nn.Module):
 
     def __init__(self, ignore_index: int | None = None, pos_weight: float | None = None) -> None:
         super().__init__()
-        self.ignore_index, self.pos_weight = ignore_index, pos_weight
+        self.ignore_index = _ignore_index(ignore_index)
+        self.pos_weight = None if pos_weight is None else _number("pos_weight", pos_weight, 0.0, open_low=True)
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
         return binary_cross_entropy(logits, labels, self.ignore_index, self.pos_weight)
@@ -121,7 +159,8 @@ class CrossEntropyLoss(nn.Module):
 
     def __init__(self, ignore_index: int | None = None, label_smoothing: float = 0.0) -> None:
         super().__init__()
-        self.ignore_index, self.label_smoothing = ignore_index, label_smoothing
+        self.ignore_index = _ignore_index(ignore_index)
+        self.label_smoothing = _number("label_smoothing", label_smoothing, 0.0, 1.0)
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
         return cross_entropy(logits, labels, self.ignore_index, self.label_smoothing)

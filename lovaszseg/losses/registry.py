@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
 
+from lovaszseg.errors import ConfigError
 from lovaszseg.losses.modules import (
     BinaryCrossEntropyLoss,
     CrossEntropyLoss,
@@ -38,16 +40,19 @@ def _options_of(cls: type[nn.Module]) -> list[str]:
 
 def _build_term(name: str, options: Mapping[str, Any], ignore_index: int | None) -> nn.Module:
     if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; choose from {sorted(LOSSES)}")
+        raise ConfigError(f"unknown loss {name!r}; choose from {sorted(LOSSES)}")
     cls = LOSSES[name]
     allowed = _options_of(cls)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise ValueError(f"loss {name!r} has no option {unknown}; its options are {allowed}")
+        raise ConfigError(f"loss {name!r} has no option {unknown}; its options are {allowed}")
     kwargs = dict(options)
     if "ignore_index" in allowed:
         kwargs.setdefault("ignore_index", ignore_index)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as error:
+        raise ConfigError(f"loss {name!r}: {error}") from None
 
 
 def _weight_and_options(name: str, value: Any) -> tuple[float, dict[str, Any]]:
@@ -55,14 +60,16 @@ def _weight_and_options(name: str, value: Any) -> tuple[float, dict[str, Any]]:
     if value is None:
         return 1.0, {}
     if isinstance(value, bool) or not isinstance(value, int | float | Mapping):
-        raise ValueError(f"loss {name!r}: expected a weight (number) or a mapping of options, got {value!r}")
+        raise ConfigError(f"loss {name!r}: expected a weight (number) or a mapping of options, got {value!r}")
     if isinstance(value, Mapping):
         options = dict(value)
         weight = options.pop("weight", 1.0)
-        if isinstance(weight, bool) or not isinstance(weight, int | float):
-            raise ValueError(f"loss {name!r}: weight must be a number, got {weight!r}")
-        return float(weight), options
-    return float(value), {}
+    else:
+        weight, options = value, {}
+    # A negative weight would maximise the loss; NaN or infinity would poison every step.
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < math.inf:
+        raise ConfigError(f"loss {name!r}: weight must be a finite number >= 0, got {weight!r}")
+    return float(weight), options
 
 
 def build_loss(spec: LossSpec, ignore_index: int | None = None) -> nn.Module:
@@ -77,12 +84,13 @@ def build_loss(spec: LossSpec, ignore_index: int | None = None) -> nn.Module:
         The loss module; a :class:`WeightedSumLoss` when the spec has several terms or a weight ≠ 1.
 
     Raises:
-        ValueError: Unknown loss name or option, or a malformed spec; the message lists what is allowed.
+        ConfigError: Unknown loss name or option, a bad option value or weight, or a malformed spec; the
+            message lists what is allowed.
     """
     if isinstance(spec, str):
         return _build_term(spec, {}, ignore_index)
     if not isinstance(spec, Mapping) or not spec:
-        raise ValueError(
+        raise ConfigError(
             f"a loss spec is a name or a non-empty mapping of names; got {spec!r} (losses: {sorted(LOSSES)})"
         )
     terms = {}
