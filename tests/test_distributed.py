@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from lovaszseg.engine import distributed
 from lovaszseg.engine.checkpoint import load_checkpoint
 from lovaszseg.engine.reporting import read_summary
 from lovaszseg.engine.runs import evaluate_run
+from lovaszseg.errors import ConfigError
 
 
 @pytest.mark.parametrize(("length", "world_size"), [(10, 1), (10, 3), (7, 2), (1, 4), (0, 2)])
@@ -41,10 +43,39 @@ def test_setup_outside_torchrun_is_rank_zero_of_one(monkeypatch: pytest.MonkeyPa
     assert (distributed.any_rank(True, info), distributed.any_rank(False, info)) == (True, False)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown on machines without CUDA")
-def test_setup_cuda_without_cuda_says_what_to_set() -> None:
-    with pytest.raises(ValueError, match=r"train\.device=cpu"):
-        distributed.setup("cuda")
+@pytest.mark.parametrize("name", ["cuda", "cuda:0", "auto"])
+def test_cuda_without_a_gpu_is_a_config_error_saying_what_to_use(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    if name == "auto":  # auto falls back to the CPU
+        assert distributed.resolve_device(name) == torch.device("cpu") and distributed.setup(name).device.type == "cpu"
+        return
+    message = f"device {name!r} asked for, but no CUDA GPU is available here; use cpu or auto"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        distributed.resolve_device(name)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        distributed.setup(name)
+
+
+@pytest.mark.parametrize("name", ["gpu", "GPU", "cuda0", "cuda:", "cuda:-1", "cpu:0", "mps", "", " cpu", 0, None])
+def test_unknown_devices_name_the_value_and_the_allowed_names(name: object) -> None:
+    with pytest.raises(ConfigError) as caught:
+        distributed.resolve_device(name)  # type: ignore[arg-type]
+    assert str(caught.value) == f"unknown device {name!r}; use {distributed.DEVICE_NAMES}"
+    assert distributed.DEVICE_NAMES == "auto, cpu, cuda or cuda:N"
+
+
+def test_a_gpu_index_beyond_the_gpus_there_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert distributed.resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert distributed.resolve_device("cuda") == torch.device("cuda")
+    assert distributed.resolve_device("auto") == torch.device("cuda")
+    with pytest.raises(ConfigError, match=re.escape("device 'cuda:2' asked for, but only 2 GPU(s) exist")):
+        distributed.resolve_device("cuda:2")
+
+
+def test_cpu_is_always_available() -> None:
+    assert distributed.resolve_device("cpu") == torch.device("cpu")
 
 
 def test_two_cpu_processes_end_equal_and_match_single_process_evaluation(tiny_salt: Path, tmp_path: Path) -> None:
@@ -80,3 +111,6 @@ def test_two_cpu_processes_end_equal_and_match_single_process_evaluation(tiny_sa
     single = evaluate_run(tmp_path / "ddp" / "last.pt", device="cpu", out=tmp_path)
     for name in ("salt_score", "iou", "image_iou"):
         assert last["metrics"][name] == pytest.approx(single[name], rel=1e-6, abs=1e-9), name
+    # The finished run: one saved config (also in the exported model's header), no config.json.
+    assert (tmp_path / "ddp" / "config.yaml").is_file() and (tmp_path / "ddp" / "model.safetensors").is_file()
+    assert not (tmp_path / "ddp" / "config.json").exists()

@@ -1,0 +1,415 @@
+"""eval / predict / submit on tiny trained runs: numbers, eval.json, and every bad input as a typed error."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_salt_config
+from PIL import Image
+from rich.console import Console
+from torch.utils.data import DataLoader
+
+from lovaszseg.config import load_config
+from lovaszseg.data import build_dataset, build_transform
+from lovaszseg.engine import train
+from lovaszseg.engine.checkpoint import load_checkpoint
+from lovaszseg.engine.evaluate import Scorer
+from lovaszseg.engine.run_folder import load_model
+from lovaszseg.engine.runs import check_threshold, evaluate_run, predict_run, submit_run
+from lovaszseg.errors import CheckpointError, ConfigError, DataError
+from lovaszseg.inference import predict_folder
+from lovaszseg.metrics import ConfusionMatrix, binary_iou
+from lovaszseg.rle import decode, read_rle_csv
+from lovaszseg.thresholds import DEFAULT_THRESHOLD, THRESHOLD_GRID
+
+# One short epoch at a low rate: probabilities spread over (0, 1) rather than collapsed to 0 or 1.
+ONE_STAGE = [{"name": "bce", "loss": "bce", "epochs": 1, "lr": 0.001}]
+BAD_THRESHOLDS = [2.0, -0.1, 1.0000001, math.nan, math.inf, True, "0.5"]
+
+
+def _quiet() -> Console:
+    return Console(file=io.StringIO())
+
+
+@pytest.fixture(scope="module")
+def salt_run(tiny_salt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny TGS run trained for one epoch (6 validation images)."""
+    tmp = tmp_path_factory.mktemp("runs")
+    config = load_config(tiny_salt_config(tiny_salt, tmp, data={"batch_size": 4}, stages=ONE_STAGE))
+    result = train(config, run_dir=tmp / "salt", console=_quiet())
+    assert result.completed and (tmp / "salt" / "model.safetensors").is_file()
+    return tmp / "salt"
+
+
+@pytest.fixture(scope="module")
+def real_test_images(shared_dir: Path) -> list[Path]:
+    """Five real 101x101 TGS test images, in file-name order."""
+    return sorted((shared_dir / "tgs" / "test" / "images").iterdir())[:5]
+
+
+def _copy_images(paths: list[Path], folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    for path in paths:
+        shutil.copy(path, folder)
+    return folder
+
+
+def _no_files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file()]
+
+
+# --- eval ---------------------------------------------------------------------------------------------
+
+
+def test_evaluate_run_equals_the_validation_metrics_of_training_and_writes_eval_json(salt_run: Path) -> None:
+    (salt_run / "eval.json").unlink(missing_ok=True)
+    metrics = evaluate_run(salt_run, device="cpu")
+    # One metrics engine: the numbers training stored for its best epoch are the numbers eval gives.
+    stored = load_checkpoint(salt_run / "best.pt")["metrics"]
+    for name in ("salt_score", "iou", "image_iou"):
+        assert metrics[name] == pytest.approx(stored[name], abs=1e-12), name
+    assert set(metrics) == {
+        "salt_score",
+        "iou",
+        "image_iou",
+        "best_threshold",
+        "salt_score_at_best_threshold",
+        "iou_best_threshold",
+        "iou_at_best_threshold",
+        "image_iou_best_threshold",
+        "image_iou_at_best_threshold",
+    }
+    assert (
+        metrics["best_threshold"] in THRESHOLD_GRID and metrics["salt_score_at_best_threshold"] >= metrics["salt_score"]
+    )
+    written = json.loads((salt_run / "eval.json").read_text())
+    assert written == {"split": "val", "tta": "none", "model": str(salt_run / "best.pt"), **metrics}
+    # From the exported model: the same weights, the same numbers; the record goes where asked.
+    exported = evaluate_run(salt_run / "model.safetensors", device="cpu", out=salt_run / "elsewhere")
+    assert exported == metrics
+    assert json.loads((salt_run / "elsewhere" / "eval.json").read_text())["model"] == str(
+        salt_run / "model.safetensors"
+    )
+
+
+def test_evaluate_run_streams_batch_by_batch(salt_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    batches: list[int] = []
+    real_update = Scorer.update
+
+    def update(self: Any, probs: torch.Tensor, masks: torch.Tensor) -> None:
+        batches.append(len(probs))
+        assert probs.shape[-2:] == masks.shape[-2:] == (101, 101)  # cropped back before scoring
+        real_update(self, probs, masks)
+
+    monkeypatch.setattr(Scorer, "update", update)
+    metrics = evaluate_run(salt_run, split="all", device="cpu", out=salt_run / "all")
+    assert batches == [4] * 6 and 0 <= metrics["iou"] <= 1  # 24 images, data.batch_size 4
+
+
+def test_evaluate_run_needs_masks(salt_run: Path) -> None:
+    with pytest.raises(DataError, match=r"split 'test' of .* has no masks to evaluate against"):
+        evaluate_run(salt_run, split="test", device="cpu")
+
+
+def _folder_dataset(root: Path, count: int = 10) -> Path:
+    """RGB 40x40 images with 0/1 masks and 255 (ignored) borders and speckles."""
+    rng = np.random.default_rng(0)
+    for kind in ("images", "masks"):
+        (root / kind).mkdir(parents=True)
+    for index in range(count):
+        mask = np.zeros((40, 40), np.uint8)
+        top, left = rng.integers(0, 25, 2)
+        mask[top : top + 15, left : left + 12] = 1
+        image = rng.integers(0, 80, (40, 40, 3)).astype(np.uint8)
+        image[mask == 1] += 150
+        mask[:, :3] = 255
+        mask[rng.random(mask.shape) < 0.05] = 255
+        Image.fromarray(image).save(root / "images" / f"s{index:02d}.png")
+        Image.fromarray(mask).save(root / "masks" / f"s{index:02d}.png")
+    return root
+
+
+def test_evaluate_run_on_a_binary_folder_dataset_with_an_ignore_index(
+    tiny_salt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = _folder_dataset(tmp_path / "data")
+    options = {"num_classes": 2, "ignore_index": 255}
+    config = load_config(
+        tiny_salt_config(
+            root,
+            tmp_path,
+            data={"name": "folder", "root": str(root), "batch_size": 4, "val_batch_size": 3, "options": options},
+            stages=ONE_STAGE,
+        )
+    )
+    assert train(config, run_dir=tmp_path / "run", console=_quiet()).completed
+    metrics = evaluate_run(tmp_path / "run", split="all", device="cpu")
+    assert "salt_score" not in metrics and "best_threshold" not in metrics  # the TGS metric needs every pixel
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["iou"] == metrics["iou"]
+
+    # Reference: the whole split's probabilities at once, scored by the reference functions, void left out.
+    model = load_model(tmp_path / "run").model
+    dataset = build_dataset("folder", root, "all", train=False, **options)
+    with torch.no_grad():
+        batches = [(model(b["image"]).sigmoid()[:, 0].double(), b["mask"]) for b in DataLoader(dataset, batch_size=3)]
+    probs, masks = torch.cat([p for p, _ in batches]), torch.cat([m for _, m in batches])
+    assert masks.shape == (10, 64, 64) and set(masks.unique().tolist()) == {0, 1, 255}  # padded with 255
+    iou, image_iou = [], []
+    for threshold in THRESHOLD_GRID:
+        matrix = ConfusionMatrix(2, 255)
+        matrix.update((probs > threshold).long(), masks)
+        iou.append(float(matrix.iou()[1]))
+        image_iou.append(float(binary_iou(probs, masks, threshold, ignore_index=255).mean()))
+    default = list(THRESHOLD_GRID).index(DEFAULT_THRESHOLD)
+    for name, curve in (("iou", iou), ("image_iou", image_iou)):
+        best = int(np.argmax(curve))
+        assert metrics[name] == pytest.approx(curve[default], abs=1e-9), name
+        assert metrics[f"{name}_best_threshold"] == THRESHOLD_GRID[best], name
+        assert metrics[f"{name}_at_best_threshold"] == pytest.approx(curve[best], abs=1e-9), name
+
+    # predict works on such a model too: binary masks at the images' own size.
+    assert predict_run(tmp_path / "run", root / "images", tmp_path / "pred", device="cpu") == 10
+    mask = np.asarray(Image.open(tmp_path / "pred" / "masks" / "s00.png"))
+    assert mask.shape == (40, 40) and set(np.unique(mask)) <= {0, 255}
+
+
+# --- submit ---------------------------------------------------------------------------------------------
+
+
+def _probabilities(run: Path, images: Path, tta: str = "none") -> dict[str, np.ndarray]:
+    """Foreground probabilities ``[101, 101]`` of a folder, by id, straight from predict_folder."""
+    loaded = load_model(run)
+    transform = build_transform("tgs", train=False, **loaded.config.data.options)
+    predicted = predict_folder(loaded.model, images, transform, in_channels=1, tta=tta)
+    return {path.stem: probs[0] for path, _, probs in predicted}
+
+
+@pytest.mark.parametrize(("threshold", "tta"), [(0.0, "none"), (0.5, "hflip"), (0.73, "none"), (1.0, "none")])
+def test_submit_writes_every_image_in_order_at_the_threshold(
+    threshold: float, tta: str, salt_run: Path, real_test_images: list[Path], tmp_path: Path
+) -> None:
+    folder = _copy_images(real_test_images, tmp_path / "test" / "images")
+    probs = _probabilities(salt_run, folder, tta)
+    path, used = submit_run(salt_run, folder.parent, tmp_path / "s.csv", threshold=threshold, tta=tta, device="cpu")
+    assert (path, used) == (tmp_path / "s.csv", threshold)
+    rows = read_rle_csv(path)
+    assert list(rows) == [p.stem for p in real_test_images] == list(probs)
+    for sample_id, rle in rows.items():
+        np.testing.assert_array_equal(decode(rle, (101, 101)), probs[sample_id] > threshold)
+    if threshold == 1.0:  # no probability lies above 1
+        assert set(rows.values()) == {""}
+
+
+def test_submit_auto_threshold_is_the_best_validation_threshold(
+    salt_run: Path, tiny_salt: Path, tmp_path: Path
+) -> None:
+    path, used = submit_run(salt_run, tiny_salt / "test", tmp_path / "s.csv", threshold="auto", device="cpu")
+    assert used == evaluate_run(salt_run, device="cpu")["best_threshold"]
+    # tiny_salt/sample_submission.csv beside test/ fixes the ids and their order.
+    assert list(read_rle_csv(path)) == list(read_rle_csv(tiny_salt / "sample_submission.csv"))
+
+
+def test_submit_refuses_ids_that_differ_from_the_sample_submission(
+    salt_run: Path, real_test_images: list[Path], tmp_path: Path
+) -> None:
+    folder = _copy_images(real_test_images, tmp_path / "images")
+    sample = tmp_path / "sample.csv"
+    sample.write_text("id,rle_mask\n" + "".join(f"{p.stem},1 1\n" for p in real_test_images[:4]) + "other,1 1\n")
+    out = tmp_path / "out" / "s.csv"
+    with pytest.raises(DataError, match=rf"1 missing id\(s\), first \['other'\].*'{real_test_images[4].stem}'"):
+        submit_run(salt_run, folder, out, sample_submission=sample, device="cpu")
+    assert not out.parent.exists() or not _no_files(out.parent)
+
+
+def test_submit_on_64x64_images_names_the_first_and_writes_nothing(salt_run: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "small"
+    folder.mkdir()
+    for name in ("b", "a", "c"):
+        Image.fromarray(np.full((64, 64), 100, np.uint8)).save(folder / f"{name}.png")
+    out = tmp_path / "out" / "submission.csv"
+    with pytest.raises(DataError) as caught:
+        submit_run(salt_run, folder, out, device="cpu")
+    assert str(caught.value) == f"image {folder / 'a.png'} is 64x64; TGS submissions need 101x101 images"
+    assert not out.exists() and not (out.parent.exists() and _no_files(out.parent))
+
+
+def test_submit_names_the_one_odd_sized_image_among_real_ones(
+    salt_run: Path, real_test_images: list[Path], tmp_path: Path
+) -> None:
+    folder = _copy_images(real_test_images, tmp_path / "images")
+    odd = folder / real_test_images[2].name
+    Image.open(odd).crop((0, 0, 96, 90)).save(odd)  # the middle file, 90 high and 96 wide
+    out = tmp_path / "submission.csv"
+    out.write_text("id,rle_mask\n")  # an earlier file is not replaced
+    with pytest.raises(DataError) as caught:
+        submit_run(salt_run, folder, out, device="cpu")
+    assert str(caught.value) == f"image {odd} is 90x96; TGS submissions need 101x101 images"
+    assert out.read_text() == "id,rle_mask\n"
+
+
+@pytest.mark.parametrize("threshold", BAD_THRESHOLDS)
+def test_thresholds_outside_zero_one_are_config_errors(
+    threshold: Any, salt_run: Path, tiny_salt: Path, tmp_path: Path
+) -> None:
+    message = rf"threshold must be a probability in \[0, 1\], got {threshold!r}"
+    with pytest.raises(ConfigError, match=message):
+        check_threshold(threshold)
+    with pytest.raises(ConfigError, match=message):
+        submit_run(salt_run, tiny_salt / "test", tmp_path / "s.csv", threshold=threshold, device="cpu")
+    with pytest.raises(ConfigError, match=message):
+        predict_run(salt_run, tiny_salt / "test" / "images", tmp_path / "pred", threshold=threshold, device="cpu")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("threshold", [0, 0.0, 0.5, 1, 1.0])
+def test_thresholds_in_zero_one_are_accepted(threshold: float) -> None:
+    assert check_threshold(threshold) == float(threshold) and isinstance(check_threshold(threshold), float)
+
+
+def test_submit_out_naming_a_folder_is_a_config_error(salt_run: Path, tiny_salt: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=f"--out {tmp_path} is a folder; name the CSV file to write"):
+        submit_run(salt_run, tiny_salt / "test", tmp_path, device="cpu")
+    assert not list(tmp_path.iterdir())
+
+
+def _run_command(command: str, run: Path, tiny_salt: Path, tmp_path: Path, **options: Any) -> Any:
+    if command == "eval":
+        return evaluate_run(run, out=tmp_path / "eval", **options)
+    if command == "predict":
+        return predict_run(run, tiny_salt / "test" / "images", tmp_path / "pred", **options)
+    return submit_run(run, tiny_salt / "test", tmp_path / "s.csv", **options)
+
+
+@pytest.mark.parametrize("command", ["eval", "predict", "submit"])
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "CPU", "", "tpu"])
+def test_unknown_devices_name_the_value_and_the_allowed_names(
+    command: str, device: str, salt_run: Path, tiny_salt: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match=rf"unknown device {device!r}; use auto, cpu, cuda or cuda:N"):
+        _run_command(command, salt_run, tiny_salt, tmp_path, device=device)
+    assert not _no_files(tmp_path)
+
+
+@pytest.mark.parametrize("command", ["eval", "predict", "submit"])
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_cuda_without_a_gpu_is_a_config_error(
+    command: str, device: str, salt_run: Path, tiny_salt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=rf"device {device!r} asked for, but no CUDA GPU is available here"):
+        _run_command(command, salt_run, tiny_salt, tmp_path, device=device)
+    assert not _no_files(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "best.pt"])
+@pytest.mark.parametrize("command", ["eval", "predict", "submit"])
+def test_a_truncated_model_file_is_a_checkpoint_error_naming_it(
+    name: str, command: str, salt_run: Path, tiny_salt: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "copy" / name
+    copy.parent.mkdir()
+    data = (salt_run / name).read_bytes()
+    copy.write_bytes(data[: len(data) // 2])
+    shutil.copy(salt_run / "config.yaml", copy.parent)
+    with pytest.raises(CheckpointError, match=str(copy)):
+        _run_command(command, copy, tiny_salt, tmp_path, device="cpu")
+    with pytest.raises(CheckpointError, match=str(copy)):  # as the model of its run folder too
+        _run_command(command, copy.parent, tiny_salt, tmp_path, device="cpu")
+    assert set(_no_files(tmp_path)) == {copy, copy.parent / "config.yaml"}
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda tmp: tmp / "missing", "no run folder or model file at {tmp}/missing"),
+        (lambda tmp: tmp, "{tmp} is not a run folder: it has no config.yaml"),
+        (lambda tmp: tmp / "missing.pt", "no run folder or model file at {tmp}/missing.pt"),
+    ],
+)
+def test_no_run_is_a_checkpoint_error(make: Any, message: str, tiny_salt: Path, tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=message.format(tmp=tmp_path)):
+        evaluate_run(make(tmp_path), device="cpu")
+
+
+# --- predict --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("threshold", [0.0, DEFAULT_THRESHOLD, 0.81, 1.0])
+def test_predict_writes_binary_masks_at_the_threshold(
+    threshold: float, salt_run: Path, tiny_salt: Path, tmp_path: Path
+) -> None:
+    images = tiny_salt / "test" / "images"
+    probs = _probabilities(salt_run, images)
+    assert predict_run(salt_run, images, tmp_path, threshold=threshold, device="cpu") == 6
+    assert sorted(p.stem for p in (tmp_path / "masks").iterdir()) == list(probs)
+    assert sorted(p.stem for p in (tmp_path / "overlays").iterdir()) == list(probs)
+    for sample_id, prob in probs.items():
+        mask = np.asarray(Image.open(tmp_path / "masks" / f"{sample_id}.png"))
+        np.testing.assert_array_equal(mask, (prob > threshold).astype(np.uint8) * 255)
+        overlay = np.asarray(Image.open(tmp_path / "overlays" / f"{sample_id}.png"))
+        assert overlay.shape == (101, 101, 3)
+
+
+def test_predict_into_a_file_is_a_config_error(salt_run: Path, tiny_salt: Path, tmp_path: Path) -> None:
+    target = tmp_path / "file"
+    target.write_text("")
+    with pytest.raises(ConfigError, match=f"output folder {target} is a file"):
+        predict_run(salt_run, tiny_salt / "test" / "images", target, device="cpu")
+
+
+# --- runs from before the redesign -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def legacy_run(salt_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The salt run as the previous version wrote it: config.json, .pt files with a "config" entry,
+    model.safetensors without a config in its header, and no config.yaml."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("legacy") / "run"
+    folder.mkdir()
+    config = load_config(salt_run / "config.yaml").model_dump()
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    for name in ("best.pt", "last.pt"):
+        checkpoint = load_checkpoint(salt_run / name)
+        torch.save({**checkpoint, "config": config}, folder / name)
+    save_file(load_checkpoint(salt_run / "best.pt")["model"], str(folder / "model.safetensors"))
+    return folder
+
+
+@pytest.mark.parametrize("source", ["", "best.pt", "last.pt", "model.safetensors"])
+def test_a_run_folder_from_before_the_redesign_still_loads(
+    source: str, legacy_run: Path, salt_run: Path, tmp_path: Path
+) -> None:
+    assert not (legacy_run / "config.yaml").exists()
+    loaded = load_model(legacy_run / source if source else legacy_run)
+    assert loaded.config == load_config(salt_run / "config.yaml")
+    assert loaded.source == (legacy_run / (source or "best.pt"))
+    assert (loaded.spec.name, loaded.spec.in_channels, loaded.spec.num_classes) == ("tgs", 1, 1)
+    new = load_model(salt_run).model.state_dict()
+    for name, tensor in loaded.model.state_dict().items():
+        assert torch.equal(tensor, new[name]), name
+    if source in ("", "best.pt"):
+        assert evaluate_run(loaded.source, device="cpu", out=tmp_path) == evaluate_run(
+            salt_run, device="cpu", out=tmp_path
+        )
+
+
+def test_a_legacy_pt_without_its_config_falls_back_to_config_json(legacy_run: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    shutil.copytree(legacy_run, folder)
+    checkpoint = load_checkpoint(folder / "best.pt")
+    del checkpoint["config"]
+    torch.save(checkpoint, folder / "best.pt")
+    assert load_model(folder).config == load_config(json.loads((legacy_run / "config.json").read_text()))
+    (folder / "config.json").unlink()
+    with pytest.raises(CheckpointError, match=r"no config\.yaml"):
+        load_model(folder / "best.pt")
