@@ -253,11 +253,6 @@ class _FirstColumns(nn.Module):
         return logits
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (DatasetSpec of `folder`, original_size=None): images padded to the stride by reflection are "
-    "scored on the padded 64x64 maps, so reflected border pixels count in the metrics",
-)
 def test_folder_images_padded_to_the_stride_are_scored_on_their_own_pixels(tmp_path: Path) -> None:
     for kind in ("images", "masks"):
         (tmp_path / kind).mkdir()

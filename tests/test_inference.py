@@ -269,11 +269,6 @@ class _FirstColumns(nn.Module):
         return logits
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (lovaszseg/data/factory.py _folder_spec): the spec of a folder preset with `size` has resize=None, "
-    "so predict_folder crops the resized prediction instead of resizing it back (ValueError for larger images)",
-)
 def test_predict_folder_resizes_the_predictions_of_a_resizing_folder_preset_back(tmp_path: Path) -> None:
     options = {"size": 64}
     spec = describe_dataset("folder", options)

@@ -35,11 +35,17 @@ def _voc_spec(options: dict[str, Any]) -> DatasetSpec:
 
 
 def _folder_spec(options: dict[str, Any]) -> DatasetSpec:
-    classes = options["num_classes"]
+    classes, size = options["num_classes"], options["size"]
     binary = classes == 2
-    task = "binary" if binary else "multiclass"
     return DatasetSpec(
-        "folder", task, options["in_channels"], 1 if binary else classes, options["ignore_index"], None, None, _LABELLED
+        "folder",
+        "binary" if binary else "multiclass",
+        options["in_channels"],
+        1 if binary else classes,
+        options["ignore_index"],
+        None,
+        (size, size) if size else None,
+        (*_LABELLED, "size"),
     )
 
 

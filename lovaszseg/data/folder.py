@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
 from lovaszseg.data.io import (
@@ -163,4 +164,6 @@ class FolderDataset(Dataset):
         if self._foreground_alias:
             mask = np.where(mask == _BINARY_FOREGROUND_ALIAS, 1, mask)
         out = self.transform(image=image, mask=mask.astype(np.uint8))
-        return {"image": out["image"], "mask": out["mask"].long(), "id": sample_id}
+        # Images keep their own sizes: the size as read tells evaluation which pixels are padding.
+        size = torch.tensor(image.shape[:2])
+        return {"image": out["image"], "mask": out["mask"].long(), "id": sample_id, "size": size}

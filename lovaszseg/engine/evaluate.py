@@ -196,6 +196,11 @@ def evaluate(
         if spec.original_size is not None:
             probs = crop_to_original(probs, spec.original_size, resized=spec.resize)
             masks = crop_to_original(masks, spec.original_size, resized=spec.resize)
+        elif "size" in batch:  # images of their own sizes, padded to the model's stride: score their own pixels
+            for prob, mask, size in zip(probs, masks, batch["size"].tolist(), strict=True):
+                window = spec.resize or tuple(size)
+                scorer.update(crop_to_original(prob[None], window), crop_to_original(mask[None], window))
+            continue
         scorer.update(probs, masks)
     scorer.reduce_from_all_processes()
     losses.reduce_from_all_processes()
