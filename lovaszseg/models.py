@@ -8,13 +8,14 @@ import segmentation_models_pytorch as smp
 from torch import nn
 
 from lovaszseg.config import ModelConfig
+from lovaszseg.encoder_weights import load_encoder_weights, weights_file
 from lovaszseg.errors import ConfigError
 
 __all__ = ["EncoderWeightsError", "build_model", "check_input_size", "output_stride"]
 
 
 class EncoderWeightsError(ConfigError):
-    """``model.encoder_weights`` cannot be used here (e.g. offline); the message says how to go on."""
+    """``model.encoder_weights`` cannot be downloaded here (e.g. offline); the message says how to go on."""
 
 
 # Set by the config (in_channels and classes from the dataset), or would stop the model returning the
@@ -43,27 +44,34 @@ def _check_options(config: ModelConfig) -> None:
 def build_model(config: ModelConfig, in_channels: int, classes: int, *, pretrained: bool = True) -> nn.Module:
     """Create an smp model (``Unet``, ``DeepLabV3Plus``, ``FPN``, ...) with any smp encoder.
 
+    ``config.encoder_weights`` is an smp weight name (``imagenet``, ...: downloaded through the Hugging Face
+    Hub, or read from its cache, offline too), a local weights file (a value with a weights suffix or a path
+    separator; see :mod:`lovaszseg.encoder_weights`) or None (from scratch).
+
     Args:
         config: Architecture, encoder, encoder weights and extra ``create_model`` options.
         in_channels: Image channels (1 for TGS Salt, 3 for VOC).
         classes: Output channels (1 for binary tasks, 21 for VOC).
-        pretrained: Load ``config.encoder_weights``; False when weights will come from a checkpoint.
+        pretrained: Load ``config.encoder_weights``; False when weights will come from a checkpoint: then
+            nothing is downloaded and a weights file is neither read nor required to exist.
 
     Returns:
         The model, returning logits ``[B, classes, H, W]``.
 
     Raises:
-        ConfigError: unknown architecture or encoder, or bad options.
+        ConfigError: unknown architecture or encoder, bad options, or a weights file that is missing,
+            unreadable or does not fit the encoder (the message lists the keys).
         EncoderWeightsError: the pretrained weights could not be downloaded (a ConfigError; the message
-            says how to train without them).
+            says the ways out).
     """
     _check_options(config)
     weights = config.encoder_weights if pretrained else None
+    local = weights_file(weights) if weights is not None else None
     try:
-        return smp.create_model(
+        model = smp.create_model(
             config.arch,
             encoder_name=config.encoder,
-            encoder_weights=weights,
+            encoder_weights=None if local is not None else weights,
             in_channels=in_channels,
             classes=classes,
             **config.options,
@@ -75,8 +83,13 @@ def build_model(config: ModelConfig, in_channels: int, classes: int, *, pretrain
     except OSError as error:  # connection, DNS, HTTP and "not in the offline cache" errors of the download
         raise EncoderWeightsError(
             f"could not download the {weights!r} weights of encoder {config.encoder!r} ({error}); "
-            "this machine may be offline: train from scratch with model.encoder_weights=null"
+            "this machine may be offline: train from scratch with model.encoder_weights=null, or set "
+            "model.encoder_weights to a local weights file (.pth/.pt/.bin/.safetensors), or copy here a Hugging Face "
+            "cache (HF_HOME) filled on a machine with internet and set HF_HUB_OFFLINE=1 (docs/configs.md)"
         ) from error
+    if local is not None:
+        load_encoder_weights(model.encoder, local, in_channels=in_channels, name=config.encoder)
+    return model
 
 
 def output_stride(model: nn.Module) -> int:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import huggingface_hub.constants
 import pytest
 import segmentation_models_pytorch.encoders as smp_encoders
 import torch
-from huggingface_hub.errors import LocalEntryNotFoundError
+import torchvision
+from safetensors.torch import save_file
 
 from lovaszseg.config import ModelConfig
 from lovaszseg.errors import ConfigError
@@ -40,15 +44,44 @@ def test_build_model_without_weights(
     assert torch.isfinite(logits).all() and logits.std() > 0
 
 
-def test_failed_weight_download_says_to_train_from_scratch(monkeypatch: pytest.MonkeyPatch) -> None:
-    def offline(*args: object, **kwargs: object) -> str:
-        raise LocalEntryNotFoundError("cannot reach the Hub and the file is not cached")
+@pytest.fixture
+def offline_hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty Hugging Face cache, with HF_HUB_OFFLINE=1: nothing can be downloaded."""
+    cache = tmp_path / "hf-cache"
+    # huggingface_hub reads both variables when imported; its functions look them up here at each call.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    return cache
 
-    monkeypatch.setattr(smp_encoders, "hf_hub_download", offline)
+
+def test_imagenet_weights_come_from_a_prefilled_cache_offline(offline_hf_cache: Path) -> None:
+    # The layout hf_hub_download writes: models--{org}--{name}/snapshots/{revision}/{file}.
+    settings = smp_encoders.encoders["resnet18"]["pretrained_settings"]["imagenet"]
+    org, name = settings["repo_id"].split("/")
+    snapshot = offline_hf_cache / f"models--{org}--{name}" / "snapshots" / settings["revision"]
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    torch.manual_seed(4)
+    weights = torchvision.models.resnet18(weights=None).state_dict()
+    save_file(weights, snapshot / "model.safetensors")
+    model = build_model(ModelConfig(arch="Unet", encoder="resnet18", encoder_weights="imagenet"), 3, 1)
+    for key, tensor in model.encoder.state_dict().items():
+        assert torch.equal(tensor, weights[key]), key
+
+
+def test_failed_weight_download_says_the_ways_out(offline_hf_cache: Path) -> None:
     config = ModelConfig(arch="Unet", encoder="resnet18", encoder_weights="imagenet")
-    with pytest.raises(EncoderWeightsError, match=r"'imagenet' weights of encoder 'resnet18'.*encoder_weights=null"):
+    with pytest.raises(EncoderWeightsError) as caught:
         build_model(config, 1, 1)
-    assert issubclass(EncoderWeightsError, ConfigError)
+    message = str(caught.value)
+    assert "'imagenet' weights of encoder 'resnet18'" in message
+    for way_out in (
+        "model.encoder_weights=null",
+        "local weights file (.pth/.pt/.bin/.safetensors)",
+        "HF_HUB_OFFLINE=1",
+    ):
+        assert way_out in message, way_out
+    assert isinstance(caught.value, ConfigError)
     # Weights that will come from a checkpoint are never downloaded.
     assert build_model(config, 1, 1, pretrained=False) is not None
 
