@@ -147,7 +147,7 @@ def compare(
                 stop_signal = result.stop_signal
                 break
             histories[entry] = result.history
-        metrics = evaluate_run(folder.path)
+        metrics = evaluate_run(folder.path, console=console)
         rows.append({"loss": entry, "epochs": budget, **{k: round(v, 6) for k, v in metrics.items()}})
     if not rows:
         return CompareResult(out_dir, rows, stop_signal)

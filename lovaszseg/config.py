@@ -20,6 +20,7 @@ from lovaszseg.errors import ConfigError
 from lovaszseg.losses import LossSpec, build_loss
 
 __all__ = [
+    "PROGRESS_SECONDS",
     "Config",
     "ConfigError",
     "DataConfig",
@@ -37,6 +38,9 @@ MAX_LR = 10.0
 MAX_WEIGHT_DECAY = 1.0
 # The trainer reseeds torch with seed * 1_000_003 + ..., which must stay below 2**64.
 MAX_SEED = 2**32 - 1
+# Seconds between plain progress lines where no live bar can be drawn (a log file, nohup, CI, a scheduler):
+# often enough to see a run is alive, rare enough to keep a log short.
+PROGRESS_SECONDS = 30.0
 
 
 class _Strict(BaseModel):
@@ -131,10 +135,14 @@ class TrainConfig(_Strict):
 
 
 class OutputConfig(_Strict):
-    """Where runs are written: ``runs_dir/name`` (name defaults to the config file's stem)."""
+    """Where runs are written (``runs_dir/name``; name defaults to the config file's stem) and what they show."""
 
     runs_dir: str = "runs"
     name: str | None = None
+    # Where output cannot redraw a progress bar, a plain progress line at most this often.
+    progress_seconds: float = Field(PROGRESS_SECONDS, gt=0)
+    # TensorBoard event files in RUN/tensorboard (needs the tensorboard extra).
+    tensorboard: bool = False
 
 
 class Config(_Strict):

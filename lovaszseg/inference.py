@@ -20,6 +20,7 @@ from lovaszseg.rle import encode, validate_rles
 
 __all__ = [
     "TTA_MODES",
+    "overlay",
     "predict_folder",
     "predict_probabilities",
     "probabilities",
@@ -119,20 +120,27 @@ def predict_folder(
     yield from flush()
 
 
-def save_overlay(image: np.ndarray, labels: np.ndarray, path: Path, alpha: float = 0.45) -> None:
-    """Save the image with its predicted classes blended in the VOC colours (class 1 is red).
+def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """The image with its predicted classes blended in the VOC colours (class 1 is red).
 
     Args:
         image: uint8 ``[H, W]`` (grayscale) or ``[H, W, 3]`` (RGB).
         labels: Class ids ``[H, W]``; 0 (background) is left uncoloured.
-        path: PNG to write.
         alpha: Opacity of the class colours.
+
+    Returns:
+        uint8 RGB ``[H, W, 3]``.
     """
     rgb = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
     colours = np.asarray(VOC_COLORMAP, dtype=np.float32)[labels]
     blended = np.where((labels > 0)[..., None], (1 - alpha) * rgb + alpha * colours, rgb)
+    return blended.round().astype(np.uint8)
+
+
+def save_overlay(image: np.ndarray, labels: np.ndarray, path: Path, alpha: float = 0.45) -> None:
+    """Save :func:`overlay` of the image and its predicted classes as a PNG at ``path``."""
     with atomic_write(path, "wb") as handle:
-        Image.fromarray(blended.round().astype(np.uint8)).save(handle, format="PNG")
+        Image.fromarray(overlay(image, labels, alpha)).save(handle, format="PNG")
 
 
 def write_submission(

@@ -85,6 +85,7 @@ def test_errors_name_the_key_path(overrides: list[str], message: str) -> None:
         (["train.grad_clip=0"], r"train\.grad_clip: Input should be greater than 0"),
         (["train.seed=-1"], r"train\.seed: Input should be greater than or equal to 0"),
         (["train.seed=4294967296"], r"train\.seed: Input should be less than or equal to 4294967295"),
+        (["output.progress_seconds=0"], r"output\.progress_seconds: Input should be greater than 0"),
     ],
 )
 def test_absurd_values_are_refused(overrides: list[str], message: str) -> None:

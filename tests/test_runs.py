@@ -365,6 +365,22 @@ def test_predict_into_a_file_is_a_config_error(salt_run: Path, tiny_salt: Path, 
         predict_run(salt_run, tiny_salt / "test" / "images", target, device="cpu")
 
 
+# --- progress -------------------------------------------------------------------------------------------
+def test_eval_predict_and_submit_show_their_progress(salt_run: Path, tiny_salt: Path, tmp_path: Path) -> None:
+    ticks = iter(range(0, 10_000, 60))  # a minute per reading: a plain progress line at every step
+    console = Console(file=io.StringIO(), force_terminal=False, force_jupyter=False, get_time=lambda: next(ticks))
+    evaluate_run(salt_run, device="cpu", out=tmp_path, console=console)
+    predict_run(salt_run, tiny_salt / "test" / "images", tmp_path / "pred", device="cpu", console=console)
+    submit_run(salt_run, tiny_salt / "test", tmp_path / "s.csv", device="cpu", console=console)
+    lines = console.file.getvalue().splitlines()
+    assert all(" img/s  ETA " in line for line in lines)
+    assert ["  ".join(line.split("  ")[:2]) for line in lines] == [
+        *(f"eval val  step {step}/2" for step in (1, 2)),  # 6 validation images in batches of 4
+        *(f"predict  image {index}/6" for index in range(1, 7)),
+        *(f"submit  image {index}/6" for index in range(1, 7)),
+    ]
+
+
 # --- runs from before the redesign -------------------------------------------------------------------------
 
 

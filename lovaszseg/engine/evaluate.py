@@ -8,6 +8,7 @@ processes before any ratio is taken makes a DDP evaluation equal a single-proces
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
@@ -167,6 +168,7 @@ def evaluate(
     tta: Tta = "none",
     loss_fn: nn.Module | None = None,
     autocast: AbstractContextManager | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """Score a model on a labelled loader (this process's shard; sums are reduced over all ranks).
 
@@ -180,6 +182,7 @@ def evaluate(
         tta: Test-time augmentation of the probabilities (``none`` or ``hflip``).
         loss_fn: When given, ``val_loss`` is the mean batch loss of the plain (un-augmented) logits.
         autocast: Mixed-precision context of the forward passes.
+        progress: Called with each batch's number of images once it is predicted (e.g. ``LoopProgress.advance``).
 
     Returns:
         Metric name -> value (see :class:`Scorer`), with ``val_loss`` when ``loss_fn`` is given.
@@ -191,6 +194,8 @@ def evaluate(
         with autocast or nullcontext():
             logits = model(images).float()
             probs = predict_probabilities(model, images, tta, logits=logits)
+        if progress is not None:
+            progress(len(images))
         if loss_fn is not None:
             losses.update(loss_fn(logits, masks).reshape(1))
         if spec.original_size is not None:

@@ -1,49 +1,246 @@
-"""What a run shows and leaves behind: progress bars, summary.csv, curves.png and a final table."""
+"""What a run shows and leaves behind: progress, summary.csv, curves.png, TensorBoard events and a final table."""
 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from torch import Tensor, nn
+from torch.utils.data import Dataset
 
+from lovaszseg.config import PROGRESS_SECONDS
 from lovaszseg.data.io import atomic_write
+from lovaszseg.data.spec import DatasetSpec
+from lovaszseg.data.transforms import crop_to_original
+from lovaszseg.errors import ConfigError
+from lovaszseg.inference import overlay, predict_probabilities
+from lovaszseg.metrics import DEFAULT_THRESHOLD
 
-__all__ = ["EpochProgress", "append_summary", "final_table", "plot_curves", "read_summary"]
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
+__all__ = [
+    "OVERLAY_IMAGES",
+    "LoopProgress",
+    "TensorBoardLog",
+    "append_summary",
+    "final_table",
+    "plot_curves",
+    "read_summary",
+    "shows_bar",
+]
+
+# Validation images drawn with their predicted masks in TensorBoard after every epoch.
+OVERLAY_IMAGES = 4
 
 
-class EpochProgress:
-    """A rich progress bar for one epoch (loss, speed, ETA); plain lines when not on a terminal."""
+def shows_bar(console: Console) -> bool:
+    """Whether ``console`` can show a live progress bar rather than plain lines.
 
-    def __init__(self, console: Console, description: str, total: int, enabled: bool) -> None:
-        self.console, self.description, self.total, self.enabled = console, description, total, enabled
-        self.progress: Progress | None = None
-        if enabled and console.is_terminal:
-            self.progress = Progress(
+    A terminal that redraws can; so can a Jupyter/Kaggle/Colab notebook, where rich renders its live
+    display into an ipywidgets ``Output`` (without ipywidgets rich would show nothing there).
+    """
+    if console.is_jupyter:
+        return importlib.util.find_spec("ipywidgets") is not None
+    return console.is_interactive
+
+
+class LoopProgress:
+    """Progress of a loop of steps (a training epoch, an evaluation, a prediction) wherever output goes.
+
+    A live rich bar (steps, images/s, loss, elapsed time, ETA) where it can be redrawn (see
+    :func:`shows_bar`); elsewhere (a log file, ``nohup``, CI, a scheduler) a plain line such as
+    ``1-bce 2/10  step 40/120  35.2 img/s  loss 0.3141  ETA 0:00:09`` at most every ``interval``
+    seconds, so that a log shows a long loop is alive without filling up. Times come from the console's
+    clock (``Console(get_time=...)``).
+
+    Use it as a context manager and call :meth:`advance` after each step, or pass ``advance`` as a
+    callback (``evaluate(..., progress=progress.advance)``).
+
+    Args:
+        console: Where the bar or lines go.
+        description: What the loop is, e.g. ``1-bce 2/10`` or ``eval val``.
+        total: Steps of the loop.
+        unit: What a step is, for the plain lines (``step``, ``image``).
+        enabled: False shows nothing (e.g. on every DDP rank but the first).
+        interval: Seconds between plain lines.
+    """
+
+    def __init__(
+        self,
+        console: Console,
+        description: str,
+        total: int,
+        *,
+        unit: str = "step",
+        enabled: bool = True,
+        interval: float = PROGRESS_SECONDS,
+    ) -> None:
+        self.console, self.description, self.total = console, description, total
+        self.unit, self.interval = unit, interval
+        self.steps, self.images = 0, 0
+        self.loss: float | None = None
+        self.started = self.last_line = console.get_time()
+        self.lines = enabled and not shows_bar(console)
+        self.bar: Progress | None = None
+        if enabled and not self.lines:
+            self.bar = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.4f}  {task.fields[speed]:.1f} img/s"),
+                TextColumn("{task.fields[stats]}"),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
                 console=console,
-                transient=True,
+                transient=True,  # the caller prints the loop's result line
             )
-            self.task = self.progress.add_task(description, total=total, loss=math.nan, speed=0.0)
-            self.progress.start()
+            self.task = self.bar.add_task(description, total=total, stats="")
+            self.bar.start()
 
-    def update(self, step: int, loss: float, images_per_second: float) -> None:
-        if self.progress is not None:
-            self.progress.update(self.task, completed=step, loss=loss, speed=images_per_second)
+    def advance(self, images: int, loss: float | None = None) -> None:
+        """Count one finished step.
+
+        Args:
+            images: Images the step processed.
+            loss: The loss to show (e.g. the epoch's running mean), if the loop has one.
+        """
+        self.steps, self.images = self.steps + 1, self.images + images
+        self.loss = loss if loss is not None else self.loss
+        now = self.console.get_time()
+        if self.bar is not None:
+            self.bar.update(self.task, completed=self.steps, stats=self._stats(now - self.started))
+        elif self.lines and now - self.last_line >= self.interval:
+            self.last_line = now
+            self.console.print(self._line(now - self.started), soft_wrap=True, markup=False, highlight=False)
+
+    def _stats(self, elapsed: float) -> str:
+        speed = f"{self.images / max(elapsed, 1e-9):.1f} img/s"
+        return speed if self.loss is None else f"{speed}  loss {self.loss:.4f}"
+
+    def _line(self, elapsed: float) -> str:
+        eta = elapsed / self.steps * max(self.total - self.steps, 0)
+        where = f"{self.unit} {self.steps}/{self.total}"
+        return f"{self.description}  {where}  {self._stats(elapsed)}  ETA {timedelta(seconds=round(eta))}"
 
     def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
+        """Remove the bar (plain lines need no ending: the caller prints the loop's result)."""
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+    def __enter__(self) -> LoopProgress:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _summary_writer() -> type[SummaryWriter]:
+    """torch's TensorBoard writer, or a ConfigError saying how to install what it needs."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as error:  # torch.utils.tensorboard imports the tensorboard package
+        raise ConfigError(
+            "output.tensorboard is true but the tensorboard package is not installed: "
+            "pip install 'lovaszseg[tensorboard]' (or set output.tensorboard=false)"
+        ) from error
+    return SummaryWriter
+
+
+def _as_uint8(image: Tensor) -> np.ndarray:
+    """A normalised ``[C, H, W]`` image contrast-stretched to uint8 ``[H, W]`` or ``[H, W, 3]`` for display."""
+    low, high = image.min(), image.max()
+    scaled = ((image - low) / (high - low).clamp_min(1e-12) * 255).round().to(torch.uint8)
+    return scaled[0].numpy() if scaled.shape[0] == 1 else scaled.permute(1, 2, 0).numpy()
+
+
+class TensorBoardLog:
+    """TensorBoard event files of a run (``output.tensorboard``): a scalar per ``summary.csv`` column
+    (same names, same values, one step per epoch of the whole run), the stage as text, and the first
+    :data:`OVERLAY_IMAGES` validation images with the masks the model predicts after each epoch.
+
+    Built before the run folder, so that a missing tensorboard package fails before anything is
+    written; :meth:`writing` then opens the event files for a run. Disabled, every method does nothing.
+
+    Args:
+        enabled: Whether to write (the config asks for it and this process writes the run's files).
+        spec: The dataset's description (how predictions become masks and are cropped).
+
+    Raises:
+        ConfigError: ``enabled`` and tensorboard is not installed.
+    """
+
+    def __init__(self, enabled: bool, spec: DatasetSpec) -> None:
+        self._writer_class = _summary_writer() if enabled else None
+        self.spec = spec
+        self.writer: SummaryWriter | None = None
+        self.step = 0
+
+    @contextmanager
+    def writing(self, log_dir: Path, epochs_done: int) -> Iterator[None]:
+        """Write events into ``log_dir`` while the block runs.
+
+        Args:
+            log_dir: The run's TensorBoard folder.
+            epochs_done: Epochs already in ``summary.csv`` (a resumed run continues their steps).
+        """
+        if self._writer_class is None:
+            yield
+            return
+        self.writer, self.step = self._writer_class(log_dir=str(log_dir)), epochs_done
+        try:
+            yield
+        finally:
+            self.writer.close()
+            self.writer = None
+
+    def log_epoch(self, row: Mapping[str, Any], model: nn.Module, dataset: Dataset) -> None:
+        """Log an epoch's ``summary.csv`` row and the overlays of ``model`` on the first images of ``dataset``."""
+        if self.writer is None:
+            return
+        self.step += 1
+        for name, value in row.items():
+            if name not in ("stage", "epoch"):
+                self.writer.add_scalar(name, float(value), self.step)
+        self.writer.add_text("stage", f"{row['stage']} epoch {row['epoch']}", self.step)
+        for index, picture in enumerate(self._overlays(model, dataset)):
+            self.writer.add_image(f"overlay/{index}", picture, self.step, dataformats="HWC")
+        self.writer.flush()  # readable while the run goes on, and kept if it is killed
+
+    @torch.no_grad()
+    def _overlays(self, model: nn.Module, dataset: Dataset) -> list[np.ndarray]:
+        model.eval()
+        device = next(model.parameters()).device
+        pictures = []
+        for index in range(min(OVERLAY_IMAGES, len(dataset))):
+            sample = dataset[index]
+            probs = predict_probabilities(model, sample["image"][None].to(device))[0].cpu()
+            image, probs = self._crop(sample["image"], sample), self._crop(probs, sample)
+            labels = probs[0] > DEFAULT_THRESHOLD if self.spec.binary else probs.argmax(0)
+            pictures.append(overlay(_as_uint8(image), labels.numpy().astype(np.intp)))
+        return pictures
+
+    def _crop(self, tensor: Tensor, sample: Mapping[str, Any]) -> Tensor:
+        """The pixels of the image itself, as evaluation scores them (no padding)."""
+        if self.spec.original_size is not None:
+            return crop_to_original(tensor, self.spec.original_size, resized=self.spec.resize)
+        if "size" in sample:
+            return crop_to_original(tensor, self.spec.resize or tuple(sample["size"].tolist()))
+        return tensor
 
 
 def append_summary(path: Path, row: dict[str, Any]) -> None:

@@ -9,7 +9,8 @@ through :class:`RunFolder` to find, write or load them:
   ``stageN_last.pt`` and, at each cosine-restart cycle end, ``stageN_snapshotK.pt``;
 - ``model.safetensors``: the best weights, with the config in its header, written when training
   finishes: its presence means the run finished;
-- ``eval.json``: the last ``lovaszseg eval``.
+- ``eval.json``: the last ``lovaszseg eval``;
+- ``tensorboard/``: TensorBoard event files, when ``output.tensorboard`` asks for them.
 
 A writer holds an exclusive lock on ``.lock`` (which records its PID) for as long as it writes.
 """
@@ -45,6 +46,7 @@ __all__ = [
     "EXPORT_FILE",
     "LAST_FILE",
     "SUMMARY_FILE",
+    "TENSORBOARD_DIR",
     "LoadedModel",
     "RunFolder",
     "load_model",
@@ -57,6 +59,7 @@ LAST_FILE = "last.pt"
 BEST_FILE = "best.pt"
 EXPORT_FILE = "model.safetensors"
 EVAL_FILE = "eval.json"
+TENSORBOARD_DIR = "tensorboard"
 DISTRIBUTED_FILE = "distributed.json"
 LOCK_FILE = ".lock"
 # Where a run folder's model is read from, in order of preference.
@@ -100,6 +103,10 @@ class RunFolder:
     @property
     def eval_path(self) -> Path:
         return self.path / EVAL_FILE
+
+    @property
+    def tensorboard_path(self) -> Path:
+        return self.path / TENSORBOARD_DIR
 
     def stage_best_path(self, stage: int) -> Path:
         """``stageN_best.pt`` of stage index ``stage`` (N = stage + 1)."""

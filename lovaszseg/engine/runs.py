@@ -3,7 +3,9 @@
 Each function takes a run folder or a model file (see :func:`~lovaszseg.engine.run_folder.load_model`),
 so the CLI commands ``eval``, ``predict`` and ``submit`` are thin wrappers and a notebook can call the
 same functions. What a model takes and returns comes from its dataset's
-:class:`~lovaszseg.data.spec.DatasetSpec`, never from the dataset's name.
+:class:`~lovaszseg.data.spec.DatasetSpec`, never from the dataset's name. Their loops show their
+progress (:class:`~lovaszseg.engine.reporting.LoopProgress`) as training does, every
+``output.progress_seconds`` of the run's config where no bar can be drawn.
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image
+from rich.console import Console
 from torch.utils.data import DataLoader
 
 from lovaszseg.data import build_dataset, build_transform
-from lovaszseg.data.io import atomic_write
+from lovaszseg.data.io import atomic_write, list_stems
 from lovaszseg.data.tgs import TGS_ORIGINAL_SIZE
 from lovaszseg.data.voc import save_palette_png
 from lovaszseg.engine.distributed import resolve_device
 from lovaszseg.engine.evaluate import evaluate
+from lovaszseg.engine.reporting import LoopProgress
 from lovaszseg.engine.run_folder import EVAL_FILE, LoadedModel, RunFolder, load_model
 from lovaszseg.engine.trainer import resolve_data_root
 from lovaszseg.errors import ConfigError, DataError
@@ -44,21 +48,33 @@ def check_threshold(value: float) -> float:
 
 
 def _predict_images(
-    loaded: LoadedModel, images_dir: Path, tta: Tta, device: str, batch_size: int = 16
+    loaded: LoadedModel,
+    images_dir: Path,
+    tta: Tta,
+    device: str,
+    *,
+    description: str,
+    console: Console | None,
+    batch_size: int = 16,
 ) -> Iterator[tuple[Path, np.ndarray, np.ndarray]]:
-    """Predict a folder with the evaluation preset the model was trained with."""
+    """Predict a folder with the evaluation preset the model was trained with; its progress counts images."""
     config = loaded.config
     transform = build_transform(config.data.name, train=False, **config.data.options)
-    yield from predict_folder(
-        loaded.model,
-        images_dir,
-        transform,
-        in_channels=loaded.spec.in_channels,
-        device=resolve_device(device),
-        tta=tta,
-        resized=loaded.spec.resize,
-        batch_size=batch_size,
-    )
+    total = len(list_stems(images_dir))
+    interval = config.output.progress_seconds
+    with LoopProgress(console or Console(), description, total, unit="image", interval=interval) as bar:
+        for prediction in predict_folder(
+            loaded.model,
+            images_dir,
+            transform,
+            in_channels=loaded.spec.in_channels,
+            device=resolve_device(device),
+            tta=tta,
+            resized=loaded.spec.resize,
+            batch_size=batch_size,
+        ):
+            yield prediction
+            bar.advance(1)  # once the caller has used it: writing its files is part of the work
 
 
 def evaluate_run(
@@ -69,6 +85,7 @@ def evaluate_run(
     device: str = "auto",
     data_root: str | Path | None = None,
     out: Path | None = None,
+    console: Console | None = None,
 ) -> dict[str, float]:
     """Score a trained model on a labelled split, streaming, and write ``eval.json``.
 
@@ -85,6 +102,7 @@ def evaluate_run(
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         data_root: Dataset root, if not the one in the run's config.
         out: Folder to write ``eval.json`` to (default: the run folder, or the model file's folder).
+        console: Where progress goes (default: a new rich console, which finds a terminal or notebook).
 
     Returns:
         Metric name -> value.
@@ -99,7 +117,9 @@ def evaluate_run(
     if "mask" not in dataset[0]:
         raise DataError(f"split {split!r} of {root} has no masks to evaluate against")
     loader = DataLoader(dataset, batch_size=config.data.val_batch_size or config.data.batch_size)
-    metrics = evaluate(loaded.model.to(target), loader, loaded.spec, device=target, tta=tta)
+    model, interval = loaded.model.to(target), config.output.progress_seconds
+    with LoopProgress(console or Console(), f"eval {split}", len(loader), interval=interval) as bar:
+        metrics = evaluate(model, loader, loaded.spec, device=target, tta=tta, progress=bar.advance)
     folder = RunFolder(out or loaded.source.parent)
     folder.write_json(EVAL_FILE, {"split": split, "tta": tta, "model": str(loaded.source), **metrics})
     return metrics
@@ -113,10 +133,12 @@ def predict_run(
     tta: Tta = "none",
     threshold: float = DEFAULT_THRESHOLD,
     device: str = "auto",
+    console: Console | None = None,
 ) -> int:
     """Predict every image of a folder: ``OUT/masks/STEM.png`` and ``OUT/overlays/STEM.png``.
 
-    Binary masks are saved as 0/255 grayscale PNGs, multi-class ones as VOC palette PNGs.
+    Binary masks are saved as 0/255 grayscale PNGs, multi-class ones as VOC palette PNGs. Progress goes
+    to ``console`` (default: a new rich console).
 
     Returns:
         The number of images predicted.
@@ -127,7 +149,9 @@ def predict_run(
     if out_dir.is_file():
         raise ConfigError(f"output folder {out_dir} is a file")
     count = 0
-    for path, image, probs in _predict_images(loaded, Path(images_dir), tta, device):
+    for path, image, probs in _predict_images(
+        loaded, Path(images_dir), tta, device, description="predict", console=console
+    ):
         mask_path = out_dir / "masks" / f"{path.stem}.png"
         if loaded.spec.binary:
             labels = (probs[0] > threshold).astype(np.uint8)
@@ -150,6 +174,7 @@ def submit_run(
     threshold: float | Literal["auto"] = DEFAULT_THRESHOLD,
     sample_submission: str | Path | None = None,
     device: str = "auto",
+    console: Console | None = None,
 ) -> tuple[Path, float]:
     """Write a Kaggle TGS Salt submission (``id,rle_mask``) for every image of a test folder.
 
@@ -166,6 +191,7 @@ def submit_run(
         sample_submission: Kaggle's ``sample_submission.csv``: the file must then hold exactly its ids,
             in its order. By default the one beside ``test_dir`` (``test/../sample_submission.csv``).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        console: Where progress goes (default: a new rich console).
 
     Returns:
         ``(path of the CSV, threshold used)``.
@@ -181,7 +207,7 @@ def submit_run(
     if not loaded.spec.binary:
         raise ConfigError("submit writes binary RLE masks; this run's model is multi-class")
     if threshold == "auto":
-        threshold = evaluate_run(run_or_checkpoint, tta=tta, device=device)["best_threshold"]
+        threshold = evaluate_run(run_or_checkpoint, tta=tta, device=device, console=console)["best_threshold"]
     threshold = check_threshold(threshold)
     images_dir = test_dir / "images" if (test_dir / "images").is_dir() else test_dir
     if sample_submission is None and (images_dir.parent.parent / "sample_submission.csv").is_file():
@@ -189,7 +215,10 @@ def submit_run(
     expected = list(read_rle_csv(Path(sample_submission))) if sample_submission else None
 
     def masks() -> Iterator[tuple[str, np.ndarray]]:
-        for path, image, probs in _predict_images(loaded, images_dir, tta, device, batch_size=64):
+        predictions = _predict_images(
+            loaded, images_dir, tta, device, description="submit", console=console, batch_size=64
+        )
+        for path, image, probs in predictions:
             if image.shape[:2] != TGS_ORIGINAL_SIZE:
                 raise DataError(
                     f"image {path} is {image.shape[0]}x{image.shape[1]}; TGS submissions need "

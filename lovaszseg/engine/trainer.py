@@ -32,7 +32,7 @@ from lovaszseg.engine import distributed
 from lovaszseg.engine.checkpoint import capture_rng, load_checkpoint, restore_rng
 from lovaszseg.engine.evaluate import evaluate, metric_names
 from lovaszseg.engine.interrupt import StopRequest
-from lovaszseg.engine.reporting import EpochProgress, final_table
+from lovaszseg.engine.reporting import LoopProgress, TensorBoardLog, final_table
 from lovaszseg.engine.run_folder import DISTRIBUTED_FILE, RunFolder
 from lovaszseg.engine.schedule import build_optimizer, build_scheduler, cycle_length, is_snapshot_epoch, step_scheduler
 from lovaszseg.errors import ConfigError, LovaszsegError, TrainingError
@@ -184,6 +184,7 @@ class Trainer:
                 f"choose from {[*self.metric_names, 'val_loss']}"
             )
         self.stop = StopRequest()
+        self.board = TensorBoardLog(config.output.tensorboard and info.is_main, self.spec)  # before the run folder
         self._build_data()
         self._build_model(pretrained)
 
@@ -257,7 +258,7 @@ class Trainer:
             self.console.print(f"run folder: {folder.path}")
         self.epochs_left = stop_after_epochs
         completed = True
-        with self.stop:
+        with self.stop, self.board.writing(folder.tensorboard_path, len(folder.summary())):
             for index in range(progress.stage, len(self.config.stages)):
                 if index == progress.stage and progress.stage_done:
                     continue
@@ -330,8 +331,8 @@ class Trainer:
         self.ddp_model.train()
         steps = min(len(self.train_loader), self.config.train.max_steps_per_epoch or len(self.train_loader))
         description = f"{stage.label} {epoch + 1}/{stage.config.epochs}"
-        bar = EpochProgress(self.console, description, steps, self.info.is_main)
-        total, seen, started = 0.0, 0, time.perf_counter()
+        bar = self._progress(description, steps)
+        total, seen = 0.0, 0
         try:
             for step, batch in enumerate(self.train_loader, start=1):
                 if step > steps:
@@ -340,7 +341,7 @@ class Trainer:
                     return None
                 loss = self.training_step(stage, batch, progress, lambda s=step: f"{description}, step {s}", folder)
                 total, seen = total + loss * len(batch["image"]), seen + len(batch["image"])
-                bar.update(step, total / seen, seen / max(time.perf_counter() - started, 1e-9))
+                bar.advance(len(batch["image"]), total / seen)
         finally:
             bar.close()
         return distributed.mean_over_ranks(total, seen, self.info)
@@ -387,14 +388,21 @@ class Trainer:
                 f"(e.g. {', '.join(bad[:3])}): training diverged; lower the learning rate "
                 f"(stages.{stage.index}.lr={stage.config.lr:g}) or set train.grad_clip. {self._kept(folder)}"
             )
-        return evaluate(
-            self.model,
-            self.val_loader,
-            self.spec,
-            device=self.info.device,
-            loss_fn=stage.loss_fn,
-            autocast=self.autocast,
-        )
+        with self._progress(f"{stage.label} {epoch + 1}/{stage.config.epochs} val", len(self.val_loader)) as bar:
+            return evaluate(
+                self.model,
+                self.val_loader,
+                self.spec,
+                device=self.info.device,
+                loss_fn=stage.loss_fn,
+                autocast=self.autocast,
+                progress=bar.advance,
+            )
+
+    def _progress(self, description: str, steps: int) -> LoopProgress:
+        """Progress of a loop, shown by rank 0 only."""
+        interval = self.config.output.progress_seconds
+        return LoopProgress(self.console, description, steps, enabled=self.info.is_main, interval=interval)
 
     def _kept(self, folder: RunFolder) -> str:
         if folder.last_path.is_file():
@@ -434,6 +442,7 @@ class Trainer:
         row = {"stage": stage.label, "epoch": epoch + 1, "lr": f"{lr:.6g}", "train_loss": f"{train_loss:.6f}"}
         row |= {name: f"{metrics[name]:.6f}" for name in (*self.metric_names, "val_loss") if name in metrics}
         folder.record_epoch(row | {"time_s": f"{seconds:.1f}"}, self.metric_names)
+        self.board.log_epoch(row, self.model, self.val_set)
         shown = "  ".join(f"{name} {metrics[name]:.4f}" for name in (*self.metric_names, "val_loss") if name in metrics)
         line = f"{stage.label} epoch {epoch + 1}/{stage.config.epochs}  train_loss {train_loss:.4f}  {shown}"
         self.console.print(line, soft_wrap=True)
