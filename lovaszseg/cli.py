@@ -147,7 +147,7 @@ def eval_command(
 
     from lovaszseg.engine.runs import evaluate_run
 
-    metrics = _user_errors(evaluate_run, run, split=split, tta=tta, device=device, data_root=data_root)
+    metrics = _user_errors(evaluate_run, run, split=split, tta=tta, device=device, data_root=data_root, console=console)
     table = Table(title=f"{run} on {split} (tta {tta})")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -170,7 +170,9 @@ def predict_command(
     """Predict masks (VOC palette PNGs for multi-class models) and image+mask overlays."""
     from lovaszseg.engine.runs import predict_run
 
-    count = _user_errors(predict_run, run, images_dir, out_dir, tta=tta, threshold=threshold, device=device)
+    count = _user_errors(
+        predict_run, run, images_dir, out_dir, tta=tta, threshold=threshold, device=device, console=console
+    )
     console.print(f"wrote {count} masks to {out_dir / 'masks'} and overlays to {out_dir / 'overlays'}")
 
 
@@ -199,9 +201,43 @@ def submit_command(
             console.print(f"[red]error:[/red] --threshold must be a number in [0, 1] or 'auto', got {threshold!r}")
             raise typer.Exit(USER_ERROR_EXIT) from None
     path, used = _user_errors(
-        submit_run, run, test_dir, out, tta=tta, threshold=value, sample_submission=sample_submission, device=device
+        submit_run,
+        run,
+        test_dir,
+        out,
+        tta=tta,
+        threshold=value,
+        sample_submission=sample_submission,
+        device=device,
+        console=console,
     )
     console.print(f"wrote {path} (threshold {used:.2f})")
+
+
+@app.command("export")
+def export_command(
+    run: Path = typer.Argument(..., help="Run folder or model file (a run's .pt, or an exported .safetensors)."),
+    export_format: str = typer.Option(..., "--format", help="onnx (one .onnx file) or smp (a from_pretrained folder)."),
+    out: Path = typer.Option(..., "--out", help="The .onnx file or the smp folder to write."),
+    overwrite: bool = typer.Option(False, help="Replace --out if it exists (a file, or a folder that is not empty)."),
+) -> None:
+    """Export a trained model for use without lovaszseg: ONNX (onnxruntime, ...) or smp's save_pretrained folder.
+
+    ONNX: input 'images' [batch, C, height, width] normalised as printed, output 'logits' [batch, classes,
+    height, width]; dynamic batch (and height and width when the graph allows), checked against PyTorch
+    with onnxruntime before it is written. smp: segmentation_models_pytorch.from_pretrained(OUT) gives the
+    same model. Prints what the model takes and returns (also stored with it).
+    """
+    from lovaszseg.engine.export import export_run
+
+    result = _user_errors(export_run, run, export_format, out, overwrite=overwrite)
+    what = f"ONNX opset {result.usage['opset']}" if result.format == "onnx" else "smp save_pretrained folder"
+    console.print(f"wrote {result.path} ({what}) from {result.source}", soft_wrap=True, markup=False, highlight=False)
+    rows = dict(result.usage)
+    if result.max_difference is not None:
+        rows["checked"] = f"onnxruntime vs PyTorch: max abs difference of probabilities {result.max_difference:.1e}"
+    for name, text in rows.items():
+        console.print(f"  {name:<14} {text}", soft_wrap=True, markup=False, highlight=False)
 
 
 @app.command("compare")

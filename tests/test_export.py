@@ -1,0 +1,195 @@
+"""lovaszseg export: ONNX checked against PyTorch on real TGS images, smp's from_pretrained round trip, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from lovaszseg.cli import app
+from lovaszseg.config import load_config
+from lovaszseg.data import build_transform, describe_dataset
+from lovaszseg.data.io import list_stems, read_image
+from lovaszseg.engine.export import CONFIG_METADATA_KEY, ONNX_OPSET, ExportResult, export_run
+from lovaszseg.engine.run_folder import RunFolder, load_model
+from lovaszseg.errors import CheckpointError, ConfigError
+from lovaszseg.inference import probabilities
+from lovaszseg.models import build_model
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+runner = CliRunner()
+_TINY_UNET = {
+    "encoder": "resnet18",
+    "encoder_weights": None,
+    "options": {"encoder_depth": 3, "decoder_channels": [16, 8, 8]},
+}
+_TINY_PSPNET = {"arch": "PSPNet", "encoder": "resnet18", "encoder_weights": None, "options": {"psp_out_channels": 16}}
+
+
+def _make_run(path: Path, model: dict) -> Path:
+    """A finished-looking run folder whose model.safetensors holds a randomly initialised model (seed 0)."""
+    config = load_config({"model": model, "data": {"name": "tgs"}, "output": {"name": "export"}})
+    spec = describe_dataset(config.data.name, config.data.options)
+    torch.manual_seed(0)
+    network = build_model(config.model, spec.in_channels, spec.num_classes, pretrained=False)
+    folder = RunFolder.create(config, path)
+    folder.export({"model": network.state_dict()}, config)
+    folder.release()
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _make_run(tmp_path_factory.mktemp("export") / "run", _TINY_UNET)
+
+
+@pytest.fixture(scope="module")
+def onnx_export(run: Path) -> ExportResult:
+    """The run's ONNX export, written with --overwrite over an older file (one export for the module)."""
+    out = run.parent / "model.onnx"
+    out.write_bytes(b"an older export")
+    return export_run(run, "onnx", out, overwrite=True)
+
+
+def _tgs_batch(shared_dir: Path, run: Path, count: int) -> np.ndarray:
+    """``count`` real TGS training images, prepared by the run's evaluation preset: [count, 1, 128, 128]."""
+    config = load_model(run).config
+    transform = build_transform("tgs", train=False, **config.data.options)
+    paths = list(list_stems(shared_dir / "tgs" / "train" / "images").values())[:count]
+    return np.stack([transform(image=read_image(path, channels=1))["image"].numpy() for path in paths])
+
+
+def test_onnx_matches_pytorch_on_real_tgs_images_with_a_dynamic_batch(
+    onnx_export: ExportResult, run: Path, shared_dir: Path
+) -> None:
+    images = _tgs_batch(shared_dir, run, 5)
+    model = load_model(run).model
+    session = ort.InferenceSession(str(onnx_export.path), providers=["CPUExecutionProvider"])
+    for batch in (images[:1], images, np.ascontiguousarray(images[:, :, 8:104, 16:88])):  # 1, 5, another size
+        (logits,) = session.run(["logits"], {"images": batch})
+        onnx_probs = probabilities(torch.from_numpy(logits))
+        with torch.inference_mode():
+            torch_probs = probabilities(model(torch.from_numpy(batch)))
+        assert onnx_probs.shape == torch_probs.shape == (len(batch), 1, *batch.shape[-2:])
+        assert (onnx_probs - torch_probs).abs().max() <= 1e-4
+        assert ((torch_probs > 0.01) & (torch_probs < 0.99)).float().mean() > 0.5  # not saturated: a real check
+    assert onnx_export.max_difference is not None and onnx_export.max_difference <= 1e-4
+
+
+def test_onnx_file_states_its_opset_names_axes_and_how_to_use_it(onnx_export: ExportResult, run: Path) -> None:
+    model = onnx.load(str(onnx_export.path))
+    assert [(o.domain, o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")] == [("", ONNX_OPSET)]
+    (images,), (logits,) = model.graph.input, model.graph.output
+    dims = [d.dim_param or d.dim_value for d in images.type.tensor_type.shape.dim]
+    assert (images.name, logits.name) == ("images", "logits") and dims == ["batch", 1, "height", "width"]
+    metadata = {prop.key: prop.value for prop in model.metadata_props}
+    config = metadata.pop(CONFIG_METADATA_KEY)
+    assert load_config(yaml.safe_load(config)) == load_model(run).config
+    assert metadata == {**onnx_export.usage, "source": str(run / "model.safetensors")}
+    assert (metadata["input_size"], metadata["mean"], metadata["std"]) == ("128x128", "0.473", "0.161")
+    assert metadata["activation"].startswith("sigmoid") and "101x101" in metadata["crop"]
+    assert (metadata["opset"], metadata["dynamic_axes"]) == (str(ONNX_OPSET), "batch, height, width")
+
+
+def test_a_graph_that_holds_one_size_is_exported_at_the_preset_size(tmp_path: Path) -> None:
+    # PSPNet's adaptive pooling exports with dynamic sides but fails at any other size in onnxruntime.
+    result = export_run(_make_run(tmp_path / "psp", _TINY_PSPNET), "onnx", tmp_path / "psp.onnx")
+    assert result.usage["dynamic_axes"] == "batch" and result.usage["input_size"].startswith("128x128 (fixed")
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["logits"], {"images": np.zeros((3, 1, 128, 128), dtype=np.float32)})
+    assert logits.shape == (3, 1, 128, 128)
+
+
+def test_smp_export_loads_with_from_pretrained_and_gives_the_same_outputs(run: Path, tmp_path: Path) -> None:
+    import segmentation_models_pytorch as smp
+
+    out = tmp_path / "smp"
+    result = runner.invoke(app, ["export", str(run), "--format", "smp", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out} (smp save_pretrained folder)" in result.output and "0.473" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert json.loads((out / "config.json").read_text())["encoder_weights"] is None  # nothing to download
+    assert "- mean: 0.473" in (out / "README.md").read_text()
+    original, loaded = load_model(run).model, smp.from_pretrained(str(out)).eval()
+    assert type(loaded) is type(original)
+    images = torch.randn(3, 1, 128, 128, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        assert torch.equal(loaded(images), original(images))
+
+
+def test_an_smp_export_replaces_a_folder_only_with_overwrite_and_whole(run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "smp"
+    out.mkdir()
+    export_run(run, "smp", out)  # an empty folder is no export to lose
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match=r"already exists; pass --overwrite"):
+        export_run(run, "smp", out)
+    assert (out / "notes.txt").is_file()
+    export_run(run, "smp", out, overwrite=True)
+    assert not (out / "notes.txt").exists() and (out / "config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["smp"]  # no staging or old folder left
+
+
+def test_a_failed_smp_export_leaves_nothing(run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import segmentation_models_pytorch as smp
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(smp.Unet, "save_pretrained", fail)
+    with pytest.raises(OSError, match="disk full"):
+        export_run(run, "smp", tmp_path / "smp")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_onnx_file_is_kept_without_overwrite(run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"mine")
+    with pytest.raises(ConfigError, match=r"already exists; pass --overwrite"):
+        export_run(run, "onnx", out)
+    assert out.read_bytes() == b"mine"
+
+
+@pytest.mark.parametrize(
+    ("export_format", "out_kind", "error", "message"),
+    [
+        ("tflite", None, ConfigError, r"unknown export format 'tflite'; choose from onnx, smp"),
+        ("onnx", "folder", ConfigError, r"is a folder; name the \.onnx file"),
+        ("smp", "file", ConfigError, r"is a file; the smp export writes a folder"),
+    ],
+)
+def test_unusable_formats_and_outs_are_refused_before_loading(
+    tmp_path: Path, export_format: str, out_kind: str | None, error: type[Exception], message: str
+) -> None:
+    out = tmp_path / "out"
+    if out_kind == "folder":
+        out.mkdir()
+    elif out_kind == "file":
+        out.write_text("x")
+    with pytest.raises(error, match=message):
+        export_run(tmp_path / "no-such-run", export_format, out)  # refused before the run is looked for
+
+
+def test_export_has_help() -> None:
+    result = runner.invoke(app, ["export", "--help"])
+    assert result.exit_code == 0 and "--format" in result.output and "--overwrite" in result.output
+
+
+def test_a_bad_run_is_a_checkpoint_error_and_one_red_line(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="no-such-run"):
+        export_run(tmp_path / "no-such-run", "onnx", tmp_path / "model.onnx")
+    (tmp_path / "empty").mkdir()
+    out = str(tmp_path / "model.onnx")
+    result = runner.invoke(app, ["export", str(tmp_path / "empty"), "--format", "onnx", "--out", out])
+    assert result.exit_code == 2 and result.output.startswith("error:") and "is not a run folder" in result.output
+    result = runner.invoke(app, ["export", str(tmp_path / "empty"), "--format", "tflite", "--out", out])
+    assert result.exit_code == 2 and "unknown export format 'tflite'" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
