@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
+from torch import nn
 
 from lovaszseg.data.synth import synth_salt, synth_voc
 
@@ -61,3 +63,28 @@ def tiny_salt_config(root: Path, runs: Path, **sections: Any) -> dict[str, Any]:
 def write_config(path: Path, config: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+# What the metrics engine reports for a binary task without an ignore index.
+BINARY_METRIC_KEYS = frozenset(
+    {
+        "salt_score",
+        "iou",
+        "image_iou",
+        "best_threshold",
+        "salt_score_at_best_threshold",
+        "iou_best_threshold",
+        "iou_at_best_threshold",
+        "image_iou_best_threshold",
+        "image_iou_at_best_threshold",
+    }
+)
+
+
+class FirstColumns(nn.Module):
+    """A fake binary model: logit +4 on the first 16 columns of the (padded) input, -4 elsewhere."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = torch.full((images.shape[0], 1, *images.shape[-2:]), -4.0)
+        logits[..., :16] = 4.0
+        return logits

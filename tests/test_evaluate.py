@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import BINARY_METRIC_KEYS, FirstColumns
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
@@ -21,17 +22,6 @@ TGS = describe_dataset("tgs")
 VOC = describe_dataset("voc")
 FOLDER_IGNORE = describe_dataset("folder", {"num_classes": 2, "ignore_index": 255})
 FOLDER_MULTI = describe_dataset("folder", {"num_classes": 4, "ignore_index": 200})
-BINARY_KEYS = {
-    "salt_score",
-    "iou",
-    "image_iou",
-    "best_threshold",
-    "salt_score_at_best_threshold",
-    "iou_best_threshold",
-    "iou_at_best_threshold",
-    "image_iou_best_threshold",
-    "image_iou_at_best_threshold",
-}
 
 
 def _stream(spec: DatasetSpec, probs: np.ndarray, masks: np.ndarray, cuts: list[int]) -> dict[str, float]:
@@ -119,7 +109,7 @@ def test_soft_probabilities_streamed_equal_the_whole_array_reference(
     metrics = _stream(TGS, probs[:, None], truth, cuts)
     # The Scorer works in float32 (as a model's output): the reference then sees the same numbers.
     _assert_metrics_equal(metrics, _binary_reference(probs.astype(np.float32), truth))
-    assert set(metrics) == BINARY_KEYS
+    assert set(metrics) == BINARY_METRIC_KEYS
     assert 0.05 < metrics["best_threshold"] < 0.95
 
 
@@ -162,7 +152,7 @@ def test_binary_with_an_ignore_index_leaves_ignored_pixels_out(spec: DatasetSpec
     probs[masks == spec.ignore_index] = 1.0  # would be foreground everywhere, were they counted
     metrics = _stream(spec, probs[:, None], masks, [1, 9])
     assert "salt_score" not in metrics and "best_threshold" not in metrics
-    assert set(metrics) == BINARY_KEYS - {"salt_score", "best_threshold", "salt_score_at_best_threshold"}
+    assert set(metrics) == BINARY_METRIC_KEYS - {"salt_score", "best_threshold", "salt_score_at_best_threshold"}
     _assert_metrics_equal(metrics, _binary_ignore_reference(probs, masks, spec.ignore_index))
     # What lies under ignored pixels changes nothing.
     probs[masks == spec.ignore_index] = 0.0
@@ -244,15 +234,6 @@ def test_evaluate_crops_padded_batches_back_and_reports_the_plain_loss() -> None
     assert "val_loss" not in evaluate(_Threshold(), loader, TGS, device=torch.device("cpu"))
 
 
-class _FirstColumns(nn.Module):
-    """Logit +4 on the first 16 columns of the (padded) input, -4 elsewhere."""
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        logits = torch.full((images.shape[0], 1, *images.shape[-2:]), -4.0)
-        logits[..., :16] = 4.0
-        return logits
-
-
 def test_folder_images_padded_to_the_stride_are_scored_on_their_own_pixels(tmp_path: Path) -> None:
     for kind in ("images", "masks"):
         (tmp_path / kind).mkdir()
@@ -263,6 +244,6 @@ def test_folder_images_padded_to_the_stride_are_scored_on_their_own_pixels(tmp_p
         Image.fromarray(mask).save(tmp_path / "masks" / f"{name}.png")
     dataset = build_dataset("folder", tmp_path, "all", train=False)
     assert dataset[0]["image"].shape[-2:] == (64, 64)  # centre-padded: 12 columns on the left
-    metrics = evaluate(_FirstColumns(), DataLoader(dataset, batch_size=2), describe_dataset("folder"), device="cpu")
+    metrics = evaluate(FirstColumns(), DataLoader(dataset, batch_size=2), describe_dataset("folder"), device="cpu")
     # On the 40x40 images: predicted columns 0..3 (16 - 12), true columns 0..9: IoU 4/10.
     assert metrics["iou"] == pytest.approx(0.4) and metrics["image_iou"] == pytest.approx(0.4)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import FirstColumns
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
@@ -260,15 +261,6 @@ def test_predict_folder_without_images_is_a_data_error(tmp_path: Path, make: str
         next(predict_folder(_LeftHalf(), folder, tgs_transforms(train=False), in_channels=1))
 
 
-class _FirstColumns(nn.Module):
-    """Logit +4 on the first 16 columns of the input, -4 elsewhere."""
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        logits = torch.full((images.shape[0], 1, *images.shape[-2:]), -4.0)
-        logits[..., :16] = 4.0
-        return logits
-
-
 def test_predict_folder_resizes_the_predictions_of_a_resizing_folder_preset_back(tmp_path: Path) -> None:
     options = {"size": 64}
     spec = describe_dataset("folder", options)
@@ -276,7 +268,7 @@ def test_predict_folder_resizes_the_predictions_of_a_resizing_folder_preset_back
     _save(images_dir / "a.png", (100, 100, 3))
     _save(images_dir / "b.png", (40, 40, 3))
     transform = build_transform("folder", train=False, **options)
-    results = list(predict_folder(_FirstColumns(), images_dir, transform, in_channels=3, resized=spec.resize))
+    results = list(predict_folder(FirstColumns(), images_dir, transform, in_channels=3, resized=spec.resize))
     for (_, image, probs), quarter in zip(results, (25, 10), strict=True):  # 16 of 64 columns: a quarter
         assert probs.shape == (1, *image.shape[:2])
         foreground = probs[0] > 0.5

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_salt_config
+from conftest import BINARY_METRIC_KEYS, tiny_salt_config
 from PIL import Image
 from rich.console import Console
 from torch.utils.data import DataLoader
@@ -76,17 +76,7 @@ def test_evaluate_run_equals_the_validation_metrics_of_training_and_writes_eval_
     stored = load_checkpoint(salt_run / "best.pt")["metrics"]
     for name in ("salt_score", "iou", "image_iou"):
         assert metrics[name] == pytest.approx(stored[name], abs=1e-12), name
-    assert set(metrics) == {
-        "salt_score",
-        "iou",
-        "image_iou",
-        "best_threshold",
-        "salt_score_at_best_threshold",
-        "iou_best_threshold",
-        "iou_at_best_threshold",
-        "image_iou_best_threshold",
-        "image_iou_at_best_threshold",
-    }
+    assert set(metrics) == BINARY_METRIC_KEYS
     assert (
         metrics["best_threshold"] in THRESHOLD_GRID and metrics["salt_score_at_best_threshold"] >= metrics["salt_score"]
     )
