@@ -81,7 +81,7 @@ def test_evaluate_run_equals_the_validation_metrics_of_training_and_writes_eval_
         metrics["best_threshold"] in THRESHOLD_GRID and metrics["salt_score_at_best_threshold"] >= metrics["salt_score"]
     )
     written = json.loads((salt_run / "eval.json").read_text())
-    assert written == {"split": "val", "tta": "none", "model": str(salt_run / "best.pt"), **metrics}
+    assert written == {"split": "val", "tta": "none", "model": str(salt_run / "model.safetensors"), **metrics}
     # From the exported model: the same weights, the same numbers; the record goes where asked.
     exported = evaluate_run(salt_run / "model.safetensors", device="cpu", out=salt_run / "elsewhere")
     assert exported == metrics
@@ -398,12 +398,12 @@ def test_a_run_folder_from_before_the_redesign_still_loads(
     assert not (legacy_run / "config.yaml").exists()
     loaded = load_model(legacy_run / source if source else legacy_run)
     assert loaded.config == load_config(salt_run / "config.yaml")
-    assert loaded.source == (legacy_run / (source or "best.pt"))
+    assert loaded.source == (legacy_run / (source or "model.safetensors"))
     assert (loaded.spec.name, loaded.spec.in_channels, loaded.spec.num_classes) == ("tgs", 1, 1)
     new = load_model(salt_run).model.state_dict()
     for name, tensor in loaded.model.state_dict().items():
         assert torch.equal(tensor, new[name]), name
-    if source in ("", "best.pt"):
+    if source in ("", "model.safetensors"):
         assert evaluate_run(loaded.source, device="cpu", out=tmp_path) == evaluate_run(
             salt_run, device="cpu", out=tmp_path
         )

@@ -62,8 +62,9 @@ EVAL_FILE = "eval.json"
 TENSORBOARD_DIR = "tensorboard"
 DISTRIBUTED_FILE = "distributed.json"
 LOCK_FILE = ".lock"
-# Where a run folder's model is read from, in order of preference.
-_MODEL_FILES = (BEST_FILE, EXPORT_FILE, LAST_FILE)
+# Where a run folder's model is read from, in order of preference: the export holds best.pt's weights
+# without the optimiser state, a third of the size to read.
+_MODEL_FILES = (EXPORT_FILE, BEST_FILE, LAST_FILE)
 # Runs written before the redesign saved the config as config.json and inside every checkpoint.
 _LEGACY_CONFIG_FILE = "config.json"
 _CONFIG_METADATA_KEY = "lovaszseg_config"
@@ -253,7 +254,7 @@ class RunFolder:
         return read_summary(self.path / SUMMARY_FILE)
 
     def model_file(self) -> Path:
-        """The file a model is loaded from: ``best.pt``, else ``model.safetensors``, else ``last.pt``."""
+        """The file a model is loaded from: ``model.safetensors``, else ``best.pt``, else ``last.pt``."""
         for name in _MODEL_FILES:
             if (self.path / name).is_file():
                 return self.path / name
@@ -345,7 +346,7 @@ def load_model(source: str | Path) -> LoadedModel:
     """Load a trained model and its config, without executing code from any file.
 
     Args:
-        source: A run folder (``best.pt``, else ``model.safetensors``, else ``last.pt``), a ``.pt``
+        source: A run folder (``model.safetensors``, else ``best.pt``, else ``last.pt``), a ``.pt``
             checkpoint of a run folder, or an exported ``model.safetensors``.
 
     Returns:

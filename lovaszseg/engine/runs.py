@@ -216,7 +216,7 @@ def submit_run(
 
     def masks() -> Iterator[tuple[str, np.ndarray]]:
         predictions = _predict_images(
-            loaded, images_dir, tta, device, description="submit", console=console, batch_size=64
+            loaded, images_dir, tta, device, description="submit", console=console
         )
         for path, image, probs in predictions:
             if image.shape[:2] != TGS_ORIGINAL_SIZE:
