@@ -85,8 +85,10 @@ def _skeleton(lines: list[str]) -> list[str]:
 
 # Benchmarks run once, on the least work that still goes through every measurement.
 BENCHMARK_BUDGET = {
-    "benchmarks/bench_train.py": ["--s1", "1", "--s2", "2", "--val-size", "8", "--test-images", "4"]
-    + ["--cli-repeats", "1", "--retries", "0", "--wait", "0"],
+    "benchmarks/bench_train.py": [
+        *("--s1", "1", "--s2", "2", "--val-size", "8", "--test-images", "4"),
+        *("--cli-repeats", "1", "--retries", "0", "--wait", "0"),
+    ],
 }
 
 
