@@ -215,9 +215,7 @@ def submit_run(
     expected = list(read_rle_csv(Path(sample_submission))) if sample_submission else None
 
     def masks() -> Iterator[tuple[str, np.ndarray]]:
-        predictions = _predict_images(
-            loaded, images_dir, tta, device, description="submit", console=console
-        )
+        predictions = _predict_images(loaded, images_dir, tta, device, description="submit", console=console)
         for path, image, probs in predictions:
             if image.shape[:2] != TGS_ORIGINAL_SIZE:
                 raise DataError(
