@@ -28,9 +28,10 @@ Inference, on the run folder the last S2 training run wrote, with and without hf
   smp model and loads ``model.safetensors``, reads each image (PIL, grayscale), applies
   ``tgs_transforms(train=False)``, runs batches of 16 under ``torch.no_grad()``, sigmoid (TTA: averaged
   with the flipped prediction), crops to 101x101, thresholds at 0.5 and writes the same two PNGs.
-- ``submit_run(run, test_dir, out, tta=...)`` (batches of 64, RLE, validated CSV in
-  ``sample_submission.csv`` order) against the same bare loop with batches of 64 that RLE-encodes the
-  masks (numpy) and writes the CSV in the sample submission's order.
+- ``submit_run(run, test_dir, out, tta=...)`` (RLE, validated CSV in ``sample_submission.csv``
+  order; batches of 64 before the redesign, 16 after) against the same bare loop with the same batch
+  (``--submit-batch``) that RLE-encodes the masks (numpy) and writes the CSV in the sample
+  submission's order.
 
 ``--test-images N`` uses the first N test ids (a temporary Kaggle-like test folder of symbolic links
 and a matching ``sample_submission.csv``) to keep the run short. Times are wall times of the whole
@@ -516,9 +517,11 @@ def bench_infer(args: argparse.Namespace, work: Path, run: Path, guard: Guard) -
             lambda: (fresh(out / "ours"), fresh(out / "bare")),
         )
     for tta in ("none", "hflip"):
-        cases[f"submit, tta {tta} (batch 64, RLE CSV)"] = (
+        cases[f"submit, tta {tta} (batch {args.submit_batch}, RLE CSV)"] = (
             lambda tta=tta: submit_run(run, test_dir, out / "ours.csv", tta=tta),
-            lambda p, tta=tta: bare_inference(run, images_dir, 64, tta, None, out / "bare.csv", order, p),
+            lambda p, tta=tta: bare_inference(
+                run, images_dir, args.submit_batch, tta, None, out / "bare.csv", order, p
+            ),
             lambda: None,
         )
     cases["model loading only (`engine.runs.load_model` / smp + model.safetensors)"] = (
@@ -673,6 +676,9 @@ def main() -> None:
     parser.add_argument("--s2", type=int, default=20, help="training steps of the long lovaszseg run")
     parser.add_argument("--val-size", type=int, default=32, help="validation ids (fold 0 of the folds CSV)")
     parser.add_argument("--test-images", type=int, default=300, help="test images for inference (at most 1000)")
+    parser.add_argument(
+        "--submit-batch", type=int, default=16, help="bare submit loop's batch: submit_run's (64 before the redesign)"
+    )
     parser.add_argument("--cli-repeats", type=int, default=7, help="runs of each CLI command")
     parser.add_argument("--only", default="train,infer,cli", help="comma-separated sections: train, infer, cli")
     parser.add_argument(
