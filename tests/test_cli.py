@@ -67,7 +67,7 @@ def test_eval_writes_eval_json_with_the_best_threshold(salt_run: Path) -> None:
     assert (metrics.pop("split"), metrics.pop("tta"), metrics.pop("model")) == (
         "val",
         "hflip",
-        str(salt_run / "best.pt"),
+        str(salt_run / "model.safetensors"),
     )
     # Every metric's best threshold is searched on a grid that holds 0.5, so it never scores lower.
     for name in ("salt_score", "iou", "image_iou"):

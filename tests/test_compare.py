@@ -87,7 +87,7 @@ def test_compare_cli_on_tiny_salt(tiny_salt: Path, tmp_path: Path) -> None:
         # A finished run folder: one saved config, the exported model, and the eval.json its row comes from.
         assert RunFolder(folder).finished and not (folder / "config.json").exists()
         scored = json.loads((folder / "eval.json").read_text())
-        assert scored["model"] == str(folder / "best.pt")
+        assert scored["model"] == str(folder / "model.safetensors")
         for metric in ("salt_score", "iou", "image_iou", "best_threshold", "salt_score_at_best_threshold"):
             assert float(row[metric]) == round(scored[metric], 6), (name, metric)
 
