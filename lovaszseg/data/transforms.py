@@ -158,6 +158,55 @@ def tgs_transforms(
     return _finish(steps, *stats)
 
 
+def _voc_train_steps(
+    crop_size: int, scale_range: Sequence[float], hflip: float, fill: tuple[int, ...] | int
+) -> list[A.BasicTransform]:
+    """Random scale, pad to the crop (mask with void), random crop, flip."""
+    low, high = _numbers("scale_range", scale_range, 2)
+    if not 0 < low <= high:
+        raise ConfigError(f"scale_range must be (low, high) with 0 < low <= high, got {tuple(scale_range)}")
+    size = _positive("crop_size", crop_size)
+    return [
+        # RandomScale samples 1 + limit, so (low - 1, high - 1) gives factors in [low, high].
+        A.RandomScale(scale_limit=(low - 1.0, high - 1.0), interpolation=cv2.INTER_LINEAR, p=1.0, strict=True),
+        A.PadIfNeeded(
+            min_height=size,
+            min_width=size,
+            border_mode=cv2.BORDER_CONSTANT,
+            fill=fill,
+            fill_mask=VOC_IGNORE_INDEX,
+            strict=True,
+        ),
+        A.RandomCrop(height=size, width=size, strict=True),
+        A.HorizontalFlip(p=_probability("hflip", hflip), strict=True),
+    ]
+
+
+def _voc_eval_steps(
+    eval_mode: str, eval_size: int, size_divisor: int, fill: tuple[int, ...] | int
+) -> list[A.BasicTransform]:
+    """Centre-pad to a multiple of ``size_divisor`` (mask with void), or resize to ``eval_size``."""
+    if eval_mode == "pad":
+        divisor = _positive("size_divisor", size_divisor)
+        return [
+            A.PadIfNeeded(
+                min_height=None,
+                min_width=None,
+                pad_height_divisor=divisor,
+                pad_width_divisor=divisor,
+                position="center",
+                border_mode=cv2.BORDER_CONSTANT,
+                fill=fill,
+                fill_mask=VOC_IGNORE_INDEX,
+                strict=True,
+            )
+        ]
+    if eval_mode == "resize":
+        size = _positive("eval_size", eval_size)
+        return [A.Resize(height=size, width=size, interpolation=cv2.INTER_LINEAR, strict=True)]
+    raise ConfigError(f"eval_mode must be 'pad' or 'resize', got {eval_mode!r}")
+
+
 def voc_transforms(
     *,
     train: bool,
@@ -200,46 +249,10 @@ def voc_transforms(
     if image_fill not in ("mean", "zero"):
         raise ConfigError(f"image_fill must be 'mean' or 'zero', got {image_fill!r}")
     fill = tuple(round(m * 255) for m in stats[0]) if image_fill == "mean" else 0
-    steps: list[A.BasicTransform]
     if train:
-        low, high = _numbers("scale_range", scale_range, 2)
-        if not 0 < low <= high:
-            raise ConfigError(f"scale_range must be (low, high) with 0 < low <= high, got {tuple(scale_range)}")
-        size = _positive("crop_size", crop_size)
-        steps = [
-            # RandomScale samples 1 + limit, so (low - 1, high - 1) gives factors in [low, high].
-            A.RandomScale(scale_limit=(low - 1.0, high - 1.0), interpolation=cv2.INTER_LINEAR, p=1.0, strict=True),
-            A.PadIfNeeded(
-                min_height=size,
-                min_width=size,
-                border_mode=cv2.BORDER_CONSTANT,
-                fill=fill,
-                fill_mask=VOC_IGNORE_INDEX,
-                strict=True,
-            ),
-            A.RandomCrop(height=size, width=size, strict=True),
-            A.HorizontalFlip(p=_probability("hflip", hflip), strict=True),
-        ]
-    elif eval_mode == "pad":
-        divisor = _positive("size_divisor", size_divisor)
-        steps = [
-            A.PadIfNeeded(
-                min_height=None,
-                min_width=None,
-                pad_height_divisor=divisor,
-                pad_width_divisor=divisor,
-                position="center",
-                border_mode=cv2.BORDER_CONSTANT,
-                fill=fill,
-                fill_mask=VOC_IGNORE_INDEX,
-                strict=True,
-            )
-        ]
-    elif eval_mode == "resize":
-        size = _positive("eval_size", eval_size)
-        steps = [A.Resize(height=size, width=size, interpolation=cv2.INTER_LINEAR, strict=True)]
+        steps = _voc_train_steps(crop_size, scale_range, hflip, fill)
     else:
-        raise ConfigError(f"eval_mode must be 'pad' or 'resize', got {eval_mode!r}")
+        steps = _voc_eval_steps(eval_mode, eval_size, size_divisor, fill)
     return _finish(steps, *stats)
 
 
