@@ -339,7 +339,7 @@ class Trainer:
                     break
                 if self._stop_requested():
                     return None
-                loss = self.training_step(stage, batch, progress, lambda s=step: f"{description}, step {s}", folder)
+                loss = self.training_step(stage, batch, progress, f"{description}, step {step}", folder)
                 total, seen = total + loss * len(batch["image"]), seen + len(batch["image"])
                 bar.advance(len(batch["image"]), total / seen)
         finally:
@@ -347,7 +347,7 @@ class Trainer:
         return distributed.mean_over_ranks(total, seen, self.info)
 
     def training_step(
-        self, stage: Stage, batch: dict[str, Any], progress: Progress, where: Any, folder: RunFolder
+        self, stage: Stage, batch: dict[str, Any], progress: Progress, where: str, folder: RunFolder
     ) -> float:
         """Forward, loss check, backward and optimiser step on one batch; returns the loss."""
         images, masks = batch["image"].to(self.info.device), batch["mask"].to(self.info.device)
@@ -365,7 +365,7 @@ class Trainer:
         self.scaler.update()
         return value
 
-    def _check_loss(self, value: float, stage: Stage, progress: Progress, where: Any, folder: RunFolder) -> None:
+    def _check_loss(self, value: float, stage: Stage, progress: Progress, where: str, folder: RunFolder) -> None:
         """Stop on a non-finite loss, or one ``train.divergence_factor`` times the stage's first (at least 1)."""
         if progress.loss_reference is None and math.isfinite(value):
             progress.loss_reference = value
@@ -375,7 +375,7 @@ class Trainer:
             return
         problem = "non-finite" if not math.isfinite(value) else f"exploding ({value:.4g} > {limit:.4g})"
         raise TrainingError(
-            f"{problem} loss on rank {self.info.rank} at {where()}: training diverged; lower the learning rate "
+            f"{problem} loss on rank {self.info.rank} at {where}: training diverged; lower the learning rate "
             f"(stages.{stage.index}.lr={stage.config.lr:g}) or set train.grad_clip. {self._kept(folder)}"
         )
 
