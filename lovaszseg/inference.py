@@ -44,7 +44,8 @@ def predict_probabilities(
     """Class probabilities of a batch, averaged over test-time augmentations.
 
     Args:
-        model: Segmentation model returning logits ``[B, C, H, W]``.
+        model: Segmentation model returning logits ``[B, C, H, W]``, or probabilities when it says so
+            with ``outputs_probabilities = True`` (:class:`~lovaszseg.engine.ensemble.Ensemble`).
         images: Normalised images ``[B, in_channels, H, W]`` on the model's device.
         tta: ``"none"``, or ``"hflip"`` to average with the prediction of the mirrored images.
         logits: The model's logits of ``images``, when the caller already has them (saves a forward pass).
@@ -54,10 +55,15 @@ def predict_probabilities(
     """
     if tta not in TTA_MODES:
         raise ConfigError(f"tta must be one of {list(TTA_MODES)}, got {tta!r}")
-    probs = probabilities(model(images) if logits is None else logits)
+    probs = _model_probabilities(model, images) if logits is None else probabilities(logits)
     if tta == "hflip":
-        probs = (probs + probabilities(model(images.flip(-1))).flip(-1)) / 2
+        probs = (probs + _model_probabilities(model, images.flip(-1)).flip(-1)) / 2
     return probs
+
+
+def _model_probabilities(model: nn.Module, images: Tensor) -> Tensor:
+    """Probabilities of a model returning logits, or of one returning probabilities (an ensemble)."""
+    return model(images).float() if getattr(model, "outputs_probabilities", False) else probabilities(model(images))
 
 
 @torch.no_grad()

@@ -29,6 +29,7 @@ __all__ = [
     "binary_iou",
     "image_iou",
     "round_down",
+    "salt_passes",
     "salt_score",
 ]
 
@@ -302,7 +303,7 @@ class MeanMeter:
         return total / count if count else float("nan")
 
 
-def _salt_passes(intersection: np.ndarray, pred_area: np.ndarray, truth_area: np.ndarray) -> np.ndarray:
+def salt_passes(intersection: np.ndarray, pred_area: np.ndarray, truth_area: np.ndarray) -> np.ndarray:
     """How many of the TGS IoU thresholds each IoU exceeds, from pixel counts (broadcast together).
 
     Both masks empty gives IoU 1 (all 10 passed); exactly one empty gives IoU 0 (none). Counting
@@ -349,7 +350,7 @@ def salt_score(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     pred, truth = _as_binary("pred", pred), _as_binary("truth", truth)
     if pred.ndim != 3 or pred.shape != truth.shape:
         raise ValueError(f"pred and truth must both be [N, H, W], got {pred.shape} and {truth.shape}")
-    passes = _salt_passes(
+    passes = salt_passes(
         np.count_nonzero(pred & truth, axis=(1, 2)),
         np.count_nonzero(pred, axis=(1, 2)),
         np.count_nonzero(truth, axis=(1, 2)),
@@ -492,7 +493,7 @@ def best_threshold(
     unique, position = np.unique(round_down(given, work), return_inverse=True)
     intersection, pred_area, truth_area = _bin_counts(probs.astype(work, copy=False), truth, unique)
     if metric == "salt":
-        passes = _salt_passes(intersection, pred_area, truth_area[:, None]).sum(0)
+        passes = salt_passes(intersection, pred_area, truth_area[:, None]).sum(0)
         unique_scores = passes / (len(SALT_IOU_THRESHOLDS) * len(probs))
     elif metric == "image_iou":
         union = (pred_area + truth_area[:, None] - intersection).astype(np.float64)

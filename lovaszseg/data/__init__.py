@@ -1,6 +1,13 @@
 """Datasets (TGS Salt, Pascal VOC, image/mask folders), transform presets and file readers."""
 
-from lovaszseg.data.factory import DATASET_NAMES, build_dataset, build_transform, dataset_options, describe_dataset
+from lovaszseg.data.factory import (
+    DATASET_NAMES,
+    build_dataset,
+    build_transform,
+    dataset_options,
+    describe_dataset,
+    transform_options,
+)
 from lovaszseg.data.folder import FolderDataset
 from lovaszseg.data.io import DatasetError
 from lovaszseg.data.spec import DatasetSpec
@@ -34,6 +41,7 @@ __all__ = [
     "synth_salt",
     "synth_voc",
     "tgs_transforms",
+    "transform_options",
     "voc_transforms",
     "write_folds",
 ]

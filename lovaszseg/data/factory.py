@@ -16,7 +16,7 @@ from lovaszseg.data.transforms import VOC_IGNORE_INDEX, folder_transforms, tgs_t
 from lovaszseg.data.voc import VOC_CLASSES, VOCSegmentation
 from lovaszseg.errors import ConfigError
 
-__all__ = ["DATASET_NAMES", "build_dataset", "build_transform", "dataset_options", "describe_dataset"]
+__all__ = ["DATASET_NAMES", "build_dataset", "build_transform", "dataset_options", "describe_dataset", "transform_options"]
 
 _LABELLED = ("image", "mask", "id")
 
@@ -30,8 +30,12 @@ def _tgs_spec(options: dict[str, Any]) -> DatasetSpec:
 
 def _voc_spec(options: dict[str, Any]) -> DatasetSpec:
     if options["binary"]:
-        return DatasetSpec("voc_binary", "binary", 3, 1, VOC_IGNORE_INDEX, None, None, _LABELLED)
-    return DatasetSpec("voc", "multiclass", 3, len(VOC_CLASSES), VOC_IGNORE_INDEX, None, None, _LABELLED, VOC_CLASSES)
+        return DatasetSpec(
+            "voc_binary", "binary", 3, 1, VOC_IGNORE_INDEX, None, None, _LABELLED, labelled_split="trainval"
+        )
+    return DatasetSpec(
+        "voc", "multiclass", 3, len(VOC_CLASSES), VOC_IGNORE_INDEX, None, None, _LABELLED, VOC_CLASSES, "trainval"
+    )
 
 
 def _folder_spec(options: dict[str, Any]) -> DatasetSpec:
@@ -176,6 +180,17 @@ def build_transform(name: str, *, train: bool, **options: Any) -> Any:
     Returns:
         The albumentations pipeline.
     """
-    _, preset, _ = _lookup(name)
-    preset_keys = _keywords(preset, {})
-    return preset(train=train, **{k: v for k, v in options.items() if k in preset_keys})
+    return _lookup(name)[1](train=train, **transform_options(name, options))
+
+
+def transform_options(name: str, options: dict[str, Any], *, resolved: bool = False) -> dict[str, Any]:
+    """The options of a dataset's transform preset among ``options`` (dataset-only ones left out).
+
+    Args:
+        name: One of ``DATASET_NAMES``.
+        options: The config's ``data.options``.
+        resolved: Fill in the preset's defaults too, e.g. to compare two models' preprocessing.
+    """
+    preset = _lookup(name)[1]
+    given = {k: v for k, v in options.items() if k in _keywords(preset, {})}
+    return {**{k: v for k, v in _defaults(preset).items() if k != "train"}, **given} if resolved else given

@@ -21,7 +21,7 @@ from lovaszseg.data.io import (
     list_stems,
     read_image,
     read_image_size,
-    read_lines,
+    read_id_list,
     read_mask,
     require_dir,
 )
@@ -139,17 +139,16 @@ class FolderDataset(Dataset):
             held_out = {ids[j] for j in np.random.default_rng(seed).permutation(len(ids))[:n_val]}
             chosen = [i for i in ids if (i in held_out) == (split == "val")]
         elif Path(split).suffix == ".txt":
-            path = Path(split)
-            chosen = read_lines(path, "split file")
-            if unknown := [i for i in chosen if i not in self._images]:
-                raise DataError(
-                    f"split file {path} lists ids with no image in {self.root / 'images'}: {', '.join(unknown[:5])}"
-                )
+            chosen = read_id_list(Path(split), self._images, self.root / "images")
         else:
             raise ConfigError(f"unknown split {split!r}; expected one of {', '.join(FOLDER_SPLITS)} or a .txt file")
         if not chosen:
             raise DataError(f"split {split!r} of {self.root} is empty")
         return chosen
+
+    def fold_key(self, sample_id: str) -> float:
+        """What cross-validation folds are stratified by: nothing (a seeded random split)."""
+        return 0.0
 
     def __len__(self) -> int:
         return len(self.ids)

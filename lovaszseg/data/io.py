@@ -7,7 +7,7 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -29,6 +29,7 @@ __all__ = [
     "read_csv_rows",
     "read_image",
     "read_image_size",
+    "read_id_list",
     "read_lines",
     "read_mask",
     "remove_stale_temporaries",
@@ -289,6 +290,31 @@ def read_lines(path: Path, what: str) -> list[str]:
     except UnicodeDecodeError as exc:
         raise DataError(f"{what} {path} is not UTF-8 text: {exc}") from exc
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def read_id_list(path: Path, available: Mapping[str, Path], folder: Path) -> list[str]:
+    """The ids a ``.txt`` split file lists (one per line), each of which must have an image.
+
+    Args:
+        path: The split file.
+        available: ``{id: image path}`` of the dataset's images.
+        folder: Where those images are, for the error message.
+
+    Returns:
+        The ids in file order.
+
+    Raises:
+        DataError: the file is missing, empty, lists an id twice, or lists ids without an image.
+    """
+    ids = read_lines(path, "split file")
+    if not ids:
+        raise DataError(f"split file {path} lists no ids")
+    if len(set(ids)) != len(ids):
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        raise DataError(f"split file {path} lists some ids more than once: {', '.join(repeated[:5])}")
+    if unknown := [i for i in ids if i not in available]:
+        raise DataError(f"split file {path} lists ids with no image in {folder}: {', '.join(unknown[:5])}")
+    return ids
 
 
 def read_csv_rows(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:

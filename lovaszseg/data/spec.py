@@ -30,6 +30,7 @@ class DatasetSpec:
         resize: ``(height, width)`` images are resized to before padding, or None.
         sample_keys: What a labelled sample holds (``image``, ``mask``, ``id``, ...).
         class_names: Names of the classes, when the dataset has them.
+        labelled_split: The split holding every labelled image: what cross-validation divides into folds.
     """
 
     name: str
@@ -41,6 +42,7 @@ class DatasetSpec:
     resize: tuple[int, int] | None
     sample_keys: tuple[str, ...]
     class_names: tuple[str, ...] | None = None
+    labelled_split: str = "all"
 
     @property
     def binary(self) -> bool:

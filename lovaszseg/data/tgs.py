@@ -21,12 +21,14 @@ from lovaszseg.data.io import (
     list_stems,
     read_csv_column,
     read_csv_rows,
+    read_id_list,
     read_image,
     read_image_size,
     read_mask,
     require_dir,
     require_file,
 )
+from lovaszseg.data.folds import stratified_order
 from lovaszseg.data.transforms import TGS_SIZE, tgs_transforms
 from lovaszseg.errors import ConfigError, DataError
 from lovaszseg.rle import decode
@@ -176,8 +178,7 @@ def _depth_keys(root: Path, ids: list[str]) -> list[float]:
 
 def _deal_folds(ids: list[str], keys: list[float], n_folds: int, seed: int) -> dict[str, int]:
     """Order ids by stratum key, ties broken by a seeded permutation, and deal them to folds round-robin."""
-    tiebreak = np.random.default_rng(seed).permutation(len(ids))
-    order = np.lexsort((tiebreak, np.asarray(keys, dtype=np.float64)))
+    order = stratified_order(keys, seed)
     folds = {ids[j]: rank % n_folds for rank, j in enumerate(order)}
     return dict(sorted(folds.items()))
 
@@ -316,9 +317,10 @@ class TGSSalt(Dataset):
                 or mask of the wrong size, a mask with values other than 0 and salt, or an empty split.
         """
         self.root = require_dir(Path(root), "TGS Salt root")
-        if split not in TGS_SPLITS:
-            raise ConfigError(f"unknown TGS split {split!r}; expected one of {', '.join(TGS_SPLITS)}")
-        self.split = split
+        is_list = Path(split).suffix == ".txt"
+        if split not in TGS_SPLITS and not is_list:
+            raise ConfigError(f"unknown TGS split {split!r}; expected one of {', '.join(TGS_SPLITS)} or a .txt file")
+        self.split, self.stratify = str(split), stratify
         self.transform = transform if transform is not None else tgs_transforms(train=False)
         self._masks: _TrainMasks | None = None
         if split == "test":
@@ -332,6 +334,8 @@ class TGSSalt(Dataset):
             self.ids = list(self._images)
             if split in ("train", "val"):
                 self.ids = self._fold_ids(self._masks, split, fold, n_folds, seed, stratify, folds_csv)
+            elif is_list:
+                self.ids = read_id_list(Path(split), self._images, self.root / "train" / "images")
             for sample_id in self.ids:  # already done for every id when coverage folds were computed
                 self._masks.coverage(sample_id)
         if not self.ids:
@@ -378,6 +382,12 @@ class TGSSalt(Dataset):
             _check_fold(fold, max(folds.values()) + 1, f" (folds of {folds_csv})")
         keep_val = split == "val"
         return [i for i in self.ids if (folds[i] == fold) == keep_val]
+
+    def fold_key(self, sample_id: str) -> float:
+        """What cross-validation folds are stratified by: the salt coverage class, or the depth."""
+        if self._masks is None:
+            raise ConfigError("the TGS test split has no masks to make folds of")
+        return self._masks.coverage(sample_id) if self.stratify == "coverage" else self._depths[sample_id]
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -94,6 +94,11 @@ def setup(device: str) -> DistInfo:
     return DistInfo(rank, world_size, torch.device("cpu"))
 
 
+def joined() -> bool:
+    """Whether this process is already in a process group (then :func:`setup` keeps it)."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def cleanup() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -8,8 +8,9 @@ processes before any ratio is taken makes a DDP evaluation equal a single-proces
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from lovaszseg.metrics import (
     image_iou,
     round_down,
 )
+from lovaszseg.postprocess import ImageCounts
 
 __all__ = ["BINARY_METRICS", "MULTICLASS_METRICS", "Scorer", "evaluate", "metric_names"]
 
@@ -63,10 +65,14 @@ class Scorer:
     Args:
         spec: The dataset's description (task, classes, ignore index).
         device: Where the sums live (the model's device).
+        keep_images: Binary tasks: also keep each image's counts at every threshold
+            (:meth:`image_counts`, what post-processing is tuned on; a few hundred bytes an image).
     """
 
-    def __init__(self, spec: DatasetSpec, device: torch.device | str = "cpu") -> None:
+    def __init__(self, spec: DatasetSpec, device: torch.device | str = "cpu", *, keep_images: bool = False) -> None:
         self.spec = spec
+        self.keep_images = keep_images and spec.binary
+        self._images: list[ImageCounts] = []
         self.device = torch.device(device)
         self.salt = spec.binary and spec.ignore_index is None
         grid = len(THRESHOLD_GRID)
@@ -114,6 +120,8 @@ class Scorer:
         intersection, area = predicted[..., 1], predicted.sum(-1)
         truth = counts[..., 1].sum(1)
         ious = _ratio(intersection, area + truth[:, None] - intersection)
+        if self.keep_images:
+            self._images.append(ImageCounts(*(t.int().cpu().numpy() for t in (intersection, area, truth))))
         self.sums["images"] += batch
         self.sums["intersection"] += intersection.sum(0)
         self.sums["predicted"] += area.sum(0)
@@ -122,6 +130,12 @@ class Scorer:
         if self.salt:
             passes = ious[..., None] > torch.as_tensor(SALT_IOU_THRESHOLDS, device=self.device)
             self.sums["salt_passes"] += passes.sum(-1).sum(0)
+
+    def image_counts(self) -> ImageCounts:
+        """The counts of every image scored so far (only with ``keep_images``, in this process)."""
+        if not self.keep_images:
+            raise AssertionError("image_counts needs a binary Scorer made with keep_images=True")
+        return ImageCounts.concatenate(self._images)
 
     def reduce_from_all_processes(self) -> None:
         """Sum the state over all DDP processes (a no-op when not distributed)."""
@@ -169,6 +183,8 @@ def evaluate(
     loss_fn: nn.Module | None = None,
     autocast: AbstractContextManager | None = None,
     progress: Callable[[int], None] | None = None,
+    scorer: Scorer | None = None,
+    on_predictions: Callable[[Sequence[str], Tensor, Tensor], None] | None = None,
 ) -> dict[str, float]:
     """Score a model on a labelled loader (this process's shard; sums are reduced over all ranks).
 
@@ -183,33 +199,48 @@ def evaluate(
         loss_fn: When given, ``val_loss`` is the mean batch loss of the plain (un-augmented) logits.
         autocast: Mixed-precision context of the forward passes.
         progress: Called with each batch's number of images once it is predicted (e.g. ``LoopProgress.advance``).
+        scorer: The scorer to fill (e.g. one keeping per-image counts); default a new one.
+        on_predictions: Called with the ids, probabilities and masks of the images as scored (cropped
+            to their original size: a batch at a time, or one image at a time where sizes differ).
 
     Returns:
         Metric name -> value (see :class:`Scorer`), with ``val_loss`` when ``loss_fn`` is given.
     """
     model.eval()
-    scorer, losses = Scorer(spec, device), MeanMeter(device)
+    scorer, losses = scorer or Scorer(spec, device), MeanMeter(device)
     for batch in loader:
         images, masks = batch["image"].to(device), batch["mask"].to(device)
         with autocast or nullcontext():
-            logits = model(images).float()
+            logits = model(images).float() if loss_fn is not None else None
             probs = predict_probabilities(model, images, tta, logits=logits)
         if progress is not None:
             progress(len(images))
         if loss_fn is not None:
             losses.update(loss_fn(logits, masks).reshape(1))
-        if spec.original_size is not None:
-            probs = crop_to_original(probs, spec.original_size, resized=spec.resize)
-            masks = crop_to_original(masks, spec.original_size, resized=spec.resize)
-        elif "size" in batch:  # images of their own sizes, padded to the model's stride: score their own pixels
-            for prob, mask, size in zip(probs, masks, batch["size"].tolist(), strict=True):
-                window = spec.resize or tuple(size)
-                scorer.update(crop_to_original(prob[None], window), crop_to_original(mask[None], window))
-            continue
-        scorer.update(probs, masks)
+        for ids, prob, mask in _original_size(batch, probs, masks, spec):
+            scorer.update(prob, mask)
+            if on_predictions is not None:
+                on_predictions(ids, prob, mask)
     scorer.reduce_from_all_processes()
     losses.reduce_from_all_processes()
     metrics = scorer.compute()
     if losses.count:
         metrics["val_loss"] = losses.compute()
     return metrics
+
+
+def _original_size(
+    batch: dict[str, Any], probs: Tensor, masks: Tensor, spec: DatasetSpec
+) -> Iterator[tuple[list[str], Tensor, Tensor]]:
+    """A batch's ids, probabilities and masks cropped back to ``spec.original_size`` (TGS: 128 -> 101)
+    or, for images of their own sizes padded to the model's stride, one image at a time to its own pixels."""
+    ids = list(batch["id"])
+    if spec.original_size is not None:
+        window = spec.original_size
+        yield ids, crop_to_original(probs, window, resized=spec.resize), crop_to_original(masks, window, resized=spec.resize)
+    elif "size" in batch:
+        for sample_id, prob, mask, size in zip(ids, probs, masks, batch["size"].tolist(), strict=True):
+            window = spec.resize or tuple(size)
+            yield [sample_id], crop_to_original(prob[None], window), crop_to_original(mask[None], window)
+    else:
+        yield ids, probs, masks

@@ -139,6 +139,24 @@ class RunFolder:
             RunFolderError: an explicit ``path`` holds files and ``overwrite`` is not set, or another
                 process is writing the folder.
         """
+        folder = cls.claim(path, Path(config.output.runs_dir) / (config.output.name or "run"), overwrite=overwrite)
+        with atomic_write(folder.config_path) as handle:
+            yaml.safe_dump(config.model_dump(), handle, sort_keys=False)
+        return folder
+
+    @classmethod
+    def claim(cls, path: str | Path | None, default: Path, *, overwrite: bool) -> RunFolder:
+        """An empty folder to write a new run (or cv) into, locked.
+
+        Args:
+            path: The folder asked for, or None for ``default``, suffixed ``-2``, ``-3``, ... when taken.
+            default: Where new runs go by default.
+            overwrite: Empty a taken folder (explicit or default) instead.
+
+        Raises:
+            RunFolderError: an explicit ``path`` holds files and ``overwrite`` is not set, or another
+                process is writing the folder.
+        """
         if path is not None:
             folder = cls(path)
             folder.lock()
@@ -149,14 +167,12 @@ class RunFolder:
                     f"--resume {folder.path} to continue it, or choose another --run-dir"
                 )
         else:
-            folder = cls._first_free(Path(config.output.runs_dir) / (config.output.name or "run"), overwrite)
+            folder = cls._first_free(default, overwrite)
         for entry in folder._contents():
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
             else:
                 entry.unlink()
-        with atomic_write(folder.config_path) as handle:
-            yaml.safe_dump(config.model_dump(), handle, sort_keys=False)
         return folder
 
     @classmethod

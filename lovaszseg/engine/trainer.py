@@ -39,7 +39,7 @@ from lovaszseg.errors import ConfigError, LovaszsegError, TrainingError
 from lovaszseg.losses import build_loss
 from lovaszseg.models import build_model, check_input_size
 
-__all__ = ["RunResult", "Trainer", "TrainingError", "build_datasets", "resolve_data_root", "train"]
+__all__ = ["RunResult", "Trainer", "TrainingError", "build_datasets", "resolve_config", "resolve_data_root", "train"]
 
 
 @dataclass
@@ -153,7 +153,8 @@ def _weights_checksum(model: nn.Module) -> float:
     return float(sum(p.detach().double().sum() for p in model.state_dict().values() if p.is_floating_point()))
 
 
-def _resolve_config(config: Config | str | Path | None, overrides: Sequence[str], resume: Path | None) -> Config:
+def resolve_config(config: Config | str | Path | None, overrides: Sequence[str], resume: Path | None) -> Config:
+    """The config a run uses: a resumed run's saved one, or ``config`` (None: the demo) with ``overrides``."""
     if resume is not None:
         if config is not None or overrides:
             raise ConfigError("resume continues a run with its saved config: pass no config or overrides with it")
@@ -522,7 +523,8 @@ def train(
         TrainingError: a non-finite or exploding loss, or weights that turned non-finite.
     """
     console = console or Console()
-    config = _resolve_config(config, overrides, resume)
+    config = resolve_config(config, overrides, resume)
+    joined = distributed.joined()  # a caller (cross-validation) may hold the process group for several runs
     info = distributed.setup(config.train.device)
     try:
         trainer = Trainer(config, info, console, pretrained=resume is None)
@@ -532,4 +534,5 @@ def train(
         finally:
             folder.release()
     finally:
-        distributed.cleanup()
+        if not joined:
+            distributed.cleanup()

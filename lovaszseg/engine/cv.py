@@ -1,0 +1,314 @@
+"""K-fold cross-validation: one ordinary run per fold, out-of-fold predictions, tuned post-processing.
+
+:func:`cross_validate` splits the dataset's labelled images by its own rules (TGS: stratified by salt
+coverage or depth; other data: a seeded random split; see :mod:`lovaszseg.data.folds`), optionally
+holding some out of every fold as a final test, and trains fold K into ``CV/fold-K`` with
+:func:`~lovaszseg.engine.trainer.train`. Folds that finished are skipped and an interrupted one is
+resumed, so running it again with ``resume`` continues where it stopped. Then every training image is
+predicted by the one fold model that did not train on it (``oof.npz``), the folds and the
+out-of-fold predictions are scored by the metrics engine, and for binary tasks the threshold and
+min-area are tuned on the out-of-fold predictions (:mod:`lovaszseg.postprocess`).
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from lovaszseg.config import Config, load_config
+from lovaszseg.data import build_dataset, describe_dataset
+from lovaszseg.data.folds import make_cv_split
+from lovaszseg.data.io import atomic_write
+from lovaszseg.data.spec import DatasetSpec
+from lovaszseg.engine import distributed
+from lovaszseg.engine.cv_folder import CvFolder
+from lovaszseg.engine.ensemble import model_names, resolve_members
+from lovaszseg.engine.evaluate import Scorer, evaluate, metric_names
+from lovaszseg.engine.reporting import LoopProgress
+from lovaszseg.engine.run_folder import RunFolder, load_model
+from lovaszseg.engine.trainer import RunResult, resolve_config, resolve_data_root, train
+from lovaszseg.errors import ConfigError, LovaszsegError
+from lovaszseg.inference import TTA_MODES, Tta
+from lovaszseg.postprocess import POSTPROCESS_METRICS, Tuning, save_tuning, tune_postprocessing
+
+__all__ = ["CvResult", "cross_validate", "parse_folds"]
+
+OUT_OF_FOLD = "oof"
+POSTPROCESSED = "oof, tuned"
+
+
+@dataclass
+class CvResult:
+    """What :func:`cross_validate` returns.
+
+    Attributes:
+        cv_dir: The cv folder.
+        folds: The folds trained.
+        rows: One row of metrics per fold, then the out-of-fold rows (empty when not completed).
+        tuning: The post-processing tuned on the out-of-fold predictions (binary tasks).
+        completed: Whether every fold finished and the out-of-fold predictions were written.
+        stop_signal: The signal (SIGINT, SIGTERM) that stopped an incomplete cv, if one did.
+    """
+
+    cv_dir: Path
+    folds: list[int]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    tuning: Tuning | None = None
+    completed: bool = False
+    stop_signal: int | None = None
+
+
+def parse_folds(text: str) -> tuple[int | None, list[int] | None]:
+    """Read ``--folds``: ``K`` (all K folds) or a comma-separated subset such as ``0,3`` (or ``2,``).
+
+    Returns:
+        ``(K, None)`` or ``(None, [folds])``.
+
+    Raises:
+        ConfigError: anything else.
+    """
+    try:
+        if "," not in text:
+            return int(text), None
+        return None, sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise ConfigError(f"--folds must be a number of folds (e.g. 5) or a list of folds (e.g. 0,3), got {text!r}") from None
+
+
+def _check_settings(n_folds: int, folds: list[int], holdout: int, tta: str) -> None:
+    if isinstance(n_folds, bool) or not isinstance(n_folds, int) or n_folds < 2:
+        raise ConfigError(f"the number of folds must be at least 2, got {n_folds!r}")
+    if not folds or any(not 0 <= k < n_folds for k in folds):
+        raise ConfigError(f"folds to train must be in 0..{n_folds - 1}, got {folds}")
+    if isinstance(holdout, bool) or not isinstance(holdout, int) or holdout < 0:
+        raise ConfigError(f"holdout must be a non-negative number of images, got {holdout!r}")
+    if tta not in TTA_MODES:
+        raise ConfigError(f"tta must be one of {list(TTA_MODES)}, got {tta!r}")
+
+
+def _open_new(config: Config, settings: dict[str, Any], run_dir: Path | None, overwrite: bool) -> CvFolder:
+    """Check the data and split it (before any folder exists), then create and lock the cv folder."""
+    spec = describe_dataset(config.data.name, config.data.options)
+    pool = build_dataset(config.data.name, resolve_data_root(config), spec.labelled_split, train=False, **config.data.options)
+    split = make_cv_split(pool, settings["n_folds"], settings["seed"], settings["holdout"])
+    default = Path(config.output.runs_dir) / f"{config.output.name or 'run'}-cv"
+    folder = CvFolder.from_run_folder(RunFolder.claim(run_dir, default, overwrite=overwrite))
+    folder.write_split(split)
+    folder.write_settings(config, settings)
+    return folder
+
+
+def _open_resume(resume: Path, folds: list[int] | None, n_folds: int | None) -> CvFolder:
+    folder = CvFolder.existing(resume)
+    config, settings = folder.settings()
+    if n_folds is not None and n_folds != settings["n_folds"]:
+        raise ConfigError(f"cv folder {resume} has {settings['n_folds']} folds, not {n_folds}")
+    folder.run.lock()
+    if folds is not None:
+        _check_settings(settings["n_folds"], folds, settings["holdout"], settings["tta"])
+        settings["folds"] = folds
+        folder.write_settings(config, settings)
+    return folder
+
+
+def _fold_config(folder: CvFolder, config: Config, fold: int) -> Config:
+    tree = config.model_dump()
+    tree["data"]["train_split"] = str(folder.split_path(fold, "train"))
+    tree["data"]["val_split"] = str(folder.split_path(fold, "val"))
+    tree["output"]["name"] = f"{config.output.name or 'run'}-fold-{fold}"
+    return load_config(tree)
+
+
+def _train_fold(folder: CvFolder, config: Config, fold: int, n_folds: int, console: Console) -> RunResult | None:
+    """Train (or resume) fold ``fold``; None when it had already finished."""
+    run = RunFolder(folder.fold_path(fold))
+    if run.finished:
+        console.print(f"cv fold {fold}/{n_folds}: finished before, skipped ({run.path})")
+        return None
+    console.print(f"cv fold {fold}/{n_folds}: {run.path}")
+    if run.last_path.is_file():
+        return train(resume=run.path, console=console)
+    return train(_fold_config(folder, config, fold), run_dir=run.path, overwrite=True, console=console)
+
+
+@contextmanager
+def _oof_writer(path: Path) -> Iterator[Callable[[Sequence[str], Tensor], None]]:
+    """Write ``oof.npz`` as predictions come: a zip of one float16 ``.npy`` per image, replaced atomically."""
+    with atomic_write(path, "wb") as handle, zipfile.ZipFile(handle, "w") as archive:
+
+        def add(ids: Sequence[str], probs: Tensor) -> None:
+            for sample_id, prob in zip(ids, probs.cpu().numpy().astype(np.float16), strict=True):
+                with archive.open(f"{sample_id}.npy", "w") as entry:
+                    np.lib.format.write_array(entry, prob)
+
+        yield add
+
+
+def _tuning_metric(config: Config, spec: DatasetSpec) -> str:
+    monitor = config.train.monitor or metric_names(spec)[0]
+    return monitor if monitor in POSTPROCESS_METRICS else metric_names(spec)[0]
+
+
+def _out_of_fold(
+    folder: CvFolder, config: Config, settings: dict[str, Any], console: Console
+) -> tuple[list[dict[str, Any]], Tuning | None]:
+    """Predict every fold's validation images with that fold's model: ``oof.npz``, metrics, tuning."""
+    spec = describe_dataset(config.data.name, config.data.options)
+    root, tta = resolve_data_root(config), settings["tta"]
+    device = distributed.resolve_device(config.train.device)
+    oof_scorer, rows = Scorer(spec, device, keep_images=True), []
+    with _oof_writer(folder.oof_path) as write:
+
+        def record(ids: Sequence[str], probs: Tensor, masks: Tensor) -> None:
+            write(ids, probs)
+            oof_scorer.update(probs, masks)
+
+        for fold in settings["folds"]:
+            loaded = load_model(folder.fold_path(fold))
+            val_split = str(folder.split_path(fold, "val"))
+            dataset = build_dataset(config.data.name, root, val_split, train=False, **config.data.options)
+            loader = DataLoader(dataset, batch_size=config.data.val_batch_size or config.data.batch_size)
+            interval = config.output.progress_seconds
+            with LoopProgress(console, f"out-of-fold {fold}", len(dataset), unit="image", interval=interval) as bar:
+                metrics = evaluate(
+                    loaded.model.to(device), loader, spec, device=device, tta=tta, progress=bar.advance, on_predictions=record
+                )
+            rows.append({"fold": str(fold), "images": len(dataset), **metrics})
+    images = sum(row["images"] for row in rows)
+    rows.append({"fold": OUT_OF_FOLD, "images": images, **oof_scorer.compute()})
+    tuning = None
+    if spec.binary:
+        names = model_names(resolve_members(folder.path))
+        tuning = tune_postprocessing(
+            oof_scorer.image_counts(), _tuning_metric(config, spec), split=OUT_OF_FOLD, tta=tta, models=names
+        )
+        save_tuning(folder.path, tuning)
+        rows.append({"fold": POSTPROCESSED, "images": images, **tuning.after, **asdict(tuning.chosen)})
+    folder.write_results(rows, {"settings": settings, "rows": rows, "tuning": asdict(tuning) if tuning else None})
+    return rows, tuning
+
+
+def cv_table(rows: list[dict[str, Any]], spec: DatasetSpec) -> Table:
+    """Per-fold and out-of-fold metrics, as ``lovaszseg cv`` prints them."""
+    metrics = metric_names(spec)
+    extra = ("threshold", "min_area") if spec.binary else ()
+    table = Table(title="lovaszseg cv")
+    for column in ("fold", "images", *metrics, *extra):
+        table.add_column(column, justify="left" if column == "fold" else "right")
+    for row in rows:
+        cells = [f"{row[m]:.4f}" if m in row else "" for m in metrics]
+        cells += [f"{row['threshold']:.2f}", str(row["min_area"])] if "min_area" in row else [""] * len(extra)
+        table.add_row(str(row["fold"]), str(row["images"]), *cells)
+    return table
+
+
+def cross_validate(
+    config: Config | str | Path | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    n_folds: int | None = None,
+    folds: Sequence[int] | None = None,
+    holdout: int = 0,
+    tta: Tta = "none",
+    run_dir: Path | None = None,
+    resume: Path | None = None,
+    overwrite: bool = False,
+    console: Console | None = None,
+) -> CvResult:
+    """K-fold cross-validation into a cv folder; callable from a notebook as from ``lovaszseg cv``.
+
+    Args:
+        config: A :class:`Config`, a YAML path, or None for the built-in demo config.
+        overrides: ``key.path=value`` strings applied to the config.
+        n_folds: Number of folds K (default 5, or the resumed cv's).
+        folds: The folds to train (default all K); the out-of-fold predictions cover these folds.
+        holdout: Labelled images to keep out of every fold (``--split holdout`` of ``eval`` scores them).
+        tta: Test-time augmentation of the out-of-fold predictions (``none`` or ``hflip``).
+        run_dir: The cv folder (default ``output.runs_dir/NAME-cv``, suffixed if taken).
+        resume: A cv folder to continue: finished folds are skipped, an interrupted one resumed.
+        overwrite: Replace what ``run_dir`` holds.
+        console: Where progress and tables go.
+
+    Returns:
+        :class:`CvResult`.
+
+    Raises:
+        ConfigError, DataError: bad config, settings or data (before the cv folder is created).
+        RunFolderError: the folder is taken or being written by another process.
+        TrainingError: a fold's training diverged.
+    """
+    console = console or Console()
+    if resume is not None and (config is not None or overrides or holdout):
+        raise ConfigError("--resume continues a cv with its saved config and split: pass no config, overrides or holdout")
+    base = resolve_config(config, overrides, None) if resume is None else CvFolder.existing(resume).settings()[0]
+    joined = distributed.joined()
+    info = distributed.setup(base.train.device)
+    try:
+        folder = _open_on_main(info, base, resume, n_folds, folds, holdout, tta, run_dir, overwrite)
+        try:
+            return _run_folds(folder, info, console)
+        finally:
+            folder.run.release()
+    finally:
+        if not joined:
+            distributed.cleanup()
+
+
+def _open_on_main(
+    info: distributed.DistInfo,
+    config: Config,
+    resume: Path | None,
+    n_folds: int | None,
+    folds: Sequence[int] | None,
+    holdout: int,
+    tta: str,
+    run_dir: Path | None,
+    overwrite: bool,
+) -> CvFolder:
+    """Rank 0 creates (or reopens) and locks the cv folder; every rank learns its path."""
+    folder, error = None, None
+    if info.is_main:
+        try:
+            if resume is not None:
+                folder = _open_resume(resume, None if folds is None else list(folds), n_folds)
+            else:
+                k = n_folds or 5
+                settings = {"n_folds": k, "folds": sorted(folds) if folds is not None else list(range(k))}
+                settings |= {"holdout": holdout, "seed": int(config.data.options.get("seed", 0)), "tta": tta}
+                _check_settings(k, settings["folds"], holdout, tta)
+                folder = _open_new(config, settings, run_dir, overwrite)
+        except LovaszsegError as caught:
+            error = caught
+    path, error = distributed.broadcast_object((folder.path if folder else None, error), info)
+    if error is not None:
+        raise error
+    return folder or CvFolder(path)
+
+
+def _run_folds(folder: CvFolder, info: distributed.DistInfo, console: Console) -> CvResult:
+    """Train every fold not finished yet, then (rank 0) the out-of-fold predictions, metrics and tuning."""
+    config, settings = folder.settings()
+    result = CvResult(folder.path, list(settings["folds"]))
+    for fold in settings["folds"]:
+        trained = _train_fold(folder, config, fold, settings["n_folds"], console)
+        if trained is not None and not trained.completed:
+            result.stop_signal = trained.stop_signal
+            return result
+    if info.is_main:
+        result.rows, result.tuning = _out_of_fold(folder, config, settings, console)
+        console.print(cv_table(result.rows, describe_dataset(config.data.name, config.data.options)))
+        if result.tuning is not None:
+            console.print(f"post-processing: {result.tuning.describe()}")
+    distributed.broadcast_object(None, info)  # the other ranks wait for rank 0's predictions
+    result.completed = True
+    return result

@@ -1,0 +1,278 @@
+"""Ensembles: several trained models used as one, wherever a run is.
+
+A *predictor* is what ``eval``, ``predict`` and ``submit`` use: one model, or the weighted average of
+the probabilities of several (:class:`Ensemble`; with test-time augmentation on top, the average is
+over members and augmentations). Its members are given as any mix of
+
+- run folders and model files (a run's ``best.pt``, a cosine-restart ``stageN_snapshotK.pt``, an
+  exported ``model.safetensors``),
+- cv folders (every fold's model, see :mod:`lovaszseg.engine.cv`),
+- ensemble folders written by :func:`write_ensemble` (``ensemble.yaml``: members and weights),
+
+and must agree on what they take and return (task, classes, channels, sizes and preprocessing). The
+folder a predictor comes from (run, cv or ensemble folder) keeps its ``eval.json`` and its tuned
+post-processing (:mod:`lovaszseg.postprocess`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor, nn
+
+from lovaszseg.config import Config
+from lovaszseg.data import transform_options
+from lovaszseg.data.io import atomic_write
+from lovaszseg.data.spec import DatasetSpec
+from lovaszseg.engine.cv_folder import CvFolder
+from lovaszseg.engine.run_folder import RunFolder, load_model
+from lovaszseg.errors import CheckpointError, ConfigError, RunFolderError
+from lovaszseg.inference import probabilities
+from lovaszseg.postprocess import POSTPROCESS_FILE, Tuning, load_tuning, save_tuning
+
+__all__ = [
+    "MANIFEST_FILE",
+    "Ensemble",
+    "Member",
+    "Predictor",
+    "load_predictor",
+    "model_names",
+    "resolve_members",
+    "write_ensemble",
+]
+
+MANIFEST_FILE = "ensemble.yaml"
+Sources = str | Path | Sequence[str | Path]
+
+
+@dataclass(frozen=True)
+class Member:
+    """One model file of an ensemble and its weight."""
+
+    path: Path
+    weight: float = 1.0
+
+
+class Ensemble(nn.Module):
+    """The weighted mean of several models' class probabilities (sigmoid or softmax of their logits).
+
+    Its output is probabilities, not logits (``outputs_probabilities``), which
+    :func:`~lovaszseg.inference.predict_probabilities` and the metrics engine know.
+
+    Args:
+        models: Members returning logits ``[B, C, H, W]`` of the same shape.
+        weights: One non-negative weight per member, not all 0 (normalised to sum to 1).
+
+    Shape:
+        - Input: ``[B, in_channels, H, W]``.
+        - Output: ``[B, C, H, W]`` float32 probabilities.
+    """
+
+    outputs_probabilities = True
+
+    def __init__(self, models: Sequence[nn.Module], weights: Sequence[float]) -> None:
+        super().__init__()
+        if len(models) != len(weights) or not models:
+            raise ConfigError(f"an ensemble needs one weight per member, got {len(models)} members and {len(weights)} weights")
+        if any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise ConfigError(f"ensemble weights must be non-negative and not all 0, got {list(weights)}")
+        self.members = nn.ModuleList(models)
+        self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32) / sum(weights), persistent=False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        total = torch.zeros((), device=images.device)
+        for weight, member in zip(self.weights, self.members, strict=True):
+            total = total + weight * probabilities(member(images))
+        return total
+
+
+@dataclass
+class Predictor:
+    """One model or an ensemble, ready for inference.
+
+    Attributes:
+        model: A model returning logits (one member) or an :class:`Ensemble`.
+        config: The first member's config (data and preprocessing, shared by all members).
+        spec: What the members take and return.
+        members: The model files and their weights.
+        home: The run, cv or ensemble folder results are kept in (``eval.json``, the tuned
+            post-processing); None for a list of several runs or files.
+        cv: The cv folder, when the predictor is one.
+    """
+
+    model: nn.Module
+    config: Config
+    spec: DatasetSpec
+    members: list[Member]
+    home: Path | None
+    cv: CvFolder | None = None
+    model_names: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.model_names = model_names(self.members)
+
+    @property
+    def name(self) -> str:
+        if self.home is not None:
+            return str(self.home)
+        return " + ".join(str(m.path) for m in self.members)
+
+    def tuning(self) -> Tuning | None:
+        """The post-processing kept in :attr:`home` for exactly these members, or None."""
+        return load_tuning(self.home, self.model_names) if self.home is not None else None
+
+    def save_tuning(self, tuning: Tuning) -> None:
+        if self.home is not None:
+            save_tuning(self.home, tuning)
+
+
+def model_names(members: Sequence[Member]) -> tuple[str, ...]:
+    """How a tuned post-processing names the models (and weights) it was tuned for."""
+    return tuple(f"{m.path.resolve()}*{m.weight:g}" for m in members)
+
+
+def _read_manifest(folder: Path) -> list[Member]:
+    path = folder / MANIFEST_FILE
+    try:
+        payload = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return [Member((folder / entry["path"]).resolve(), float(entry["weight"])) for entry in payload["members"]]
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{path} is not an ensemble manifest: {error}") from error
+
+
+def _expand(source: Path, weight: float) -> list[Member]:
+    if not source.exists():
+        raise CheckpointError(f"no run folder, cv folder, ensemble folder or model file at {source}")
+    if source.is_file():
+        return [Member(source, weight)]
+    if (source / MANIFEST_FILE).is_file():
+        members = _read_manifest(source)
+        total = sum(m.weight for m in members)
+        return [Member(m.path, weight * m.weight / total) for m in members]
+    if CvFolder.is_cv_folder(source):
+        return [Member(path, weight) for path in CvFolder(source).model_files()]
+    return [Member(RunFolder.existing(source).model_file(), weight)]
+
+
+def resolve_members(sources: Sources, weights: Sequence[float] | None = None) -> list[Member]:
+    """The model files behind ``sources`` (cv and ensemble folders expanded), with their weights.
+
+    Args:
+        sources: Run folders, model files, cv folders and ensemble folders.
+        weights: One per source (default 1 each); a folder's weight is shared by its models.
+
+    Raises:
+        ConfigError: a weight count that does not match, or bad weights.
+        CheckpointError: a source that is none of these, or a cv folder whose folds have not finished.
+    """
+    sources = [sources] if isinstance(sources, str | Path) else list(sources)
+    if not sources:
+        raise ConfigError("no model given: name a run folder, a model file, a cv folder or an ensemble folder")
+    weights = [1.0] * len(sources) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(sources):
+        raise ConfigError(f"got {len(weights)} weights for {len(sources)} members; give one weight per member")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ConfigError(f"ensemble weights must be non-negative and not all 0, got {weights}")
+    return [member for source, weight in zip(sources, weights, strict=True) for member in _expand(Path(source), weight)]
+
+
+def _preprocessing(config: Config) -> dict[str, Any]:
+    return {"data.name": config.data.name, **transform_options(config.data.name, config.data.options, resolved=True)}
+
+
+def _check_agree(first: tuple[Member, Config, DatasetSpec], other: tuple[Member, Config, DatasetSpec]) -> None:
+    """Members must take the same input and give the same output: the first difference is named."""
+    (first_member, first_config, first_spec), (member, config, spec) = first, other
+    differences = [
+        f"{f.name} {getattr(first_spec, f.name)!r} vs {getattr(spec, f.name)!r}"
+        for f in fields(DatasetSpec)
+        if f.name not in ("name", "sample_keys", "labelled_split") and getattr(first_spec, f.name) != getattr(spec, f.name)
+    ]
+    first_pre, pre = _preprocessing(first_config), _preprocessing(config)
+    differences += [f"{key} {first_pre.get(key)!r} vs {pre.get(key)!r}" for key in sorted(set(first_pre) | set(pre)) if first_pre.get(key) != pre.get(key)]
+    if differences:
+        raise ConfigError(
+            f"ensemble members {first_member.path} and {member.path} do not agree on their input and output: "
+            + "; ".join(differences)
+        )
+
+
+def _home(sources: Sources) -> tuple[Path | None, CvFolder | None]:
+    sources = [sources] if isinstance(sources, str | Path) else list(sources)
+    if len(sources) != 1:
+        return None, None
+    source = Path(sources[0])
+    if source.is_file():
+        return source.parent, None
+    return source, CvFolder(source) if CvFolder.is_cv_folder(source) else None
+
+
+def load_predictor(sources: Sources, weights: Sequence[float] | None = None) -> Predictor:
+    """Load one model or an ensemble from run folders, model files, cv folders and ensemble folders.
+
+    Args:
+        sources: One source or several (see :func:`resolve_members`).
+        weights: One weight per source.
+
+    Returns:
+        :class:`Predictor`: the model alone when there is one member, else an :class:`Ensemble`.
+
+    Raises:
+        CheckpointError: a missing or unreadable source.
+        ConfigError: members that disagree on task, classes, channels, sizes or preprocessing; bad weights.
+    """
+    members = resolve_members(sources, weights)
+    loaded = [load_model(member.path) for member in members]
+    described = [(m, lm.config, lm.spec) for m, lm in zip(members, loaded, strict=True)]
+    for other in described[1:]:
+        _check_agree(described[0], other)
+    model = loaded[0].model if len(loaded) == 1 else Ensemble([lm.model for lm in loaded], [m.weight for m in members])
+    home, cv = _home(sources)
+    return Predictor(model.eval(), loaded[0].config, loaded[0].spec, members, home, cv)
+
+
+def write_ensemble(
+    sources: Sequence[str | Path], out: str | Path, *, weights: Sequence[float] | None = None, overwrite: bool = False
+) -> Predictor:
+    """Write an ensemble folder (``ensemble.yaml``) that ``eval``, ``predict`` and ``submit`` accept as a run.
+
+    The members are checked (they load and agree) before anything is written; their paths are kept
+    relative to ``out``, so the folder moves with the runs. Built from one cv folder, it keeps the
+    post-processing tuned on that cv's out-of-fold predictions.
+
+    Args:
+        sources: Run folders, model files, cv folders and ensemble folders.
+        out: The folder to write.
+        weights: One per source (default: equal).
+        overwrite: Replace an existing ensemble folder.
+
+    Returns:
+        The loaded ensemble, whose ``home`` is ``out``.
+
+    Raises:
+        RunFolderError: ``out`` exists and holds something else, or an ensemble without ``overwrite``.
+        CheckpointError, ConfigError: see :func:`load_predictor`.
+    """
+    out = Path(out)
+    if out.exists() and (out.is_file() or any(out.iterdir())):
+        if not (overwrite and (out / MANIFEST_FILE).is_file()):
+            what = "an ensemble folder" if (out / MANIFEST_FILE).is_file() else "not an empty folder"
+            hint = "; pass --overwrite to replace it" if what == "an ensemble folder" else ""
+            raise RunFolderError(f"--out {out} is {what}{hint}")
+    predictor = load_predictor(sources, weights)
+    out.mkdir(parents=True, exist_ok=True)
+    entries = [{"path": os.path.relpath(m.path.resolve(), out.resolve()), "weight": m.weight} for m in predictor.members]
+    tuning = predictor.tuning() if predictor.cv is not None else None
+    (out / POSTPROCESS_FILE).unlink(missing_ok=True)
+    with atomic_write(out / MANIFEST_FILE) as handle:
+        yaml.safe_dump({"members": entries}, handle, sort_keys=False)
+    result = load_predictor(out)
+    if tuning is not None:
+        result.save_tuning(replace(tuning, models=result.model_names))
+    return result
