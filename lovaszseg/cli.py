@@ -132,86 +132,213 @@ def train_command(
 
 TTA_HELP = "Test-time augmentation: none, or hflip (average with the mirrored prediction)."
 DEVICE_HELP = "auto (CUDA if available), cpu, cuda or cuda:N."
+MODELS_HELP = (
+    "Run folder or model file (a run's .pt, e.g. a cosine-restart snapshot, or a .safetensors), cv folder "
+    "(all its folds) or ensemble folder; several make an ensemble (probabilities averaged)."
+)
+WEIGHTS_HELP = "Ensemble weights, one per model argument, comma-separated (default: equal), e.g. 2,1,1."
+THRESHOLD_HELP = "Binary models: probability threshold in [0, 1], or auto (tuned: out of fold for a cv folder, else on the validation split)."
+MIN_AREA_HELP = "Binary models: masks with fewer foreground pixels are emptied (0: never), or auto (tuned with the threshold)."
+
+
+def _parse_weights(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        console.print(f"[red]error:[/red] --weights must be comma-separated numbers, got {text!r}")
+        raise typer.Exit(USER_ERROR_EXIT) from None
+
+
+def _parse_auto(option: str, text: str, kind: type) -> Any:
+    """A number of ``kind``, or the string ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        return kind(text)
+    except ValueError:
+        what = "a number in [0, 1]" if kind is float else "a whole number of pixels"
+        console.print(f"[red]error:[/red] --{option} must be {what} or 'auto', got {text!r}")
+        raise typer.Exit(USER_ERROR_EXIT) from None
+
+
+@app.command("cv")
+def cv_command(
+    config: Path | None = typer.Argument(None, help="YAML config (e.g. configs/salt.yaml); omit for the demo config."),
+    overrides: list[str] | None = typer.Argument(None, help="Dotted overrides, e.g. stages.0.epochs=5."),
+    folds: str | None = typer.Option(
+        None, help="Number of folds K (default 5), or the folds to train as a comma list (e.g. 0,3; one fold: 2,)."
+    ),
+    n_folds: int | None = typer.Option(None, help="K when --folds lists folds (default 5, or the resumed cv's)."),
+    holdout: int = typer.Option(0, help="Labelled images kept out of every fold as a final test (eval --split holdout)."),
+    tta: str = typer.Option("none", help=TTA_HELP + " Used for the out-of-fold predictions."),
+    resume: Path | None = typer.Option(None, "--resume", help="cv folder to continue (no CONFIG): finished folds are skipped."),
+    run_dir: Path | None = typer.Option(
+        None, "--run-dir", help="Write the cv here instead of runs/NAME-cv (refused if it holds something)."
+    ),
+    overwrite: bool = typer.Option(False, help="Replace what the cv folder holds."),
+) -> None:
+    """K-fold cross-validation: a run per fold, out-of-fold predictions, post-processing tuned on them.
+
+    Folds follow the dataset's own rules (TGS: stratified by salt coverage; other data: a seeded split).
+    Fold K trains into CV/fold-K, an ordinary run folder; Ctrl-C keeps what is done and --resume CV
+    continues. Afterwards every training image is predicted by the model that did not train on it
+    (CV/oof.npz), per-fold and out-of-fold metrics are printed and saved (cv.csv), and for binary data
+    the threshold and min-area are tuned on the out-of-fold predictions (postprocess.json). The cv folder
+    is then a model for eval, predict and submit (an ensemble of its folds). Under torchrun, each fold
+    trains with DistributedDataParallel.
+    """
+    from lovaszseg.engine.cv import cross_validate, parse_folds
+
+    overrides = list(overrides or [])
+    if config is not None and "=" in config.name and not config.exists():
+        config, overrides = None, [str(config), *overrides]
+    k, chosen = _user_errors(parse_folds, folds) if folds is not None else (None, None)
+    result = _user_errors(
+        cross_validate,
+        config,
+        overrides,
+        n_folds=k or n_folds,
+        folds=chosen,
+        holdout=holdout,
+        tta=tta,
+        run_dir=run_dir,
+        resume=resume,
+        overwrite=overwrite,
+        console=console,
+    )
+    _exit_if_interrupted(result.stop_signal)
+    if result.completed:
+        console.print(f"done: {result.cv_dir}")
+
+
+@app.command("ensemble")
+def ensemble_command(
+    members: list[Path] = typer.Argument(..., help=MODELS_HELP),
+    out: Path = typer.Option(..., "--out", help="Ensemble folder to write (ensemble.yaml)."),
+    weights: str | None = typer.Option(None, help=WEIGHTS_HELP),
+    overwrite: bool = typer.Option(False, help="Replace an existing ensemble folder."),
+) -> None:
+    """Write an ensemble folder: its members and weights, checked to agree; usable wherever a run is."""
+    from lovaszseg.engine.ensemble import write_ensemble
+
+    predictor = _user_errors(write_ensemble, members, out, weights=_parse_weights(weights), overwrite=overwrite)
+    console.print(f"wrote {out} ({len(predictor.members)} models)")
+    for member in predictor.members:
+        console.print(f"  {member.weight:.4g}  {member.path}", soft_wrap=True, markup=False, highlight=False)
+    if (tuning := predictor.tuning()) is not None:
+        console.print(f"post-processing: {tuning.describe()}", soft_wrap=True, markup=False, highlight=False)
 
 
 @app.command("eval")
 def eval_command(
-    run: Path = typer.Argument(..., help="Run folder or model file (a run's .pt, or an exported .safetensors)."),
-    split: str = typer.Option("val", help="Split to score: val, train, all (TGS) or a VOC split."),
+    runs: list[Path] = typer.Argument(..., help=MODELS_HELP),
+    split: str | None = typer.Option(
+        None,
+        help="Split to score: val (default), train, all (TGS), a VOC split or a .txt of ids; "
+        "for a cv folder oof (default) or holdout.",
+    ),
+    weights: str | None = typer.Option(None, help=WEIGHTS_HELP),
     tta: str = typer.Option("none", help=TTA_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     data_root: Path | None = typer.Option(None, help="Dataset root, if not the one in the run's config."),
 ) -> None:
-    """Score a trained model; prints a table and writes eval.json (binary: with the best threshold)."""
+    """Score a model or an ensemble; prints a table and writes eval.json.
+
+    Binary models also get the best threshold and the metrics after post-processing (threshold and
+    min-area): tuned on this split and kept for predict/submit --threshold auto, or, for a cv folder,
+    the values tuned out of fold.
+    """
     from rich.table import Table
 
     from lovaszseg.engine.runs import evaluate_run
 
-    metrics = _user_errors(evaluate_run, run, split=split, tta=tta, device=device, data_root=data_root, console=console)
-    table = Table(title=f"{run} on {split} (tta {tta})")
+    metrics = _user_errors(
+        evaluate_run,
+        runs,
+        weights=_parse_weights(weights),
+        split=split,
+        tta=tta,
+        device=device,
+        data_root=data_root,
+        console=console,
+    )
+    from lovaszseg.engine.cv_folder import CvFolder
+
+    default = "oof" if len(runs) == 1 and CvFolder.is_cv_folder(runs[0]) else "val"
+    table = Table(title=f"{' + '.join(map(str, runs))} on {split or default} (tta {tta})")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in metrics.items():
-        table.add_row(name, f"{value:.4f}")
+        table.add_row(name, f"{value:.0f}" if name.endswith("min_area") else f"{value:.4f}")
     console.print(table)
 
 
 @app.command("predict")
 def predict_command(
-    run: Path = typer.Argument(..., help="Run folder or checkpoint."),
+    runs: list[Path] = typer.Argument(..., help=MODELS_HELP),
     images_dir: Path = typer.Argument(..., help="Folder of images to segment."),
     out_dir: Path = typer.Argument(..., help="Output folder: masks/ and overlays/ PNGs are written there."),
+    weights: str | None = typer.Option(None, help=WEIGHTS_HELP),
     tta: str = typer.Option("none", help=TTA_HELP),
-    threshold: float = typer.Option(
-        DEFAULT_THRESHOLD, help="Foreground probability threshold in [0, 1] (binary models)."
-    ),
+    threshold: str = typer.Option(str(DEFAULT_THRESHOLD), help=THRESHOLD_HELP),
+    min_area: str = typer.Option("0", help=MIN_AREA_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
     """Predict masks (VOC palette PNGs for multi-class models) and image+mask overlays."""
     from lovaszseg.engine.runs import predict_run
 
     count = _user_errors(
-        predict_run, run, images_dir, out_dir, tta=tta, threshold=threshold, device=device, console=console
+        predict_run,
+        runs,
+        images_dir,
+        out_dir,
+        weights=_parse_weights(weights),
+        tta=tta,
+        threshold=_parse_auto("threshold", threshold, float),
+        min_area=_parse_auto("min-area", min_area, int),
+        device=device,
+        console=console,
     )
     console.print(f"wrote {count} masks to {out_dir / 'masks'} and overlays to {out_dir / 'overlays'}")
 
 
 @app.command("submit")
 def submit_command(
-    run: Path = typer.Argument(..., help="Run folder or checkpoint of a binary (salt) model."),
+    runs: list[Path] = typer.Argument(..., help=MODELS_HELP + " Binary (salt) models."),
     test_dir: Path = typer.Argument(..., help="Test images, or Kaggle's test/ folder holding images/."),
     out: Path = typer.Option(Path("submission.csv"), "--out", help="CSV to write (validated before writing)."),
+    weights: str | None = typer.Option(None, help=WEIGHTS_HELP),
     tta: str = typer.Option("none", help=TTA_HELP),
-    threshold: str = typer.Option(
-        str(DEFAULT_THRESHOLD), help="Probability threshold, or 'auto' (best on the validation split)."
-    ),
+    threshold: str = typer.Option(str(DEFAULT_THRESHOLD), help=THRESHOLD_HELP),
+    min_area: str = typer.Option("0", help=MIN_AREA_HELP),
     sample_submission: Path | None = typer.Option(
         None, help="Kaggle's sample_submission.csv (default: the one beside TEST_DIR): ids must match it."
     ),
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
-    """Write a Kaggle TGS Salt submission: id,rle_mask for every test image, masks at 101x101."""
+    """Write a Kaggle TGS Salt submission: id,rle_mask for every test image, masks at 101x101.
+
+    Images stream through the model or ensemble and rows are encoded as they come (memory does not
+    grow with the test set); the file is validated before it replaces anything.
+    """
     from lovaszseg.engine.runs import submit_run
 
-    value: float | str = "auto"
-    if threshold != "auto":
-        try:
-            value = float(threshold)
-        except ValueError:
-            console.print(f"[red]error:[/red] --threshold must be a number in [0, 1] or 'auto', got {threshold!r}")
-            raise typer.Exit(USER_ERROR_EXIT) from None
     path, used = _user_errors(
         submit_run,
-        run,
+        runs,
         test_dir,
         out,
+        weights=_parse_weights(weights),
         tta=tta,
-        threshold=value,
+        threshold=_parse_auto("threshold", threshold, float),
+        min_area=_parse_auto("min-area", min_area, int),
         sample_submission=sample_submission,
         device=device,
         console=console,
     )
-    console.print(f"wrote {path} (threshold {used:.2f})")
+    console.print(f"wrote {path} (threshold {used.threshold:.2f}, min-area {used.min_area})")
 
 
 @app.command("export")

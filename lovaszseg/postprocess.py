@@ -93,6 +93,7 @@ class Tuning:
     Attributes:
         metric: The metric maximised.
         chosen: The threshold and min-area chosen.
+        threshold_alone: The best threshold when no min-area rule is applied (``--min-area 0``).
         before: Every binary metric at the default threshold without min-area.
         after: Every binary metric with ``chosen``.
         images: How many images it was tuned on.
@@ -100,6 +101,7 @@ class Tuning:
 
     metric: str
     chosen: PostProcessing
+    threshold_alone: float
     before: dict[str, float]
     after: dict[str, float]
     images: int
@@ -174,8 +176,9 @@ def _grid_index(threshold: float) -> int:
     return int(matches[0])
 
 
-def _best_cut(counts: ImageCounts, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """For every threshold, the best number of smallest predictions to empty: ``(value [T], min_area [T])``.
+def _best_cut(counts: ImageCounts, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For every threshold, the best number of smallest predictions to empty: ``(value [T], min_area [T])``,
+    and the value without emptying any ``[T]``.
 
     Images are sorted by predicted area; emptying the ``k`` smallest is a min-area rule only where the
     ``k``-th and ``k+1``-th areas differ, so only those cuts (and ``k = 0``) are candidates.
@@ -202,7 +205,7 @@ def _best_cut(counts: ImageCounts, metric: str) -> tuple[np.ndarray, np.ndarray]
     best = values.argmax(0)  # the first maximum: the smallest min-area on ties
     columns = np.arange(area.shape[1])
     min_area = np.where(best > 0, area[np.maximum(best - 1, 0), columns] + 1, 0)
-    return values[best, columns], min_area
+    return values[best, columns], min_area, values[0]
 
 
 def tune_postprocessing(counts: ImageCounts, metric: str = "salt_score", **record: str | tuple[str, ...]) -> Tuning:
@@ -225,9 +228,10 @@ def tune_postprocessing(counts: ImageCounts, metric: str = "salt_score", **recor
         raise ConfigError(f"post-processing can be tuned for {', '.join(POSTPROCESS_METRICS)}, not {metric!r}")
     if not len(counts):
         raise ConfigError("no images to tune post-processing on")
-    values, min_areas = _best_cut(counts, metric)
+    values, min_areas, alone = _best_cut(counts, metric)
     column = int(values.argmax())
     chosen = PostProcessing(THRESHOLD_GRID[column], int(min_areas[column]))
     before = evaluate_postprocessing(counts, PostProcessing())
-    tuning = Tuning(metric, chosen, before, evaluate_postprocessing(counts, chosen), len(counts))
+    after = evaluate_postprocessing(counts, chosen)
+    tuning = Tuning(metric, chosen, THRESHOLD_GRID[int(alone.argmax())], before, after, len(counts))
     return replace(tuning, **record)

@@ -33,13 +33,13 @@ from lovaszseg.data.spec import DatasetSpec
 from lovaszseg.engine import distributed
 from lovaszseg.engine.cv_folder import CvFolder
 from lovaszseg.engine.ensemble import model_names, resolve_members
-from lovaszseg.engine.evaluate import Scorer, evaluate, metric_names
+from lovaszseg.engine.evaluate import Scorer, evaluate, metric_names, tuning_metric
 from lovaszseg.engine.reporting import LoopProgress
 from lovaszseg.engine.run_folder import RunFolder, load_model
 from lovaszseg.engine.trainer import RunResult, resolve_config, resolve_data_root, train
 from lovaszseg.errors import ConfigError, LovaszsegError
 from lovaszseg.inference import TTA_MODES, Tta
-from lovaszseg.postprocess import POSTPROCESS_METRICS, Tuning, save_tuning, tune_postprocessing
+from lovaszseg.postprocess import Tuning, save_tuning, tune_postprocessing
 
 __all__ = ["CvResult", "cross_validate", "parse_folds"]
 
@@ -154,11 +154,6 @@ def _oof_writer(path: Path) -> Iterator[Callable[[Sequence[str], Tensor], None]]
         yield add
 
 
-def _tuning_metric(config: Config, spec: DatasetSpec) -> str:
-    monitor = config.train.monitor or metric_names(spec)[0]
-    return monitor if monitor in POSTPROCESS_METRICS else metric_names(spec)[0]
-
-
 def _out_of_fold(
     folder: CvFolder, config: Config, settings: dict[str, Any], console: Console
 ) -> tuple[list[dict[str, Any]], Tuning | None]:
@@ -190,7 +185,7 @@ def _out_of_fold(
     if spec.binary:
         names = model_names(resolve_members(folder.path))
         tuning = tune_postprocessing(
-            oof_scorer.image_counts(), _tuning_metric(config, spec), split=OUT_OF_FOLD, tta=tta, models=names
+            oof_scorer.image_counts(), tuning_metric(config.train.monitor, spec), split=OUT_OF_FOLD, tta=tta, models=names
         )
         save_tuning(folder.path, tuning)
         rows.append({"fold": POSTPROCESSED, "images": images, **tuning.after, **asdict(tuning.chosen)})

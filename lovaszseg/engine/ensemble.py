@@ -104,6 +104,7 @@ class Predictor:
         home: The run, cv or ensemble folder results are kept in (``eval.json``, the tuned
             post-processing); None for a list of several runs or files.
         cv: The cv folder, when the predictor is one.
+        member_configs: Every member's config (what each trained on).
     """
 
     model: nn.Module
@@ -112,6 +113,7 @@ class Predictor:
     members: list[Member]
     home: Path | None
     cv: CvFolder | None = None
+    member_configs: list[Config] = field(default_factory=list)
     model_names: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -234,7 +236,8 @@ def load_predictor(sources: Sources, weights: Sequence[float] | None = None) -> 
         _check_agree(described[0], other)
     model = loaded[0].model if len(loaded) == 1 else Ensemble([lm.model for lm in loaded], [m.weight for m in members])
     home, cv = _home(sources)
-    return Predictor(model.eval(), loaded[0].config, loaded[0].spec, members, home, cv)
+    configs = [lm.config for lm in loaded]
+    return Predictor(model.eval(), loaded[0].config, loaded[0].spec, members, home, cv, configs)
 
 
 def write_ensemble(

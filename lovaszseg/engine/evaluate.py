@@ -29,9 +29,9 @@ from lovaszseg.metrics import (
     image_iou,
     round_down,
 )
-from lovaszseg.postprocess import ImageCounts
+from lovaszseg.postprocess import POSTPROCESS_METRICS, ImageCounts
 
-__all__ = ["BINARY_METRICS", "MULTICLASS_METRICS", "Scorer", "evaluate", "metric_names"]
+__all__ = ["BINARY_METRICS", "MULTICLASS_METRICS", "Scorer", "evaluate", "metric_names", "tuning_metric"]
 
 BINARY_METRICS = ("salt_score", "iou", "image_iou")
 MULTICLASS_METRICS = ("miou", "image_miou", "pixel_acc")
@@ -45,6 +45,12 @@ def metric_names(spec: DatasetSpec) -> tuple[str, ...]:
     if not spec.binary:
         return MULTICLASS_METRICS
     return BINARY_METRICS if spec.ignore_index is None else BINARY_METRICS[1:]
+
+
+def tuning_metric(monitor: str | None, spec: DatasetSpec) -> str:
+    """The metric binary post-processing is tuned for: the run's ``train.monitor`` when it is one of
+    :data:`~lovaszseg.postprocess.POSTPROCESS_METRICS`, else the dataset's headline metric."""
+    return monitor if monitor in POSTPROCESS_METRICS and monitor in metric_names(spec) else metric_names(spec)[0]
 
 
 def _ratio(numerator: Tensor, denominator: Tensor) -> Tensor:

@@ -1,8 +1,11 @@
-"""Using a finished run: evaluate it, predict masks, write a Kaggle submission.
+"""Using trained models: evaluate them, predict masks, write a Kaggle submission.
 
-Each function takes a run folder or a model file (see :func:`~lovaszseg.engine.run_folder.load_model`),
-so the CLI commands ``eval``, ``predict`` and ``submit`` are thin wrappers and a notebook can call the
-same functions. What a model takes and returns comes from its dataset's
+Each function takes a run folder or a model file, a cv folder, an ensemble folder, or several of them
+with optional weights (see :func:`~lovaszseg.engine.ensemble.load_predictor`), so the CLI commands
+``eval``, ``predict`` and ``submit`` are thin wrappers and a notebook can call the same functions.
+Binary predictions go through a :class:`~lovaszseg.postprocess.PostProcessing` (threshold and
+min-area); ``"auto"`` takes the values tuned for the predictor (out of fold for a cv folder, on the
+validation split for a run). What a model takes and returns comes from its dataset's
 :class:`~lovaszseg.data.spec.DatasetSpec`, never from the dataset's name. Their loops show their
 progress (:class:`~lovaszseg.engine.reporting.LoopProgress`) as training does, every
 ``output.progress_seconds`` of the run's config where no bar can be drawn.
@@ -10,7 +13,7 @@ progress (:class:`~lovaszseg.engine.reporting.LoopProgress`) as training does, e
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -20,20 +23,26 @@ from rich.console import Console
 from torch.utils.data import DataLoader
 
 from lovaszseg.data import build_dataset, build_transform
-from lovaszseg.data.io import atomic_write, list_stems
+from lovaszseg.data.io import atomic_write, list_stems, read_lines
 from lovaszseg.data.tgs import TGS_ORIGINAL_SIZE
 from lovaszseg.data.voc import save_palette_png
 from lovaszseg.engine.distributed import resolve_device
-from lovaszseg.engine.evaluate import evaluate
+from lovaszseg.engine.cv import OUT_OF_FOLD
+from lovaszseg.engine.cv_folder import HOLDOUT
+from lovaszseg.engine.ensemble import Predictor, Sources, load_predictor
+from lovaszseg.engine.evaluate import Scorer, evaluate, metric_names, tuning_metric
 from lovaszseg.engine.reporting import LoopProgress
-from lovaszseg.engine.run_folder import EVAL_FILE, LoadedModel, RunFolder, load_model
+from lovaszseg.engine.run_folder import EVAL_FILE, RunFolder
 from lovaszseg.engine.trainer import resolve_data_root
 from lovaszseg.errors import ConfigError, DataError
 from lovaszseg.inference import Tta, predict_folder, save_overlay, write_submission
 from lovaszseg.metrics import DEFAULT_THRESHOLD
+from lovaszseg.postprocess import ImageCounts, PostProcessing, evaluate_postprocessing, tune_postprocessing
 from lovaszseg.rle import read_rle_csv
 
-__all__ = ["check_threshold", "evaluate_run", "predict_run", "submit_run"]
+__all__ = ["check_min_area", "check_threshold", "evaluate_run", "predict_run", "submit_run"]
+
+Auto = Literal["auto"]
 
 
 def check_threshold(value: float) -> float:
@@ -48,7 +57,7 @@ def check_threshold(value: float) -> float:
 
 
 def _predict_images(
-    loaded: LoadedModel,
+    loaded: Predictor,
     images_dir: Path,
     tta: Tta,
     device: str,
@@ -77,61 +86,181 @@ def _predict_images(
             bar.advance(1)  # once the caller has used it: writing its files is part of the work
 
 
+def check_min_area(value: int) -> int:
+    """A min-area in pixels, which must be a non-negative integer.
+
+    Raises:
+        ConfigError: anything else.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"min-area must be a non-negative number of pixels, got {value!r}")
+    return value
+
+
+def _dataset_split(predictor: Predictor, split: str) -> str:
+    """The dataset split a split name means for a predictor: ``train``/``val`` are the run's own
+    (for a cv fold, its id lists), ``holdout`` a cv folder's held-out images."""
+    config = predictor.config
+    if split == HOLDOUT and predictor.cv is not None:
+        path = predictor.cv.split_path(HOLDOUT)
+        if not path.is_file():
+            raise ConfigError(f"cv folder {predictor.cv.path} holds no images out (it was made without --holdout)")
+        return str(path)
+    return {"train": config.data.train_split, "val": config.data.val_split}.get(split, split)
+
+
+def _check_unseen(predictor: Predictor, ids: list[str], split: str) -> None:
+    """Refuse to score an ensemble on images one of its members trained on (known for id-list splits)."""
+    trained: set[str] = set()
+    for config in predictor.member_configs:
+        path = Path(config.data.train_split)
+        if path.suffix == ".txt" and path.is_file():
+            trained.update(read_lines(path, "split file"))
+    if seen := [i for i in ids if i in trained]:
+        hint = "; score a cv folder out of fold (no --split) or on --split holdout" if predictor.cv else ""
+        raise ConfigError(
+            f"{len(seen)} of the {len(ids)} images of split {split!r} were used to train a model of "
+            f"{predictor.name}, e.g. {', '.join(seen[:3])}: its scores would not mean anything{hint}"
+        )
+
+
+def _postprocessed(predictor: Predictor, counts: ImageCounts, split: str, tta: Tta) -> dict[str, float]:
+    """Metrics after post-processing: the predictor's tuned values when they were tuned on another
+    split (e.g. out of fold), else tuned here, on this split, and kept with the predictor."""
+    tuning = predictor.tuning()
+    if tuning is not None and tuning.split != split:
+        chosen, after = tuning.chosen, evaluate_postprocessing(counts, tuning.chosen)
+    else:
+        metric = tuning_metric(predictor.config.train.monitor, predictor.spec)
+        tuning = tune_postprocessing(counts, metric, split=split, tta=tta, models=predictor.model_names)
+        predictor.save_tuning(tuning)
+        chosen, after = tuning.chosen, tuning.after
+    names = metric_names(predictor.spec)
+    return {
+        "postprocess_threshold": chosen.threshold,
+        "postprocess_min_area": float(chosen.min_area),
+        **{f"{name}_postprocessed": after[name] for name in names},
+    }
+
+
+def _score_split(
+    predictor: Predictor, split: str, tta: Tta, device: str, data_root: str | Path | None, console: Console | None
+) -> dict[str, float]:
+    config, target = predictor.config, resolve_device(device)
+    root = Path(data_root) if data_root else resolve_data_root(config)
+    options = config.data.options
+    dataset = build_dataset(config.data.name, root, _dataset_split(predictor, split), train=False, **options)
+    if "mask" not in dataset[0]:
+        raise DataError(f"split {split!r} of {root} has no masks to evaluate against")
+    _check_unseen(predictor, list(dataset.ids), split)
+    loader = DataLoader(dataset, batch_size=config.data.val_batch_size or config.data.batch_size)
+    model, interval = predictor.model.to(target), config.output.progress_seconds
+    scorer = Scorer(predictor.spec, target, keep_images=True)
+    with LoopProgress(console or Console(), f"eval {split}", len(loader), interval=interval) as bar:
+        metrics = evaluate(model, loader, predictor.spec, device=target, tta=tta, progress=bar.advance, scorer=scorer)
+    return metrics | (_postprocessed(predictor, scorer.image_counts(), split, tta) if predictor.spec.binary else {})
+
+
+def _out_of_fold_metrics(predictor: Predictor) -> dict[str, float]:
+    """A cv folder's out-of-fold metrics, as its cross-validation computed them, with its tuning."""
+    row = next(row for row in predictor.cv.results()["rows"] if row["fold"] == OUT_OF_FOLD)
+    metrics = {name: float(value) for name, value in row.items() if name not in ("fold", "images")}
+    if (tuning := predictor.tuning()) is not None:
+        metrics["postprocess_threshold"] = tuning.chosen.threshold
+        metrics["postprocess_min_area"] = float(tuning.chosen.min_area)
+        metrics |= {f"{name}_postprocessed": tuning.after[name] for name in metric_names(predictor.spec)}
+    return metrics
+
+
 def evaluate_run(
-    run_or_checkpoint: str | Path,
+    run_or_checkpoint: Sources,
     *,
-    split: str = "val",
+    weights: Sequence[float] | None = None,
+    split: str | None = None,
     tta: Tta = "none",
     device: str = "auto",
     data_root: str | Path | None = None,
     out: Path | None = None,
     console: Console | None = None,
 ) -> dict[str, float]:
-    """Score a trained model on a labelled split, streaming, and write ``eval.json``.
+    """Score a trained model or an ensemble on a labelled split, streaming, and write ``eval.json``.
 
     The metrics are those of validation during training (:class:`~lovaszseg.engine.evaluate.Scorer`):
     binary models get the TGS metric (``salt_score``, without an ignore index), ``iou`` and
-    ``image_iou`` at the default threshold, and for each the best threshold of the grid and its score
-    (``best_threshold`` is the one ``submit --threshold auto`` uses); multi-class models ``miou``,
-    ``image_miou`` and ``pixel_acc``.
+    ``image_iou`` at the default threshold, and for each the best threshold of the grid and its score;
+    multi-class models ``miou``, ``image_miou`` and ``pixel_acc``. Binary models also get the metrics
+    after post-processing (``NAME_postprocessed``, with ``postprocess_threshold`` and
+    ``postprocess_min_area``): with the values tuned out of fold for a cv folder (or an ensemble made
+    from one), else tuned on this split and kept for ``--threshold auto`` / ``--min-area auto``.
 
     Args:
-        run_or_checkpoint: Run folder or model file.
-        split: Dataset split to score (e.g. ``val``, ``train``, ``all``).
+        run_or_checkpoint: Run folder, model file, cv folder, ensemble folder, or a list of them.
+        weights: One weight per source, for an ensemble.
+        split: Split to score: ``val`` / ``train`` (the run's own), another split of the dataset (e.g.
+            ``all``, a VOC split, a ``.txt`` list of ids), or for a cv folder ``oof`` (the default:
+            its out-of-fold predictions) or ``holdout`` (its held-out images). Default ``val``.
         tta: ``none`` or ``hflip``.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        data_root: Dataset root, if not the one in the run's config.
-        out: Folder to write ``eval.json`` to (default: the run folder, or the model file's folder).
+        data_root: Dataset root, if not the one in the config.
+        out: Folder to write ``eval.json`` to (default: the run, cv or ensemble folder; a list of
+            several sources writes none).
         console: Where progress goes (default: a new rich console, which finds a terminal or notebook).
 
     Returns:
         Metric name -> value.
 
     Raises:
-        CheckpointError, ConfigError, DataError: no such run, a bad option, or a split without masks.
+        CheckpointError, ConfigError, DataError: no such run, a bad option, a split without masks, or a
+            split holding images a member of the ensemble trained on.
     """
-    loaded = load_model(run_or_checkpoint)
-    config, target = loaded.config, resolve_device(device)
-    root = Path(data_root) if data_root else resolve_data_root(config)
-    dataset = build_dataset(config.data.name, root, split, train=False, **config.data.options)
-    if "mask" not in dataset[0]:
-        raise DataError(f"split {split!r} of {root} has no masks to evaluate against")
-    loader = DataLoader(dataset, batch_size=config.data.val_batch_size or config.data.batch_size)
-    model, interval = loaded.model.to(target), config.output.progress_seconds
-    with LoopProgress(console or Console(), f"eval {split}", len(loader), interval=interval) as bar:
-        metrics = evaluate(model, loader, loaded.spec, device=target, tta=tta, progress=bar.advance)
-    folder = RunFolder(out or loaded.source.parent)
-    folder.write_json(EVAL_FILE, {"split": split, "tta": tta, "model": str(loaded.source), **metrics})
+    predictor = load_predictor(run_or_checkpoint, weights)
+    if predictor.cv is not None and split in (None, OUT_OF_FOLD):
+        split, tta = OUT_OF_FOLD, predictor.cv.settings()[1]["tta"]
+        metrics = _out_of_fold_metrics(predictor)
+    else:
+        split = split or "val"
+        metrics = _score_split(predictor, split, tta, device, data_root, console)
+    if (home := out or predictor.home) is not None:
+        RunFolder(home).write_json(EVAL_FILE, {"split": split, "tta": tta, "model": predictor.name, **metrics})
     return metrics
 
 
+def _postprocessing(
+    predictor: Predictor,
+    threshold: float | Auto,
+    min_area: int | Auto,
+    tta: Tta,
+    device: str,
+    console: Console | None,
+) -> PostProcessing:
+    """The post-processing asked for; ``auto`` values come from the predictor's tuning (tuned on the
+    validation split first, for a run that has none yet)."""
+    if threshold != "auto" and min_area != "auto":
+        return PostProcessing(check_threshold(threshold), check_min_area(min_area))
+    tuning = predictor.tuning()
+    if tuning is None and predictor.cv is None and predictor.home is not None and len(predictor.members) == 1:
+        _score_split(predictor, "val", tta, device, None, console)
+        tuning = predictor.tuning()
+    if tuning is None:
+        raise ConfigError(
+            f"{predictor.name} has no tuned post-processing for 'auto': tune it with lovaszseg eval "
+            "on a split none of its models trained on (an ensemble of several sources: make it a folder "
+            "with lovaszseg ensemble first)"
+        )
+    if threshold == "auto":
+        threshold = tuning.threshold_alone if min_area == 0 else tuning.chosen.threshold
+    return PostProcessing(check_threshold(threshold), tuning.chosen.min_area if min_area == "auto" else check_min_area(min_area))
+
+
 def predict_run(
-    run_or_checkpoint: str | Path,
+    run_or_checkpoint: Sources,
     images_dir: str | Path,
     out_dir: str | Path,
     *,
+    weights: Sequence[float] | None = None,
     tta: Tta = "none",
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float | Auto = DEFAULT_THRESHOLD,
+    min_area: int | Auto = 0,
     device: str = "auto",
     console: Console | None = None,
 ) -> int:
@@ -140,21 +269,32 @@ def predict_run(
     Binary masks are saved as 0/255 grayscale PNGs, multi-class ones as VOC palette PNGs. Progress goes
     to ``console`` (default: a new rich console).
 
+    Args:
+        run_or_checkpoint: Run folder, model file, cv folder, ensemble folder, or a list of them.
+        images_dir: The images.
+        out_dir: Where ``masks/`` and ``overlays/`` go.
+        weights: One weight per source, for an ensemble.
+        tta: ``none`` or ``hflip``.
+        threshold: Binary models: probability threshold in [0, 1], or ``"auto"`` (tuned).
+        min_area: Binary models: masks with fewer foreground pixels are emptied; ``"auto"`` (tuned).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        console: Where progress goes.
+
     Returns:
         The number of images predicted.
     """
-    threshold = check_threshold(threshold)
-    loaded = load_model(run_or_checkpoint)
+    predictor = load_predictor(run_or_checkpoint, weights)
     out_dir = Path(out_dir)
     if out_dir.is_file():
         raise ConfigError(f"output folder {out_dir} is a file")
+    post = _postprocessing(predictor, threshold, min_area, tta, device, console) if predictor.spec.binary else None
     count = 0
     for path, image, probs in _predict_images(
-        loaded, Path(images_dir), tta, device, description="predict", console=console
+        predictor, Path(images_dir), tta, device, description="predict", console=console
     ):
         mask_path = out_dir / "masks" / f"{path.stem}.png"
-        if loaded.spec.binary:
-            labels = (probs[0] > threshold).astype(np.uint8)
+        if post is not None:
+            labels = post.apply(probs[0]).astype(np.uint8)
             with atomic_write(mask_path, "wb") as handle:
                 Image.fromarray(labels * 255).save(handle, format="PNG")
         else:
@@ -166,62 +306,68 @@ def predict_run(
 
 
 def submit_run(
-    run_or_checkpoint: str | Path,
+    run_or_checkpoint: Sources,
     test_dir: str | Path,
     out: str | Path,
     *,
+    weights: Sequence[float] | None = None,
     tta: Tta = "none",
-    threshold: float | Literal["auto"] = DEFAULT_THRESHOLD,
+    threshold: float | Auto = DEFAULT_THRESHOLD,
+    min_area: int | Auto = 0,
     sample_submission: str | Path | None = None,
     device: str = "auto",
     console: Console | None = None,
-) -> tuple[Path, float]:
+) -> tuple[Path, PostProcessing]:
     """Write a Kaggle TGS Salt submission (``id,rle_mask``) for every image of a test folder.
 
-    Masks are encoded as they are predicted; every image must be 101x101 (the competition's size)
-    and the file is validated before it is written or replaces anything.
+    Images stream through the model (or every member of an ensemble) in batches and masks are
+    encoded as they are predicted, so memory does not grow with the number of images; every image
+    must be 101x101 (the competition's size) and the file is validated before it is written or
+    replaces anything.
 
     Args:
-        run_or_checkpoint: Run folder or model file of a binary (salt) model.
+        run_or_checkpoint: Run folder, model file, cv folder, ensemble folder, or a list of them, of a
+            binary (salt) model.
         test_dir: The test images, or a folder holding ``images/`` (Kaggle's ``test/``).
         out: CSV to write.
+        weights: One weight per source, for an ensemble.
         tta: ``none`` or ``hflip``.
-        threshold: Probability threshold in [0, 1], or ``"auto"``: the one maximising the TGS metric
-            on the run's validation split.
+        threshold: Probability threshold in [0, 1], or ``"auto"``: the tuned one (out of fold for a cv
+            folder; on the validation split for a run, tuned first if it has not been).
+        min_area: Predicted masks with fewer pixels are submitted empty; ``"auto"``: the tuned one.
         sample_submission: Kaggle's ``sample_submission.csv``: the file must then hold exactly its ids,
             in its order. By default the one beside ``test_dir`` (``test/../sample_submission.csv``).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         console: Where progress goes (default: a new rich console).
 
     Returns:
-        ``(path of the CSV, threshold used)``.
+        ``(path of the CSV, post-processing used)``.
 
     Raises:
-        ConfigError: a multi-class model, a threshold outside [0, 1], or ``out`` naming a folder.
+        ConfigError: a multi-class model, a threshold outside [0, 1], a negative min-area, ``auto``
+            without a tuning, or ``out`` naming a folder.
         DataError: an image that is not 101x101 (named), ids that do not match the sample submission.
     """
     out, test_dir = Path(out), Path(test_dir)
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; name the CSV file to write")
-    loaded = load_model(run_or_checkpoint)
-    if not loaded.spec.binary:
-        raise ConfigError("submit writes binary RLE masks; this run's model is multi-class")
-    if threshold == "auto":
-        threshold = evaluate_run(run_or_checkpoint, tta=tta, device=device, console=console)["best_threshold"]
-    threshold = check_threshold(threshold)
+    predictor = load_predictor(run_or_checkpoint, weights)
+    if not predictor.spec.binary:
+        raise ConfigError("submit writes binary RLE masks; this model is multi-class")
+    post = _postprocessing(predictor, threshold, min_area, tta, device, console)
     images_dir = test_dir / "images" if (test_dir / "images").is_dir() else test_dir
     if sample_submission is None and (images_dir.parent.parent / "sample_submission.csv").is_file():
         sample_submission = images_dir.parent.parent / "sample_submission.csv"
     expected = list(read_rle_csv(Path(sample_submission))) if sample_submission else None
 
     def masks() -> Iterator[tuple[str, np.ndarray]]:
-        predictions = _predict_images(loaded, images_dir, tta, device, description="submit", console=console)
+        predictions = _predict_images(predictor, images_dir, tta, device, description="submit", console=console)
         for path, image, probs in predictions:
             if image.shape[:2] != TGS_ORIGINAL_SIZE:
                 raise DataError(
                     f"image {path} is {image.shape[0]}x{image.shape[1]}; TGS submissions need "
                     f"{TGS_ORIGINAL_SIZE[0]}x{TGS_ORIGINAL_SIZE[1]} images"
                 )
-            yield path.stem, probs[0] > threshold
+            yield path.stem, post.apply(probs[0])
 
-    return write_submission(masks(), out, shape=TGS_ORIGINAL_SIZE, expected_ids=expected), threshold
+    return write_submission(masks(), out, shape=TGS_ORIGINAL_SIZE, expected_ids=expected), post
