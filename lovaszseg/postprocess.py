@@ -144,11 +144,16 @@ def load_tuning(folder: Path, models: tuple[str, ...]) -> Tuning | None:
 
 
 def _image_scores(metric: str, intersection: np.ndarray, predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Each image's share of an additive metric (``salt_score``, ``image_iou``)."""
+    """Each image's share of an additive metric, times :func:`_scale` (``salt_score``: its count of IoU
+    thresholds passed, an integer, so that sums over images are exact; ``image_iou``: its IoU)."""
     if metric == "salt_score":
-        return salt_passes(intersection, predicted, truth) / len(SALT_IOU_THRESHOLDS)
+        return salt_passes(intersection, predicted, truth).astype(np.float64)
     union = (predicted + truth - intersection).astype(np.float64)
     return np.divide(intersection, union, out=np.ones_like(union), where=union > 0)
+
+
+def _scale(metric: str) -> int:
+    return len(SALT_IOU_THRESHOLDS) if metric == "salt_score" else 1
 
 
 def _scores(counts: ImageCounts, metric: str, emptied: np.ndarray) -> np.ndarray:
@@ -159,7 +164,8 @@ def _scores(counts: ImageCounts, metric: str, emptied: np.ndarray) -> np.ndarray
     if metric == "iou":
         union = (predicted + truth - intersection).sum(0).astype(np.float64)
         return np.divide(intersection.sum(0), union, out=np.ones_like(union), where=union > 0)
-    return _image_scores(metric, intersection, predicted, np.broadcast_to(truth, predicted.shape)).mean(0)
+    scores = _image_scores(metric, intersection, predicted, np.broadcast_to(truth, predicted.shape))
+    return scores.sum(0) / (_scale(metric) * len(counts))
 
 
 def evaluate_postprocessing(counts: ImageCounts, chosen: PostProcessing) -> dict[str, float]:
@@ -197,9 +203,9 @@ def _best_cut(counts: ImageCounts, metric: str) -> tuple[np.ndarray, np.ndarray,
         values = np.divide(numerator, denominator, out=np.ones_like(numerator), where=denominator > 0)
     else:  # a mean over images: emptying an image swaps its score for the empty prediction's
         kept = _image_scores(metric, intersection, area, truth)
-        empty = (truth == 0).astype(np.float64)
+        empty = _scale(metric) * (truth == 0).astype(np.float64)  # an empty prediction's score
         gains = np.cumsum(empty - kept, 0)
-        values = (kept.sum(0) + np.vstack([np.zeros((1, kept.shape[1])), gains])) / n
+        values = (kept.sum(0) + np.vstack([np.zeros((1, kept.shape[1])), gains])) / (_scale(metric) * n)
     valid = np.vstack([np.ones((1, area.shape[1]), bool), np.vstack([area[1:] != area[:-1], np.ones((1, area.shape[1]), bool)])])
     values = np.where(valid, values, -np.inf)
     best = values.argmax(0)  # the first maximum: the smallest min-area on ties

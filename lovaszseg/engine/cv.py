@@ -129,7 +129,9 @@ def _fold_config(folder: CvFolder, config: Config, fold: int) -> Config:
     return load_config(tree)
 
 
-def _train_fold(folder: CvFolder, config: Config, fold: int, n_folds: int, console: Console) -> RunResult | None:
+def _train_fold(
+    folder: CvFolder, config: Config, fold: int, n_folds: int, console: Console, stop_after_epochs: int | None
+) -> RunResult | None:
     """Train (or resume) fold ``fold``; None when it had already finished."""
     run = RunFolder(folder.fold_path(fold))
     if run.finished:
@@ -137,8 +139,9 @@ def _train_fold(folder: CvFolder, config: Config, fold: int, n_folds: int, conso
         return None
     console.print(f"cv fold {fold}/{n_folds}: {run.path}")
     if run.last_path.is_file():
-        return train(resume=run.path, console=console)
-    return train(_fold_config(folder, config, fold), run_dir=run.path, overwrite=True, console=console)
+        return train(resume=run.path, console=console, stop_after_epochs=stop_after_epochs)
+    fold_config = _fold_config(folder, config, fold)
+    return train(fold_config, run_dir=run.path, overwrite=True, console=console, stop_after_epochs=stop_after_epochs)
 
 
 @contextmanager
@@ -218,6 +221,7 @@ def cross_validate(
     run_dir: Path | None = None,
     resume: Path | None = None,
     overwrite: bool = False,
+    stop_after_epochs: int | None = None,
     console: Console | None = None,
 ) -> CvResult:
     """K-fold cross-validation into a cv folder; callable from a notebook as from ``lovaszseg cv``.
@@ -232,6 +236,8 @@ def cross_validate(
         run_dir: The cv folder (default ``output.runs_dir/NAME-cv``, suffixed if taken).
         resume: A cv folder to continue: finished folds are skipped, an interrupted one resumed.
         overwrite: Replace what ``run_dir`` holds.
+        stop_after_epochs: Stop cleanly after this many epochs of the fold being trained, as if
+            interrupted (``resume`` then continues).
         console: Where progress and tables go.
 
     Returns:
@@ -251,7 +257,7 @@ def cross_validate(
     try:
         folder = _open_on_main(info, base, resume, n_folds, folds, holdout, tta, run_dir, overwrite)
         try:
-            return _run_folds(folder, info, console)
+            return _run_folds(folder, info, console, stop_after_epochs)
         finally:
             folder.run.release()
     finally:
@@ -290,12 +296,14 @@ def _open_on_main(
     return folder or CvFolder(path)
 
 
-def _run_folds(folder: CvFolder, info: distributed.DistInfo, console: Console) -> CvResult:
+def _run_folds(
+    folder: CvFolder, info: distributed.DistInfo, console: Console, stop_after_epochs: int | None
+) -> CvResult:
     """Train every fold not finished yet, then (rank 0) the out-of-fold predictions, metrics and tuning."""
     config, settings = folder.settings()
     result = CvResult(folder.path, list(settings["folds"]))
     for fold in settings["folds"]:
-        trained = _train_fold(folder, config, fold, settings["n_folds"], console)
+        trained = _train_fold(folder, config, fold, settings["n_folds"], console, stop_after_epochs)
         if trained is not None and not trained.completed:
             result.stop_signal = trained.stop_signal
             return result

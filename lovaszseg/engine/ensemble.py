@@ -121,7 +121,8 @@ class Predictor:
 
     @property
     def name(self) -> str:
-        if self.home is not None:
+        """The model file of a single model, else the cv or ensemble folder, else the members' files."""
+        if self.home is not None and (self.cv is not None or len(self.members) > 1):
             return str(self.home)
         return " + ".join(str(m.path) for m in self.members)
 
