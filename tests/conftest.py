@@ -79,6 +79,16 @@ BINARY_METRIC_KEYS = frozenset(
         "image_iou_at_best_threshold",
     }
 )
+# What eval adds for binary models: the metrics after the tuned (or applied) threshold and min-area.
+POSTPROCESSED_KEYS = frozenset(
+    {
+        "postprocess_threshold",
+        "postprocess_min_area",
+        "salt_score_postprocessed",
+        "iou_postprocessed",
+        "image_iou_postprocessed",
+    }
+)
 
 
 class FirstColumns(nn.Module):

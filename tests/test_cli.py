@@ -108,7 +108,7 @@ def test_submit_with_auto_threshold_and_safetensors_export(salt_run: Path, tiny_
     )
     assert result.exit_code == 0, result.output
     best = json.loads((salt_run / "eval.json").read_text())["best_threshold"]  # written by the auto search
-    assert len(read_rle_csv(out)) == 6 and f"(threshold {best:.2f})" in result.output
+    assert len(read_rle_csv(out)) == 6 and f"(threshold {best:.2f}, min-area 0)" in result.output
 
 
 @pytest.mark.parametrize(
@@ -121,7 +121,7 @@ def test_submit_with_auto_threshold_and_safetensors_export(salt_run: Path, tiny_
         (["train", "{config}", "--resume", "{run}"], "resume continues a run with its saved config"),
         (["train", "--resume", "{tmp}"], "{tmp} is not a run folder: it has no config.yaml"),
         (["eval", "{tmp}"], "{tmp} is not a run folder: it has no config.yaml"),
-        (["eval", "{tmp}/nothing.pt"], "no run folder or model file at {tmp}/nothing.pt"),
+        (["eval", "{tmp}/nothing.pt"], "no run folder, cv folder, ensemble folder or model file at {tmp}/nothing.pt"),
         (["eval", "{truncated}"], "{truncated} is not a readable .safetensors file"),
         (["eval", "{run}", "--device", "gpu"], "unknown device 'gpu'; use auto, cpu, cuda or cuda:N"),
         (["eval", "{run}", "--tta", "vflip"], "tta must be one of ['none', 'hflip'], got 'vflip'"),

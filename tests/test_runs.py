@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import BINARY_METRIC_KEYS, tiny_salt_config
+from conftest import BINARY_METRIC_KEYS, POSTPROCESSED_KEYS, tiny_salt_config
 from PIL import Image
 from rich.console import Console
 from torch.utils.data import DataLoader
@@ -27,6 +27,7 @@ from lovaszseg.engine.runs import check_threshold, evaluate_run, predict_run, su
 from lovaszseg.errors import CheckpointError, ConfigError, DataError
 from lovaszseg.inference import predict_folder
 from lovaszseg.metrics import ConfusionMatrix, binary_iou
+from lovaszseg.postprocess import PostProcessing
 from lovaszseg.rle import decode, read_rle_csv
 from lovaszseg.thresholds import DEFAULT_THRESHOLD, THRESHOLD_GRID
 
@@ -76,7 +77,7 @@ def test_evaluate_run_equals_the_validation_metrics_of_training_and_writes_eval_
     stored = load_checkpoint(salt_run / "best.pt")["metrics"]
     for name in ("salt_score", "iou", "image_iou"):
         assert metrics[name] == pytest.approx(stored[name], abs=1e-12), name
-    assert set(metrics) == BINARY_METRIC_KEYS
+    assert set(metrics) == BINARY_METRIC_KEYS | POSTPROCESSED_KEYS
     assert (
         metrics["best_threshold"] in THRESHOLD_GRID and metrics["salt_score_at_best_threshold"] >= metrics["salt_score"]
     )
@@ -189,7 +190,7 @@ def test_submit_writes_every_image_in_order_at_the_threshold(
     folder = _copy_images(real_test_images, tmp_path / "test" / "images")
     probs = _probabilities(salt_run, folder, tta)
     path, used = submit_run(salt_run, folder.parent, tmp_path / "s.csv", threshold=threshold, tta=tta, device="cpu")
-    assert (path, used) == (tmp_path / "s.csv", threshold)
+    assert (path, used) == (tmp_path / "s.csv", PostProcessing(threshold, 0))
     rows = read_rle_csv(path)
     assert list(rows) == [p.stem for p in real_test_images] == list(probs)
     for sample_id, rle in rows.items():
@@ -202,7 +203,7 @@ def test_submit_auto_threshold_is_the_best_validation_threshold(
     salt_run: Path, tiny_salt: Path, tmp_path: Path
 ) -> None:
     path, used = submit_run(salt_run, tiny_salt / "test", tmp_path / "s.csv", threshold="auto", device="cpu")
-    assert used == evaluate_run(salt_run, device="cpu")["best_threshold"]
+    assert used == PostProcessing(evaluate_run(salt_run, device="cpu")["best_threshold"], 0)
     # tiny_salt/sample_submission.csv beside test/ fixes the ids and their order.
     assert list(read_rle_csv(path)) == list(read_rle_csv(tiny_salt / "sample_submission.csv"))
 
@@ -319,9 +320,9 @@ def test_a_truncated_model_file_is_a_checkpoint_error_naming_it(
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda tmp: tmp / "missing", "no run folder or model file at {tmp}/missing"),
+        (lambda tmp: tmp / "missing", "no run folder, cv folder, ensemble folder or model file at {tmp}/missing"),
         (lambda tmp: tmp, "{tmp} is not a run folder: it has no config.yaml"),
-        (lambda tmp: tmp / "missing.pt", "no run folder or model file at {tmp}/missing.pt"),
+        (lambda tmp: tmp / "missing.pt", "no run folder, cv folder, ensemble folder or model file at {tmp}/missing.pt"),
     ],
 )
 def test_no_run_is_a_checkpoint_error(make: Any, message: str, tiny_salt: Path, tmp_path: Path) -> None:
