@@ -114,3 +114,28 @@ def test_two_cpu_processes_end_equal_and_match_single_process_evaluation(tiny_sa
     # The finished run: one saved config (also in the exported model's header), no config.json.
     assert (tmp_path / "ddp" / "config.yaml").is_file() and (tmp_path / "ddp" / "model.safetensors").is_file()
     assert not (tmp_path / "ddp" / "config.json").exists()
+
+
+def test_cross_validation_under_torchrun_trains_every_fold_with_both_processes(tiny_salt: Path, tmp_path: Path) -> None:
+    """One process group for all folds; rank 0 alone writes the cv folder and the out-of-fold predictions."""
+    config = tiny_salt_config(
+        tiny_salt,
+        tmp_path,
+        stages=[{"name": "bce", "loss": "bce", "epochs": 1, "lr": 0.01}],
+        data={"batch_size": 4, "options": {}},
+        train={"find_unused_parameters": True},
+    )
+    path = write_config(tmp_path / "ddp.yaml", config)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "lovaszseg"]
+    command += ["cv", str(path), "--folds", "2", "--run-dir", str(tmp_path / "cv")]
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    for fold in range(2):
+        checksums = json.loads((tmp_path / "cv" / f"fold-{fold}" / "distributed.json").read_text())
+        assert len(checksums["weights_checksum_per_rank"]) == 2
+        assert checksums["weights_checksum_per_rank"][0] == checksums["weights_checksum_per_rank"][1]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("cv")) == ["cv"]  # no second folder
+    rows = json.loads((tmp_path / "cv" / "cv.json").read_text())["rows"]
+    assert [row["fold"] for row in rows] == ["0", "1", "oof", "oof, tuned"] and rows[2]["images"] == 24
+    assert completed.stdout.count("lovaszseg cv") == 1  # the table, printed by rank 0 only

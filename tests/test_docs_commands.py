@@ -97,9 +97,10 @@ def _with_budget(argv: list[str]) -> list[str]:
     if argv[0] != "lovaszseg":
         budget = ["--repeats", "1", *BENCHMARK_BUDGET.get(argv[1], [])]
         return [*argv, *budget] if argv[1].startswith("benchmarks/") else argv
-    if argv[1] not in ("train", "compare"):
+    if argv[1] not in ("train", "compare", "cv") or "--resume" in argv:
         return argv
-    config_path = argv[2] if len(argv) > 2 and "=" not in argv[2] else builtin_config("salt-demo")
+    explicit = len(argv) > 2 and "=" not in argv[2] and not argv[2].startswith("-")
+    config_path = argv[2] if explicit else builtin_config("salt-demo")
     config = load_config(config_path)
     budget = [*TINY_MODEL, "data.options.n_folds=30"] if config.data.name == "tgs" else TINY_MODEL  # 1/30 to validate
     if argv[1] == "compare":

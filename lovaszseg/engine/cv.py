@@ -12,6 +12,7 @@ min-area are tuned on the out-of-fold predictions (:mod:`lovaszseg.postprocess`)
 
 from __future__ import annotations
 
+import io
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -132,7 +133,7 @@ def _fold_config(folder: CvFolder, config: Config, fold: int) -> Config:
 def _train_fold(
     folder: CvFolder, config: Config, fold: int, n_folds: int, console: Console, stop_after_epochs: int | None
 ) -> RunResult | None:
-    """Train (or resume) fold ``fold``; None when it had already finished."""
+    """Train (or resume) fold ``fold``; None when it had already finished. ``console``: rank 0's."""
     run = RunFolder(folder.fold_path(fold))
     if run.finished:
         console.print(f"cv fold {fold}/{n_folds}: finished before, skipped ({run.path})")
@@ -178,8 +179,9 @@ def _out_of_fold(
             loader = DataLoader(dataset, batch_size=config.data.val_batch_size or config.data.batch_size)
             interval = config.output.progress_seconds
             with LoopProgress(console, f"out-of-fold {fold}", len(dataset), unit="image", interval=interval) as bar:
+                model = loaded.model.to(device)
                 metrics = evaluate(
-                    loaded.model.to(device), loader, spec, device=device, tta=tta, progress=bar.advance, on_predictions=record
+                    model, loader, spec, device=device, tta=tta, progress=bar.advance, on_predictions=record, across_processes=False
                 )
             rows.append({"fold": str(fold), "images": len(dataset), **metrics})
     images = sum(row["images"] for row in rows)
@@ -303,7 +305,8 @@ def _run_folds(
     config, settings = folder.settings()
     result = CvResult(folder.path, list(settings["folds"]))
     for fold in settings["folds"]:
-        trained = _train_fold(folder, config, fold, settings["n_folds"], console, stop_after_epochs)
+        notes = console if info.is_main else Console(file=io.StringIO())
+        trained = _train_fold(folder, config, fold, settings["n_folds"], notes, stop_after_epochs)
         if trained is not None and not trained.completed:
             result.stop_signal = trained.stop_signal
             return result

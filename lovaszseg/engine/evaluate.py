@@ -191,6 +191,7 @@ def evaluate(
     progress: Callable[[int], None] | None = None,
     scorer: Scorer | None = None,
     on_predictions: Callable[[Sequence[str], Tensor, Tensor], None] | None = None,
+    across_processes: bool = True,
 ) -> dict[str, float]:
     """Score a model on a labelled loader (this process's shard; sums are reduced over all ranks).
 
@@ -208,6 +209,8 @@ def evaluate(
         scorer: The scorer to fill (e.g. one keeping per-image counts); default a new one.
         on_predictions: Called with the ids, probabilities and masks of the images as scored (cropped
             to their original size: a batch at a time, or one image at a time where sizes differ).
+        across_processes: Sum the metrics over DDP processes (each scoring its shard); False when this
+            process scores a whole split alone while the others wait.
 
     Returns:
         Metric name -> value (see :class:`Scorer`), with ``val_loss`` when ``loss_fn`` is given.
@@ -227,8 +230,9 @@ def evaluate(
             scorer.update(prob, mask)
             if on_predictions is not None:
                 on_predictions(ids, prob, mask)
-    scorer.reduce_from_all_processes()
-    losses.reduce_from_all_processes()
+    if across_processes:
+        scorer.reduce_from_all_processes()
+        losses.reduce_from_all_processes()
     metrics = scorer.compute()
     if losses.count:
         metrics["val_loss"] = losses.compute()
