@@ -137,8 +137,13 @@ MODELS_HELP = (
     "(all its folds) or ensemble folder; several make an ensemble (probabilities averaged)."
 )
 WEIGHTS_HELP = "Ensemble weights, one per model argument, comma-separated (default: equal), e.g. 2,1,1."
-THRESHOLD_HELP = "Binary models: probability threshold in [0, 1], or auto (tuned: out of fold for a cv folder, else on the validation split)."
-MIN_AREA_HELP = "Binary models: masks with fewer foreground pixels are emptied (0: never), or auto (tuned with the threshold)."
+THRESHOLD_HELP = (
+    "Binary models: probability threshold in [0, 1], or auto (tuned: out of fold for a cv folder, "
+    "else on the validation split)."
+)
+MIN_AREA_HELP = (
+    "Binary models: masks with fewer foreground pixels are emptied (0: never), or auto (tuned with the threshold)."
+)
 
 
 def _parse_weights(text: str | None) -> list[float] | None:
@@ -171,9 +176,13 @@ def cv_command(
         None, help="Number of folds K (default 5), or the folds to train as a comma list (e.g. 0,3; one fold: 2,)."
     ),
     n_folds: int | None = typer.Option(None, help="K when --folds lists folds (default 5, or the resumed cv's)."),
-    holdout: int = typer.Option(0, help="Labelled images kept out of every fold as a final test (eval --split holdout)."),
+    holdout: int = typer.Option(
+        0, help="Labelled images kept out of every fold as a final test (eval --split holdout)."
+    ),
     tta: str = typer.Option("none", help=TTA_HELP + " Used for the out-of-fold predictions."),
-    resume: Path | None = typer.Option(None, "--resume", help="cv folder to continue (no CONFIG): finished folds are skipped."),
+    resume: Path | None = typer.Option(
+        None, "--resume", help="cv folder to continue (no CONFIG): finished folds are skipped."
+    ),
     run_dir: Path | None = typer.Option(
         None, "--run-dir", help="Write the cv here instead of runs/NAME-cv (refused if it holds something)."
     ),

@@ -80,7 +80,9 @@ class ImageCounts:
 
     @classmethod
     def concatenate(cls, parts: list[ImageCounts]) -> ImageCounts:
-        return cls(*(np.concatenate([getattr(p, name) for p in parts]) for name in ("intersection", "predicted", "truth")))
+        return cls(
+            *(np.concatenate([getattr(p, name) for p in parts]) for name in ("intersection", "predicted", "truth"))
+        )
 
     def __len__(self) -> int:
         return len(self.truth)
@@ -206,7 +208,9 @@ def _best_cut(counts: ImageCounts, metric: str) -> tuple[np.ndarray, np.ndarray,
         empty = _scale(metric) * (truth == 0).astype(np.float64)  # an empty prediction's score
         gains = np.cumsum(empty - kept, 0)
         values = (kept.sum(0) + np.vstack([np.zeros((1, kept.shape[1])), gains])) / (_scale(metric) * n)
-    valid = np.vstack([np.ones((1, area.shape[1]), bool), np.vstack([area[1:] != area[:-1], np.ones((1, area.shape[1]), bool)])])
+    valid = np.vstack(
+        [np.ones((1, area.shape[1]), bool), np.vstack([area[1:] != area[:-1], np.ones((1, area.shape[1]), bool)])]
+    )
     values = np.where(valid, values, -np.inf)
     best = values.argmax(0)  # the first maximum: the smallest min-area on ties
     columns = np.arange(area.shape[1])

@@ -50,7 +50,9 @@ def _rows(cv_dir: Path) -> dict[str, dict[str, Any]]:
 def salt_cv(tiny_salt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 3-fold cv of the 24 tiny salt images, 3 held out, out-of-fold predictions with flip TTA."""
     tmp = tmp_path_factory.mktemp("cv")
-    result = cross_validate(_config(tiny_salt, tmp), n_folds=3, holdout=3, tta="hflip", run_dir=tmp / "cv", console=_quiet())
+    result = cross_validate(
+        _config(tiny_salt, tmp), n_folds=3, holdout=3, tta="hflip", run_dir=tmp / "cv", console=_quiet()
+    )
     assert result.completed and result.folds == [0, 1, 2] and result.tuning is not None
     return result.cv_dir
 
@@ -70,7 +72,9 @@ def test_every_training_image_is_predicted_out_of_fold_exactly_once(salt_cv: Pat
     assert oof[oof.files[0]].shape == (1, 101, 101) and oof[oof.files[0]].dtype == np.float16
 
 
-def test_out_of_fold_probabilities_come_from_the_model_that_did_not_train_on_them(salt_cv: Path, tiny_salt: Path) -> None:
+def test_out_of_fold_probabilities_come_from_the_model_that_did_not_train_on_them(
+    salt_cv: Path, tiny_salt: Path
+) -> None:
     oof = np.load(salt_cv / "oof.npz")
     for fold in range(3):
         sample_id = read_lines(salt_cv / "splits" / f"fold-{fold}-val.txt", "split")[0]
@@ -92,7 +96,12 @@ def test_out_of_fold_metrics_pool_the_folds_and_tuning_never_lowers_them(salt_cv
         assert rows["oof"][name] == pytest.approx(pooled, abs=1e-12)
     assert rows["oof, tuned"]["salt_score"] >= rows["oof"]["salt_score"]
     tuning = json.loads((salt_cv / "postprocess.json").read_text())
-    assert (tuning["split"], tuning["tta"], tuning["metric"], len(tuning["models"])) == ("oof", "hflip", "salt_score", 3)
+    assert (tuning["split"], tuning["tta"], tuning["metric"], len(tuning["models"])) == (
+        "oof",
+        "hflip",
+        "salt_score",
+        3,
+    )
     assert rows["oof, tuned"]["min_area"] == tuning["chosen"]["min_area"]
     with (salt_cv / "cv.csv").open() as handle:
         assert [row["fold"] for row in csv.DictReader(handle)] == list(rows)
@@ -117,7 +126,9 @@ def test_eval_of_a_cv_folder_is_out_of_fold_or_on_its_held_out_images(salt_cv: P
 
 
 def test_submit_with_a_cv_folder_uses_the_out_of_fold_tuning(salt_cv: Path, tiny_salt: Path, tmp_path: Path) -> None:
-    path, used = submit_run(salt_cv, tiny_salt / "test", tmp_path / "s.csv", threshold="auto", min_area="auto", device="cpu")
+    path, used = submit_run(
+        salt_cv, tiny_salt / "test", tmp_path / "s.csv", threshold="auto", min_area="auto", device="cpu"
+    )
     tuning = json.loads((salt_cv / "postprocess.json").read_text())
     assert (used.threshold, used.min_area) == (tuning["chosen"]["threshold"], tuning["chosen"]["min_area"])
     assert len(read_rle_csv(path)) == 6
@@ -138,7 +149,9 @@ def test_submit_streams_images_through_the_ensemble(
     read_at_encode: list[int] = []
     real_read, real_encode = lovaszseg.inference.read_image, lovaszseg.inference.encode
     monkeypatch.setattr(lovaszseg.inference, "read_image", lambda *a, **k: reads.append(1) or real_read(*a, **k))
-    monkeypatch.setattr(lovaszseg.inference, "encode", lambda mask: read_at_encode.append(len(reads)) or real_encode(mask))
+    monkeypatch.setattr(
+        lovaszseg.inference, "encode", lambda mask: read_at_encode.append(len(reads)) or real_encode(mask)
+    )
     path, _ = submit_run(salt_cv, tmp_path / "test", tmp_path / "s.csv", tta="hflip", device="cpu")
     assert len(read_rle_csv(path)) == 40
     assert read_at_encode[0] <= 17  # the first row is encoded after one batch (16) and the next read
@@ -146,9 +159,13 @@ def test_submit_streams_images_through_the_ensemble(
 
 
 def test_an_interrupted_cv_resumes_to_the_same_result(tiny_salt: Path, tmp_path: Path) -> None:
-    whole = cross_validate(_config(tiny_salt, tmp_path, TWO_EPOCHS), n_folds=2, run_dir=tmp_path / "whole", console=_quiet())
+    cross_validate(_config(tiny_salt, tmp_path, TWO_EPOCHS), n_folds=2, run_dir=tmp_path / "whole", console=_quiet())
     stopped = cross_validate(
-        _config(tiny_salt, tmp_path, TWO_EPOCHS), n_folds=2, run_dir=tmp_path / "cv", stop_after_epochs=1, console=_quiet()
+        _config(tiny_salt, tmp_path, TWO_EPOCHS),
+        n_folds=2,
+        run_dir=tmp_path / "cv",
+        stop_after_epochs=1,
+        console=_quiet(),
     )
     assert not stopped.completed and not (tmp_path / "cv" / "oof.npz").exists()
     assert (tmp_path / "cv" / "fold-0" / "last.pt").is_file() and not RunFolder(tmp_path / "cv" / "fold-0").finished
@@ -164,7 +181,9 @@ def test_an_interrupted_cv_resumes_to_the_same_result(tiny_salt: Path, tmp_path:
 
 
 def test_a_subset_of_folds_is_trained_and_predicted(tiny_salt: Path, tmp_path: Path) -> None:
-    result = cross_validate(_config(tiny_salt, tmp_path), n_folds=4, folds=[2], run_dir=tmp_path / "cv", console=_quiet())
+    result = cross_validate(
+        _config(tiny_salt, tmp_path), n_folds=4, folds=[2], run_dir=tmp_path / "cv", console=_quiet()
+    )
     assert result.completed and sorted(p.name for p in (tmp_path / "cv").glob("fold-*")) == ["fold-2"]
     val = read_lines(tmp_path / "cv" / "splits" / "fold-2-val.txt", "split")
     assert sorted(np.load(tmp_path / "cv" / "oof.npz").files) == sorted(val) and len(val) == 6
@@ -226,7 +245,9 @@ def test_folds_option_is_a_count_or_a_list(text: str, expected: tuple) -> None:
 
 def test_cv_and_ensemble_commands(tiny_salt: Path, tmp_path: Path) -> None:
     config = write_config(tmp_path / "c.yaml", tiny_salt_config(tiny_salt, tmp_path, stages=ONE_EPOCH))
-    result = runner.invoke(app, ["cv", str(config), "data.batch_size=4", "--folds", "2", "--run-dir", str(tmp_path / "cv")])
+    result = runner.invoke(
+        app, ["cv", str(config), "data.batch_size=4", "--folds", "2", "--run-dir", str(tmp_path / "cv")]
+    )
     assert result.exit_code == 0, result.output
     assert "lovaszseg cv" in result.output and f"done: {tmp_path / 'cv'}" in result.output
     bad = runner.invoke(app, ["cv", str(config), "--folds", "0,x"])
@@ -235,5 +256,7 @@ def test_cv_and_ensemble_commands(tiny_salt: Path, tmp_path: Path) -> None:
     assert made.exit_code == 0 and "wrote" in made.output and "post-processing: threshold" in made.output
     shown = runner.invoke(app, ["eval", str(tmp_path / "cv")])
     assert shown.exit_code == 0 and "on oof" in shown.output and "salt_score_postprocessed" in shown.output
-    weights = runner.invoke(app, ["eval", str(tmp_path / "cv" / "fold-0"), str(tmp_path / "cv" / "fold-1"), "--weights", "1"])
+    weights = runner.invoke(
+        app, ["eval", str(tmp_path / "cv" / "fold-0"), str(tmp_path / "cv" / "fold-1"), "--weights", "1"]
+    )
     assert weights.exit_code == 2 and "got 1 weights for 2 members" in weights.output

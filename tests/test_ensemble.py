@@ -49,6 +49,7 @@ def test_binary_average_equals_a_hand_computation() -> None:
     mirrored = 0.75 * torch.sigmoid(a.flip(-1)) + 0.25 * torch.sigmoid(b.flip(-1))
     got = predict_probabilities(ensemble, _input(), "hflip")
     torch.testing.assert_close(got, (expected + mirrored) / 2, rtol=0, atol=1e-7)
+
     # By hand at the first pixel: plain 3/4 s(0) + 1/4 s(4), mirrored 3/4 s(-2) + 1/4 s(0), s the sigmoid.
     def s(x: float) -> float:
         return 1 / (1 + math.exp(-x))
@@ -65,7 +66,9 @@ def test_multiclass_average_is_of_softmax_probabilities() -> None:
     torch.testing.assert_close(probs.sum(1), torch.ones(2, 5, 5), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize(("weights", "message"), [([1.0], "one weight per member"), ([1.0, -1.0], "non-negative"), ([0.0, 0.0], "not all 0")])
+@pytest.mark.parametrize(
+    ("weights", "message"), [([1.0], "one weight per member"), ([1.0, -1.0], "non-negative"), ([0.0, 0.0], "not all 0")]
+)
 def test_bad_weights_are_config_errors(weights: list[float], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Ensemble([_Constant(torch.zeros(1, 1, 1, 1))] * 2, weights)
@@ -97,7 +100,9 @@ def test_an_ensemble_of_runs_averages_their_models(two_runs: tuple[Path, Path]) 
     assert predictor.home is None and predictor.name.count(" + ") == 1
 
 
-def test_an_ensemble_folder_moves_with_its_runs_and_weights_multiply(two_runs: tuple[Path, Path], tmp_path: Path) -> None:
+def test_an_ensemble_folder_moves_with_its_runs_and_weights_multiply(
+    two_runs: tuple[Path, Path], tmp_path: Path
+) -> None:
     first, second = two_runs
     shutil.copytree(first, tmp_path / "runs" / "a")
     shutil.copytree(second, tmp_path / "runs" / "b")
@@ -133,16 +138,21 @@ def test_members_that_disagree_are_named(
 ) -> None:
     config = tiny_salt_config(tiny_salt, tmp_path, stages=ONE_STAGE, **change)
     other = train(load_config(config), run_dir=tmp_path / "other", console=_quiet()).run_dir
-    with pytest.raises(ConfigError, match=f"members {two_runs[0]}/model.safetensors and {other}/model.safetensors do not agree.*{message}"):
+    with pytest.raises(
+        ConfigError,
+        match=f"members {two_runs[0]}/model.safetensors and {other}/model.safetensors do not agree.*{message}",
+    ):
         load_predictor([two_runs[0], other])
 
 
-def test_a_multiclass_member_among_binary_ones_is_refused(two_runs: tuple[Path, Path], tiny_voc: Path, tmp_path: Path) -> None:
+def test_a_multiclass_member_among_binary_ones_is_refused(
+    two_runs: tuple[Path, Path], tiny_voc: Path, tmp_path: Path
+) -> None:
     data = {"name": "voc", "root": str(tiny_voc), "batch_size": 4, "options": {"crop_size": 64}}
     stages = [{"name": "lovasz", "loss": {"lovasz_softmax": {"per_image": True}}, "epochs": 1}]
     config = tiny_salt_config(tiny_voc, tmp_path, stages=stages, data=data)
     voc = train(load_config(config), run_dir=tmp_path / "voc", console=_quiet()).run_dir
-    with pytest.raises(ConfigError, match="task 'binary' vs 'multiclass'.*num_classes 1 vs 21"):
+    with pytest.raises(ConfigError, match=r"task 'binary' vs 'multiclass'.*num_classes 1 vs 21"):
         load_predictor([two_runs[0], voc])
 
 

@@ -82,9 +82,15 @@ def test_tgs_folds_are_stratified_by_coverage_and_id_lists_are_tgs_splits(tiny_s
 
 @pytest.mark.parametrize(
     ("lines", "message"),
-    [("", "lists no ids"), ("{a}\n{a}\n", "more than once"), ("{a}\nnot-an-id\n", "ids with no image in .*: not-an-id")],
+    [
+        ("", "lists no ids"),
+        ("{a}\n{a}\n", "more than once"),
+        ("{a}\nnot-an-id\n", "ids with no image in .*: not-an-id"),
+    ],
 )
-def test_bad_id_lists_are_data_errors_naming_the_file(tiny_salt: Path, tmp_path: Path, lines: str, message: str) -> None:
+def test_bad_id_lists_are_data_errors_naming_the_file(
+    tiny_salt: Path, tmp_path: Path, lines: str, message: str
+) -> None:
     first = build_dataset("tgs", tiny_salt, "all", train=False).ids[0]
     path = tmp_path / "split.txt"
     path.write_text(lines.format(a=first))

@@ -109,7 +109,9 @@ def test_counts_of_the_metrics_engine_give_the_competition_metric_after_post_pro
         masks = np.stack([chosen.apply(p) for p in probs])
         expected = salt_score(masks, truth.astype(bool)).mean()
         assert evaluate_postprocessing(counts, chosen)["salt_score"] == pytest.approx(expected, abs=1e-12)
-    assert evaluate_postprocessing(counts, PostProcessing())["salt_score"] == pytest.approx(scorer.compute()["salt_score"])
+    assert evaluate_postprocessing(counts, PostProcessing())["salt_score"] == pytest.approx(
+        scorer.compute()["salt_score"]
+    )
 
 
 def test_a_tuning_is_kept_for_its_models_only(tmp_path: Path) -> None:
@@ -119,7 +121,7 @@ def test_a_tuning_is_kept_for_its_models_only(tmp_path: Path) -> None:
     assert load_tuning(tmp_path, ("a*1",)) is None  # another set of models: not theirs
     assert load_tuning(tmp_path / "none", ("a*1",)) is None
     (tmp_path / "postprocess.json").write_text(json.dumps({"metric": "iou"}))
-    with pytest.raises(DataError, match="postprocess.json is not a post-processing record"):
+    with pytest.raises(DataError, match=r"postprocess\.json is not a post-processing record"):
         load_tuning(tmp_path, ("a*1", "b*1"))
 
 
@@ -135,6 +137,8 @@ def test_bad_post_processing_values_are_config_errors(threshold: float, min_area
 def test_tuning_needs_a_known_metric_and_images() -> None:
     with pytest.raises(ConfigError, match="not 'miou'"):
         tune_postprocessing(_random_counts(0), "miou")
-    empty = ImageCounts(np.zeros((0, len(THRESHOLD_GRID)), int), np.zeros((0, len(THRESHOLD_GRID)), int), np.zeros(0, int))
+    empty = ImageCounts(
+        np.zeros((0, len(THRESHOLD_GRID)), int), np.zeros((0, len(THRESHOLD_GRID)), int), np.zeros(0, int)
+    )
     with pytest.raises(ConfigError, match="no images"):
         tune_postprocessing(empty)

@@ -16,7 +16,14 @@ from lovaszseg.data.transforms import VOC_IGNORE_INDEX, folder_transforms, tgs_t
 from lovaszseg.data.voc import VOC_CLASSES, VOCSegmentation
 from lovaszseg.errors import ConfigError
 
-__all__ = ["DATASET_NAMES", "build_dataset", "build_transform", "dataset_options", "describe_dataset", "transform_options"]
+__all__ = [
+    "DATASET_NAMES",
+    "build_dataset",
+    "build_transform",
+    "dataset_options",
+    "describe_dataset",
+    "transform_options",
+]
 
 _LABELLED = ("image", "mask", "id")
 

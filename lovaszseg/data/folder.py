@@ -19,9 +19,9 @@ from lovaszseg.data.io import (
     check_mask_values,
     check_same_size,
     list_stems,
+    read_id_list,
     read_image,
     read_image_size,
-    read_id_list,
     read_mask,
     require_dir,
 )

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from lovaszseg.data.folds import stratified_order
 from lovaszseg.data.io import (
     atomic_write,
     check_mask_values,
@@ -28,7 +29,6 @@ from lovaszseg.data.io import (
     require_dir,
     require_file,
 )
-from lovaszseg.data.folds import stratified_order
 from lovaszseg.data.transforms import TGS_SIZE, tgs_transforms
 from lovaszseg.errors import ConfigError, DataError
 from lovaszseg.rle import decode

@@ -83,7 +83,9 @@ def parse_folds(text: str) -> tuple[int | None, list[int] | None]:
             return int(text), None
         return None, sorted({int(part) for part in text.split(",") if part.strip()})
     except ValueError:
-        raise ConfigError(f"--folds must be a number of folds (e.g. 5) or a list of folds (e.g. 0,3), got {text!r}") from None
+        raise ConfigError(
+            f"--folds must be a number of folds (e.g. 5) or a list of folds (e.g. 0,3), got {text!r}"
+        ) from None
 
 
 def _check_settings(n_folds: int, folds: list[int], holdout: int, tta: str) -> None:
@@ -100,7 +102,9 @@ def _check_settings(n_folds: int, folds: list[int], holdout: int, tta: str) -> N
 def _open_new(config: Config, settings: dict[str, Any], run_dir: Path | None, overwrite: bool) -> CvFolder:
     """Check the data and split it (before any folder exists), then create and lock the cv folder."""
     spec = describe_dataset(config.data.name, config.data.options)
-    pool = build_dataset(config.data.name, resolve_data_root(config), spec.labelled_split, train=False, **config.data.options)
+    pool = build_dataset(
+        config.data.name, resolve_data_root(config), spec.labelled_split, train=False, **config.data.options
+    )
     split = make_cv_split(pool, settings["n_folds"], settings["seed"], settings["holdout"])
     default = Path(config.output.runs_dir) / f"{config.output.name or 'run'}-cv"
     folder = CvFolder.from_run_folder(RunFolder.claim(run_dir, default, overwrite=overwrite))
@@ -181,7 +185,14 @@ def _out_of_fold(
             with LoopProgress(console, f"out-of-fold {fold}", len(dataset), unit="image", interval=interval) as bar:
                 model = loaded.model.to(device)
                 metrics = evaluate(
-                    model, loader, spec, device=device, tta=tta, progress=bar.advance, on_predictions=record, across_processes=False
+                    model,
+                    loader,
+                    spec,
+                    device=device,
+                    tta=tta,
+                    progress=bar.advance,
+                    on_predictions=record,
+                    across_processes=False,
                 )
             rows.append({"fold": str(fold), "images": len(dataset), **metrics})
     images = sum(row["images"] for row in rows)
@@ -190,7 +201,11 @@ def _out_of_fold(
     if spec.binary:
         names = model_names(resolve_members(folder.path))
         tuning = tune_postprocessing(
-            oof_scorer.image_counts(), tuning_metric(config.train.monitor, spec), split=OUT_OF_FOLD, tta=tta, models=names
+            oof_scorer.image_counts(),
+            tuning_metric(config.train.monitor, spec),
+            split=OUT_OF_FOLD,
+            tta=tta,
+            models=names,
         )
         save_tuning(folder.path, tuning)
         rows.append({"fold": POSTPROCESSED, "images": images, **tuning.after, **asdict(tuning.chosen)})
@@ -252,7 +267,9 @@ def cross_validate(
     """
     console = console or Console()
     if resume is not None and (config is not None or overrides or holdout):
-        raise ConfigError("--resume continues a cv with its saved config and split: pass no config, overrides or holdout")
+        raise ConfigError(
+            "--resume continues a cv with its saved config and split: pass no config, overrides or holdout"
+        )
     base = resolve_config(config, overrides, None) if resume is None else CvFolder.existing(resume).settings()[0]
     joined = distributed.joined()
     info = distributed.setup(base.train.device)

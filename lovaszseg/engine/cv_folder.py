@@ -146,5 +146,7 @@ class CvFolder:
         """What ``cv.json`` holds (per-fold and out-of-fold metrics)."""
         path = self.path / CV_RESULTS_FILE
         if not path.is_file():
-            raise CheckpointError(f"cv folder {self.path} has no {CV_RESULTS_FILE} yet: finish it with lovaszseg cv --resume")
+            raise CheckpointError(
+                f"cv folder {self.path} has no {CV_RESULTS_FILE} yet: finish it with lovaszseg cv --resume"
+            )
         return json.loads(path.read_text(encoding="utf-8"))

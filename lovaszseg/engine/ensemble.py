@@ -79,7 +79,9 @@ class Ensemble(nn.Module):
     def __init__(self, models: Sequence[nn.Module], weights: Sequence[float]) -> None:
         super().__init__()
         if len(models) != len(weights) or not models:
-            raise ConfigError(f"an ensemble needs one weight per member, got {len(models)} members and {len(weights)} weights")
+            raise ConfigError(
+                f"an ensemble needs one weight per member, got {len(models)} members and {len(weights)} weights"
+            )
         if any(w < 0 for w in weights) or sum(weights) <= 0:
             raise ConfigError(f"ensemble weights must be non-negative and not all 0, got {list(weights)}")
         self.members = nn.ModuleList(models)
@@ -195,10 +197,15 @@ def _check_agree(first: tuple[Member, Config, DatasetSpec], other: tuple[Member,
     differences = [
         f"{f.name} {getattr(first_spec, f.name)!r} vs {getattr(spec, f.name)!r}"
         for f in fields(DatasetSpec)
-        if f.name not in ("name", "sample_keys", "labelled_split") and getattr(first_spec, f.name) != getattr(spec, f.name)
+        if f.name not in ("name", "sample_keys", "labelled_split")
+        and getattr(first_spec, f.name) != getattr(spec, f.name)
     ]
     first_pre, pre = _preprocessing(first_config), _preprocessing(config)
-    differences += [f"{key} {first_pre.get(key)!r} vs {pre.get(key)!r}" for key in sorted(set(first_pre) | set(pre)) if first_pre.get(key) != pre.get(key)]
+    differences += [
+        f"{key} {first_pre.get(key)!r} vs {pre.get(key)!r}"
+        for key in sorted(set(first_pre) | set(pre))
+        if first_pre.get(key) != pre.get(key)
+    ]
     if differences:
         raise ConfigError(
             f"ensemble members {first_member.path} and {member.path} do not agree on their input and output: "
@@ -264,14 +271,16 @@ def write_ensemble(
         CheckpointError, ConfigError: see :func:`load_predictor`.
     """
     out = Path(out)
-    if out.exists() and (out.is_file() or any(out.iterdir())):
-        if not (overwrite and (out / MANIFEST_FILE).is_file()):
-            what = "an ensemble folder" if (out / MANIFEST_FILE).is_file() else "not an empty folder"
-            hint = "; pass --overwrite to replace it" if what == "an ensemble folder" else ""
-            raise RunFolderError(f"--out {out} is {what}{hint}")
+    is_ensemble = (out / MANIFEST_FILE).is_file()
+    taken = out.exists() and (out.is_file() or any(out.iterdir()))
+    if taken and not (overwrite and is_ensemble):
+        hint = "an ensemble folder; pass --overwrite to replace it" if is_ensemble else "not an empty folder"
+        raise RunFolderError(f"--out {out} is {hint}")
     predictor = load_predictor(sources, weights)
     out.mkdir(parents=True, exist_ok=True)
-    entries = [{"path": os.path.relpath(m.path.resolve(), out.resolve()), "weight": m.weight} for m in predictor.members]
+    entries = [
+        {"path": os.path.relpath(m.path.resolve(), out.resolve()), "weight": m.weight} for m in predictor.members
+    ]
     tuning = predictor.tuning() if predictor.cv is not None else None
     (out / POSTPROCESS_FILE).unlink(missing_ok=True)
     with atomic_write(out / MANIFEST_FILE) as handle:

@@ -247,7 +247,11 @@ def _original_size(
     ids = list(batch["id"])
     if spec.original_size is not None:
         window = spec.original_size
-        yield ids, crop_to_original(probs, window, resized=spec.resize), crop_to_original(masks, window, resized=spec.resize)
+        yield (
+            ids,
+            crop_to_original(probs, window, resized=spec.resize),
+            crop_to_original(masks, window, resized=spec.resize),
+        )
     elif "size" in batch:
         for sample_id, prob, mask, size in zip(ids, probs, masks, batch["size"].tolist(), strict=True):
             window = spec.resize or tuple(size)

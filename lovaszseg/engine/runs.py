@@ -26,9 +26,9 @@ from lovaszseg.data import build_dataset, build_transform
 from lovaszseg.data.io import atomic_write, list_stems, read_lines
 from lovaszseg.data.tgs import TGS_ORIGINAL_SIZE
 from lovaszseg.data.voc import save_palette_png
-from lovaszseg.engine.distributed import resolve_device
 from lovaszseg.engine.cv import OUT_OF_FOLD
 from lovaszseg.engine.cv_folder import HOLDOUT
+from lovaszseg.engine.distributed import resolve_device
 from lovaszseg.engine.ensemble import Predictor, Sources, load_predictor
 from lovaszseg.engine.evaluate import Scorer, evaluate, metric_names, tuning_metric
 from lovaszseg.engine.reporting import LoopProgress
@@ -249,7 +249,9 @@ def _postprocessing(
         )
     if threshold == "auto":
         threshold = tuning.threshold_alone if min_area == 0 else tuning.chosen.threshold
-    return PostProcessing(check_threshold(threshold), tuning.chosen.min_area if min_area == "auto" else check_min_area(min_area))
+    return PostProcessing(
+        check_threshold(threshold), tuning.chosen.min_area if min_area == "auto" else check_min_area(min_area)
+    )
 
 
 def predict_run(
