@@ -89,6 +89,7 @@ BENCHMARK_BUDGET = {
         *("--s1", "1", "--s2", "2", "--val-size", "8", "--test-images", "4"),
         *("--cli-repeats", "1", "--retries", "0", "--wait", "0"),
     ],
+    "benchmarks/bench_submit.py": ["--counts", "16,32", "--members", "2"],
 }
 
 

@@ -140,9 +140,9 @@ def _train_fold(
     """Train (or resume) fold ``fold``; None when it had already finished. ``console``: rank 0's."""
     run = RunFolder(folder.fold_path(fold))
     if run.finished:
-        console.print(f"cv fold {fold}/{n_folds}: finished before, skipped ({run.path})")
+        console.print(f"cv fold {fold} of 0..{n_folds - 1}: finished before, skipped ({run.path})")
         return None
-    console.print(f"cv fold {fold}/{n_folds}: {run.path}")
+    console.print(f"cv fold {fold} of 0..{n_folds - 1}: {run.path}")
     if run.last_path.is_file():
         return train(resume=run.path, console=console, stop_after_epochs=stop_after_epochs)
     fold_config = _fold_config(folder, config, fold)
