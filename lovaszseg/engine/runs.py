@@ -233,13 +233,14 @@ def _postprocessing(
     device: str,
     console: Console | None,
 ) -> PostProcessing:
-    """The post-processing asked for; ``auto`` values come from the predictor's tuning (tuned on the
-    validation split first, for a run that has none yet)."""
+    """The post-processing asked for; ``auto`` values come from the predictor's tuning (for a single run
+    without one, or with one tuned on its validation split with another TTA, tuned there first)."""
     if threshold != "auto" and min_area != "auto":
         return PostProcessing(check_threshold(threshold), check_min_area(min_area))
     tuning = predictor.tuning()
-    if tuning is None and predictor.cv is None and predictor.home is not None and len(predictor.members) == 1:
-        _score_split(predictor, "val", tta, device, None, console)
+    single_run = predictor.cv is None and predictor.home is not None and len(predictor.members) == 1
+    if single_run and (tuning is None or (tuning.split == "val" and tuning.tta != tta)):
+        _score_split(predictor, "val", tta, device, None, console)  # tuned with the TTA it will be used with
         tuning = predictor.tuning()
     if tuning is None:
         raise ConfigError(
