@@ -22,7 +22,7 @@ from lovaszseg.config import load_config
 from lovaszseg.data import build_dataset, crop_to_original
 from lovaszseg.data.io import read_lines
 from lovaszseg.engine.cv import cross_validate, parse_folds
-from lovaszseg.engine.ensemble import load_predictor
+from lovaszseg.engine.ensemble import load_predictor, resolve_members
 from lovaszseg.engine.run_folder import RunFolder, load_model
 from lovaszseg.engine.runs import evaluate_run, submit_run
 from lovaszseg.errors import ConfigError, DataError, RunFolderError
@@ -260,3 +260,14 @@ def test_cv_and_ensemble_commands(tiny_salt: Path, tmp_path: Path) -> None:
         app, ["eval", str(tmp_path / "cv" / "fold-0"), str(tmp_path / "cv" / "fold-1"), "--weights", "1"]
     )
     assert weights.exit_code == 2 and "got 1 weights for 2 members" in weights.output
+
+
+def test_a_cv_folder_shares_its_weight_among_its_folds(salt_cv: Path) -> None:
+    snapshot = salt_cv / "fold-0" / "best.pt"
+    members = resolve_members([salt_cv, snapshot], weights=[3, 1])
+    assert [(m.path.parent.name, m.path.name, m.weight) for m in members] == [
+        ("fold-0", "model.safetensors", 1.0),
+        ("fold-1", "model.safetensors", 1.0),
+        ("fold-2", "model.safetensors", 1.0),
+        ("fold-0", "best.pt", 1.0),
+    ]

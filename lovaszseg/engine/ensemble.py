@@ -161,7 +161,8 @@ def _expand(source: Path, weight: float) -> list[Member]:
         total = sum(m.weight for m in members)
         return [Member(m.path, weight * m.weight / total) for m in members]
     if CvFolder.is_cv_folder(source):
-        return [Member(path, weight) for path in CvFolder(source).model_files()]
+        files = CvFolder(source).model_files()
+        return [Member(path, weight / len(files)) for path in files]
     return [Member(RunFolder.existing(source).model_file(), weight)]
 
 
