@@ -27,7 +27,7 @@ import yaml
 from torch import Tensor, nn
 
 from lovaszseg.config import Config
-from lovaszseg.data import transform_options
+from lovaszseg.data import build_transform, transform_options
 from lovaszseg.data.io import atomic_write
 from lovaszseg.data.spec import DatasetSpec
 from lovaszseg.engine.cv_folder import CvFolder
@@ -189,11 +189,17 @@ def resolve_members(sources: Sources, weights: Sequence[float] | None = None) ->
 
 
 def _preprocessing(config: Config) -> dict[str, Any]:
-    return {"data.name": config.data.name, **transform_options(config.data.name, config.data.options, resolved=True)}
+    """The evaluation transform as albumentations serialises it: what a model's input really is."""
+    import albumentations as A
+
+    return A.to_dict(build_transform(config.data.name, train=False, **config.data.options))
 
 
 def _check_agree(first: tuple[Member, Config, DatasetSpec], other: tuple[Member, Config, DatasetSpec]) -> None:
-    """Members must take the same input and give the same output: the first difference is named."""
+    """Members must take the same input and give the same output: the differences are named.
+
+    Training-only options (augmentation) may differ; what the evaluation transform does may not.
+    """
     (first_member, first_config, first_spec), (member, config, spec) = first, other
     differences = [
         f"{f.name} {getattr(first_spec, f.name)!r} vs {getattr(spec, f.name)!r}"
@@ -201,12 +207,18 @@ def _check_agree(first: tuple[Member, Config, DatasetSpec], other: tuple[Member,
         if f.name not in ("name", "sample_keys", "labelled_split")
         and getattr(first_spec, f.name) != getattr(spec, f.name)
     ]
-    first_pre, pre = _preprocessing(first_config), _preprocessing(config)
-    differences += [
-        f"{key} {first_pre.get(key)!r} vs {pre.get(key)!r}"
-        for key in sorted(set(first_pre) | set(pre))
-        if first_pre.get(key) != pre.get(key)
-    ]
+    if _preprocessing(first_config) != _preprocessing(config):
+        options = [
+            {"data.name": c.data.name, **transform_options(c.data.name, c.data.options, resolved=True)}
+            for c in (first_config, config)
+        ]
+        keys = sorted(set(options[0]) | set(options[1]))
+        named = [
+            f"{k} {options[0].get(k)!r} vs {options[1].get(k)!r}"
+            for k in keys
+            if options[0].get(k) != options[1].get(k)
+        ]
+        differences += named or ["their evaluation transforms differ"]
     if differences:
         raise ConfigError(
             f"ensemble members {first_member.path} and {member.path} do not agree on their input and output: "
