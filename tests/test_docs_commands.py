@@ -107,7 +107,8 @@ def _with_budget(argv: list[str]) -> list[str]:
     if argv[1] == "compare":
         return [*argv, *budget, "--epochs", "2"]
     epochs = [f"stages.{i}.{key}=1" for i in range(len(config.stages)) for key in ("epochs", "cycles")]
-    return [*argv, *budget, *epochs]
+    folds = ["--folds", "2"] if argv[1] == "cv" else []  # two folds show everything five do
+    return [*argv, *budget, *epochs, *folds]
 
 
 def _run(command: DocCommand, argv: list[str]) -> str:

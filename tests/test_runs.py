@@ -349,6 +349,32 @@ def test_predict_writes_binary_masks_at_the_threshold(
         assert overlay.shape == (101, 101, 3)
 
 
+def test_predict_and_submit_empty_masks_smaller_than_the_min_area(
+    salt_run: Path, tiny_salt: Path, tmp_path: Path
+) -> None:
+    images = tiny_salt / "test" / "images"
+    probs = _probabilities(salt_run, images)
+    areas = sorted(int((p > 0.3).sum()) for p in probs.values())
+    min_area = areas[len(areas) // 2]  # about half the masks fall below it
+    predict_run(salt_run, images, tmp_path / "p", threshold=0.3, min_area=min_area, device="cpu")
+    path, used = submit_run(salt_run, images.parent, tmp_path / "s.csv", threshold=0.3, min_area=min_area, device="cpu")
+    assert used == PostProcessing(0.3, min_area)
+    rows = read_rle_csv(path)
+    for sample_id, prob in probs.items():
+        expected = (prob > 0.3) if (prob > 0.3).sum() >= min_area else np.zeros_like(prob, dtype=bool)
+        mask = np.asarray(Image.open(tmp_path / "p" / "masks" / f"{sample_id}.png"))
+        np.testing.assert_array_equal(mask, expected.astype(np.uint8) * 255)
+        np.testing.assert_array_equal(decode(rows[sample_id], (101, 101)), expected)
+    assert sum(rle == "" for rle in rows.values()) == sum(area < min_area or area == 0 for area in areas)
+
+
+@pytest.mark.parametrize("min_area", [-1, 2.5, True])
+def test_a_bad_min_area_is_a_config_error(min_area: object, salt_run: Path, tiny_salt: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="min-area must be a non-negative number of pixels"):
+        submit_run(salt_run, tiny_salt / "test", tmp_path / "s.csv", min_area=min_area, device="cpu")
+    assert not (tmp_path / "s.csv").exists()
+
+
 def test_predict_into_a_file_is_a_config_error(salt_run: Path, tiny_salt: Path, tmp_path: Path) -> None:
     target = tmp_path / "file"
     target.write_text("")
