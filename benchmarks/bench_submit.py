@@ -14,7 +14,7 @@ TGS test images cycled, as the 18,000 of the competition's test set), and ``lova
 TEST --tta hflip`` runs in a fresh process, on the CPU with PyTorch's default threads. Measured: the
 wall time of the whole command (start-up and model loading included), images/s (N over that), and the
 peak resident memory of the process (``ru_maxrss`` of the command, read by a one-child wrapper
-process). Bounded memory means the peak does not grow with N: images stream through the members in
+process), and the size of the CSV written. Bounded memory means the peak does not grow with N: images stream through the members in
 batches of 16 and each row is encoded as it comes.
 """
 
@@ -100,7 +100,7 @@ def main() -> None:
     counts = [int(c) for c in args.counts.split(",")]
     print(f"python {platform.python_version()}, torch {torch.__version__}, {os.cpu_count()} CPUs, {platform.machine()}")
     print(f"ensemble of {args.members} x {args.config.name} models, tta {args.tta}, {len(images)} source images")
-    print(f"{'images':>7} {'seconds':>9} {'images/s':>9} {'peak RSS MiB':>13}")
+    print(f"{'images':>7} {'seconds':>9} {'images/s':>9} {'peak RSS MiB':>13} {'CSV MiB':>8}")
     with tempfile.TemporaryDirectory() as tmp:
         members = write_members(args.config, args.members, Path(tmp) / "members")
         for count in counts:
@@ -108,9 +108,11 @@ def main() -> None:
             runs = [measure(members, test, Path(tmp) / f"n{count}.csv", args.tta) for _ in range(args.repeats)]
             seconds = statistics.median(r[0] for r in runs)
             peak = statistics.median(r[1] for r in runs)
-            rows = sum(1 for _ in (Path(tmp) / f"n{count}.csv").open()) - 1
+            csv_path = Path(tmp) / f"n{count}.csv"
+            rows = sum(1 for _ in csv_path.open()) - 1
             assert rows == count, f"the submission holds {rows} rows for {count} images"
-            print(f"{count:>7} {seconds:>9.1f} {count / seconds:>9.1f} {peak:>13.0f}")
+            size = csv_path.stat().st_size / 2**20
+            print(f"{count:>7} {seconds:>9.1f} {count / seconds:>9.1f} {peak:>13.0f} {size:>8.1f}")
 
 
 if __name__ == "__main__":
