@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import csv
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import numpy as np
 import torch
@@ -158,7 +159,9 @@ def write_submission(
 ) -> Path:
     """Write a Kaggle submission CSV (``id,rle_mask``), validated before anything is written.
 
-    Masks are run-length encoded as they come, so only the (short) RLE strings are kept in memory.
+    Masks are run-length encoded and checked as they come and spooled to a temporary file, so memory
+    holds only the ids, whatever the number of images and the length of their rows; the file is
+    written (atomically, in ``expected_ids`` order when given) only once every row and id is checked.
 
     Args:
         masks: ``(id, binary mask [H, W])`` pairs, e.g. straight from a prediction loop.
@@ -176,23 +179,37 @@ def write_submission(
     """
     if path.is_dir():
         raise ConfigError(f"submission path {path} is a folder; name the CSV file to write")
-    rows: dict[str, str] = {}
+    expected = list(expected_ids) if expected_ids is not None else None
+    with tempfile.TemporaryFile("w+", encoding="utf-8", newline="") as spool:
+        rows = _spool_rows(masks, spool, shape)
+        try:
+            validate_rles(dict.fromkeys(rows, ""), shape, expected)  # the ids; every row was checked as it came
+        except ValueError as error:
+            raise DataError(f"submission not written: {error}") from error
+        with atomic_write(path, "w", newline="") as handle:
+            csv.writer(handle).writerow(["id", "rle_mask"])
+            for sample_id in expected if expected is not None else rows:
+                spool.seek(rows[sample_id])
+                handle.write(spool.readline())
+    return path
+
+
+def _spool_rows(masks: Iterable[tuple[str, np.ndarray]], spool: IO[str], shape: tuple[int, int]) -> dict[str, int]:
+    """Encode, check and append each mask's CSV row to ``spool``; return each id's row offset."""
+    offsets: dict[str, int] = {}
+    writer = csv.writer(spool)
     for sample_id, mask in masks:
         if mask.shape != tuple(shape):
             raise DataError(
                 f"mask of id {sample_id!r} is {mask.shape[0]}x{mask.shape[1]}; a submission needs {shape[0]}x{shape[1]}"
             )
-        if sample_id in rows:
+        if sample_id in offsets:
             raise DataError(f"id {sample_id!r} appears more than once")
-        rows[sample_id] = encode(mask.astype(bool))
-    expected = list(expected_ids) if expected_ids is not None else None
-    try:
-        validate_rles(rows, shape, expected)
-    except ValueError as error:
-        raise DataError(f"submission not written: {error}") from error
-    order = expected if expected is not None else list(rows)
-    with atomic_write(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "rle_mask"])
-        writer.writerows((sample_id, rows[sample_id]) for sample_id in order)
-    return path
+        rle = encode(mask.astype(bool))
+        try:
+            validate_rles({sample_id: rle}, shape)
+        except ValueError as error:
+            raise DataError(f"submission not written: {error}") from error
+        offsets[sample_id] = spool.tell()
+        writer.writerow((sample_id, rle))
+    return offsets
