@@ -14,8 +14,9 @@ TGS test images cycled, as the 18,000 of the competition's test set), and ``lova
 TEST --tta hflip`` runs in a fresh process, on the CPU with PyTorch's default threads. Measured: the
 wall time of the whole command (start-up and model loading included), images/s (N over that), and the
 peak resident memory of the process (``ru_maxrss`` of the command, read by a one-child wrapper
-process), and the size of the CSV written. Bounded memory means the peak does not grow with N: images stream through the members in
-batches of 16 and each row is encoded as it comes.
+process), and the size of the CSV written. Bounded memory means the peak does not grow with N: images
+stream through the members in batches of 16, and each row is encoded, checked and spooled to a temporary
+file as it comes.
 """
 
 from __future__ import annotations

@@ -492,7 +492,8 @@ def make_test_dir(root: Path, work: Path, count: int) -> tuple[Path, list[str]]:
 def bench_infer(args: argparse.Namespace, work: Path, run: Path, guard: Guard) -> list[str]:
     from safetensors.torch import load_file
 
-    from lovaszseg.engine.runs import load_model, predict_run, submit_run
+    from lovaszseg.engine.run_folder import load_model
+    from lovaszseg.engine.runs import predict_run, submit_run
 
     test_dir, order = make_test_dir(args.data, work, args.test_images)
     images_dir = test_dir / "images"

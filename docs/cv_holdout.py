@@ -34,7 +34,8 @@ def image_scores(source: Path, holdout: Path, tta: str, chosen: PostProcessing) 
     """Per-image TGS scores ``[N]`` of a model (or ensemble) on the held-out images, post-processed."""
     predictor = load_predictor(source)
     config = predictor.config
-    dataset = build_dataset(config.data.name, resolve_data_root(config), str(holdout), train=False, **config.data.options)
+    root = resolve_data_root(config)
+    dataset = build_dataset(config.data.name, root, str(holdout), train=False, **config.data.options)
     scorer = Scorer(predictor.spec, keep_images=True)
     evaluate(predictor.model, DataLoader(dataset, batch_size=16), predictor.spec, device="cpu", tta=tta, scorer=scorer)
     counts = scorer.image_counts()

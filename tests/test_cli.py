@@ -95,7 +95,7 @@ def test_submit_on_the_real_tgs_test_images(salt_run: Path, shared_dir: Path, tm
         ["submit", str(salt_run / "best.pt"), str(shared_dir / "tgs" / "test"), "--out", str(out), "--tta", "hflip"],
     )
     assert result.exit_code == 0, result.output
-    assert f"wrote {out} (threshold 0.50)" in _text(result)
+    assert f"wrote {out} (threshold 0.50, min-area 0)" in _text(result)
     rows = read_rle_csv(out)
     assert list(rows) == list(read_rle_csv(shared_dir / "tgs" / "sample_submission.csv"))
 
@@ -369,5 +369,5 @@ def test_voc_run_evaluates_miou_and_predicts_palette_masks(tiny_voc: Path, tmp_p
     assert mask.mode == "P" and mask.size == (64, 64)
     # A multi-class model cannot make a (binary RLE) submission.
     result = runner.invoke(app, ["submit", str(tmp_path / "voc"), str(images), "--out", str(tmp_path / "s.csv")])
-    assert result.exit_code == 2 and "this run's model is multi-class" in result.output
+    assert result.exit_code == 2 and "this model is multi-class" in result.output
     assert not (tmp_path / "s.csv").exists()

@@ -168,7 +168,7 @@ def test_no_such_member_is_a_checkpoint_error(make: str, tmp_path: Path) -> None
 def test_members_may_differ_in_training_augmentation(
     two_runs: tuple[Path, Path], tiny_salt: Path, tmp_path: Path
 ) -> None:
-    data = {"options": {"fold": 0, "n_folds": 4, "hflip": 0.0, "shift": 4}}
+    data = {"options": {"fold": 0, "n_folds": 4, "hflip": 0.0, "shift": 0.1}}
     config = tiny_salt_config(tiny_salt, tmp_path, stages=ONE_STAGE, data=data)
     other = train(load_config(config), run_dir=tmp_path / "other", console=_quiet()).run_dir
     assert len(load_predictor([two_runs[0], other]).members) == 2  # the evaluation transform is the same

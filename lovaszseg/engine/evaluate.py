@@ -244,7 +244,7 @@ def _original_size(
 ) -> Iterator[tuple[list[str], Tensor, Tensor]]:
     """A batch's ids, probabilities and masks cropped back to ``spec.original_size`` (TGS: 128 -> 101)
     or, for images of their own sizes padded to the model's stride, one image at a time to its own pixels."""
-    ids = list(batch["id"])
+    ids = list(batch["id"]) if "id" in batch else [""] * len(probs)  # ids only name predictions
     if spec.original_size is not None:
         window = spec.original_size
         yield (
