@@ -25,12 +25,10 @@ from lovaszseg.engine.cv_folder import HOLDOUT, CvFolder
 from lovaszseg.engine.ensemble import load_predictor
 from lovaszseg.engine.evaluate import Scorer, evaluate
 from lovaszseg.engine.trainer import resolve_data_root
-from lovaszseg.metrics import SALT_IOU_THRESHOLDS, salt_passes
-from lovaszseg.postprocess import PostProcessing
-from lovaszseg.thresholds import THRESHOLD_GRID
+from lovaszseg.postprocess import PostProcessing, image_scores
 
 
-def image_scores(source: Path, holdout: Path, tta: str, chosen: PostProcessing) -> np.ndarray:
+def model_scores(source: Path, holdout: Path, tta: str, chosen: PostProcessing) -> np.ndarray:
     """Per-image TGS scores ``[N]`` of a model (or ensemble) on the held-out images, post-processed."""
     predictor = load_predictor(source)
     config = predictor.config
@@ -38,12 +36,7 @@ def image_scores(source: Path, holdout: Path, tta: str, chosen: PostProcessing) 
     dataset = build_dataset(config.data.name, root, str(holdout), train=False, **config.data.options)
     scorer = Scorer(predictor.spec, keep_images=True)
     evaluate(predictor.model, DataLoader(dataset, batch_size=16), predictor.spec, device="cpu", tta=tta, scorer=scorer)
-    counts = scorer.image_counts()
-    column = THRESHOLD_GRID.index(chosen.threshold)
-    emptied = counts.predicted[:, column] < chosen.min_area
-    intersection = np.where(emptied, 0, counts.intersection[:, column])
-    predicted = np.where(emptied, 0, counts.predicted[:, column])
-    return salt_passes(intersection, predicted, counts.truth) / len(SALT_IOU_THRESHOLDS)
+    return image_scores(scorer.image_counts(), chosen)
 
 
 def interval(values: np.ndarray, picks: np.ndarray) -> tuple[float, float]:
@@ -64,12 +57,12 @@ def main() -> None:
     tuned = load_predictor(folder.path).tuning()
     assert tuned is not None, f"{folder.path} has no tuned post-processing"
     plain = PostProcessing()
-    scores = {f"fold {k}": image_scores(path, holdout, args.tta, plain) for k, path in enumerate(folder.model_files())}
+    scores = {f"fold {k}": model_scores(path, holdout, args.tta, plain) for k, path in enumerate(folder.model_files())}
     fold_mean = np.mean(list(scores.values()), axis=0)
     scores["mean of the folds"] = fold_mean
-    scores["ensemble"] = image_scores(folder.path, holdout, args.tta, plain)
+    scores["ensemble"] = model_scores(folder.path, holdout, args.tta, plain)
     label = f"ensemble, threshold {tuned.chosen.threshold:.2f} + min-area {tuned.chosen.min_area} (out of fold)"
-    scores[label] = image_scores(folder.path, holdout, args.tta, tuned.chosen)
+    scores[label] = model_scores(folder.path, holdout, args.tta, tuned.chosen)
     picks = np.random.default_rng(args.seed).integers(0, len(fold_mean), (args.resamples, len(fold_mean)))
     print(f"{len(fold_mean)} held-out images, tta {args.tta}, {args.resamples} bootstrap resamples (seed {args.seed})")
     print(f"{'model':<62} {'salt_score':>10}  95% interval")

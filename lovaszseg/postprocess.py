@@ -27,6 +27,7 @@ __all__ = [
     "PostProcessing",
     "Tuning",
     "evaluate_postprocessing",
+    "image_scores",
     "load_tuning",
     "save_tuning",
     "tune_postprocessing",
@@ -175,6 +176,18 @@ def evaluate_postprocessing(counts: ImageCounts, chosen: PostProcessing) -> dict
     column = _grid_index(chosen.threshold)
     emptied = counts.predicted < chosen.min_area
     return {metric: float(_scores(counts, metric, emptied)[column]) for metric in POSTPROCESS_METRICS}
+
+
+def image_scores(counts: ImageCounts, chosen: PostProcessing, metric: str = "salt_score") -> np.ndarray:
+    """Each image's score ``[N]`` under ``chosen`` (``salt_score`` or ``image_iou``: metrics that are
+    means over images), e.g. for paired comparisons of two models image by image."""
+    if metric not in ("salt_score", "image_iou"):
+        raise ConfigError(f"per-image scores exist for salt_score and image_iou, not {metric!r}")
+    column = _grid_index(chosen.threshold)
+    emptied = counts.predicted[:, column] < chosen.min_area
+    intersection = np.where(emptied, 0, counts.intersection[:, column])
+    predicted = np.where(emptied, 0, counts.predicted[:, column])
+    return _image_scores(metric, intersection, predicted, counts.truth) / _scale(metric)
 
 
 def _grid_index(threshold: float) -> int:

@@ -18,6 +18,7 @@ from lovaszseg.postprocess import (
     ImageCounts,
     PostProcessing,
     evaluate_postprocessing,
+    image_scores,
     load_tuning,
     save_tuning,
     tune_postprocessing,
@@ -109,6 +110,8 @@ def test_counts_of_the_metrics_engine_give_the_competition_metric_after_post_pro
         masks = np.stack([chosen.apply(p) for p in probs])
         expected = salt_score(masks, truth.astype(bool)).mean()
         assert evaluate_postprocessing(counts, chosen)["salt_score"] == pytest.approx(expected, abs=1e-12)
+        per_image = image_scores(counts, chosen)
+        np.testing.assert_allclose(per_image, salt_score(masks, truth.astype(bool)), rtol=0, atol=1e-12)
     assert evaluate_postprocessing(counts, PostProcessing())["salt_score"] == pytest.approx(
         scorer.compute()["salt_score"]
     )

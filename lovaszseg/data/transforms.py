@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import albumentations as A
 import cv2
@@ -158,6 +158,19 @@ def tgs_transforms(
     return _finish(steps, *stats)
 
 
+def _pad_to_multiple(divisor: int, **border: Any) -> A.PadIfNeeded:
+    """Centre-pad both sides up to a multiple of ``divisor`` (the model's output stride)."""
+    return A.PadIfNeeded(
+        min_height=None,
+        min_width=None,
+        pad_height_divisor=divisor,
+        pad_width_divisor=divisor,
+        position="center",
+        strict=True,
+        **border,
+    )
+
+
 def _voc_train_steps(
     crop_size: int, scale_range: Sequence[float], hflip: float, fill: tuple[int, ...] | int
 ) -> list[A.BasicTransform]:
@@ -188,19 +201,7 @@ def _voc_eval_steps(
     """Centre-pad to a multiple of ``size_divisor`` (mask with void), or resize to ``eval_size``."""
     if eval_mode == "pad":
         divisor = _positive("size_divisor", size_divisor)
-        return [
-            A.PadIfNeeded(
-                min_height=None,
-                min_width=None,
-                pad_height_divisor=divisor,
-                pad_width_divisor=divisor,
-                position="center",
-                border_mode=cv2.BORDER_CONSTANT,
-                fill=fill,
-                fill_mask=VOC_IGNORE_INDEX,
-                strict=True,
-            )
-        ]
+        return [_pad_to_multiple(divisor, border_mode=cv2.BORDER_CONSTANT, fill=fill, fill_mask=VOC_IGNORE_INDEX)]
     if eval_mode == "resize":
         size = _positive("eval_size", eval_size)
         return [A.Resize(height=size, width=size, interpolation=cv2.INTER_LINEAR, strict=True)]
@@ -303,17 +304,7 @@ def folder_transforms(
     border = {"border_mode": cv2.BORDER_REFLECT_101}
     if ignore_index is not None:
         border = {"border_mode": cv2.BORDER_CONSTANT, "fill": 0, "fill_mask": ignore_index}
-    steps.append(
-        A.PadIfNeeded(
-            min_height=None,
-            min_width=None,
-            pad_height_divisor=divisor,
-            pad_width_divisor=divisor,
-            position="center",
-            strict=True,
-            **border,
-        )
-    )
+    steps.append(_pad_to_multiple(divisor, **border))
     return _finish(steps, *stats)
 
 
