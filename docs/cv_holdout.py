@@ -55,7 +55,9 @@ def main() -> None:
     folder = CvFolder.existing(args.cv_dir)
     holdout = folder.split_path(HOLDOUT)
     tuned = load_predictor(folder.path).tuning()
-    assert tuned is not None, f"{folder.path} has no tuned post-processing"
+    if tuned is None:
+        hint = f"run lovaszseg cv --resume {folder.path}"
+        raise SystemExit(f"{folder.path} has no post-processing tuned for its folds: {hint}")
     plain = PostProcessing()
     scores = {f"fold {k}": model_scores(path, holdout, args.tta, plain) for k, path in enumerate(folder.model_files())}
     fold_mean = np.mean(list(scores.values()), axis=0)
