@@ -376,26 +376,53 @@ def export_command(
         console.print(f"  {name:<14} {text}", soft_wrap=True, markup=False, highlight=False)
 
 
+def _parse_seeds(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0:
+        console.print(f"[red]error:[/red] --seeds must be comma-separated non-negative integers, got {text!r}")
+        raise typer.Exit(USER_ERROR_EXIT)
+    return seeds
+
+
 @app.command("compare")
 def compare_command(
     config: Path = typer.Argument(..., help="Base YAML config (model, data, seed, first stage's optimiser)."),
     overrides: list[str] | None = typer.Argument(None, help="Dotted overrides of the base config."),
     losses: str = typer.Option(
         "bce,jaccard,lovasz_hinge,bce>lovasz_hinge",
-        help="Comma-separated entries: a loss (NAME or NAME(option=value; ...)) or a schedule FIRST>SECOND.",
+        help="Comma-separated entries: a loss (NAME or NAME(option=value; ...)), a sum FIRST+SECOND "
+        "or a schedule FIRST>SECOND. Stage settings go with a loss: lovasz_hinge(lr=0.0005; ema=0.999).",
     ),
     epochs: int | None = typer.Option(None, help="Epoch budget of every entry (default: the config's total)."),
+    seeds: str | None = typer.Option(
+        None, help="Train every entry once per seed, e.g. 0,1,2: means with 95% intervals over seeds."
+    ),
+    baseline: str | None = typer.Option(
+        None, help="The entry the others are compared with, image by image (default: the first)."
+    ),
+    init_from: Path | None = typer.Option(
+        None,
+        "--from",
+        help="Run folder or checkpoint every entry starts from (fine-tuning: all continue from the same weights).",
+    ),
     out_dir: Path | None = typer.Option(None, "--out-dir", help="Folder for the runs and compare.csv/.png."),
     retrain: bool = typer.Option(
         False, help="Train every entry again instead of re-scoring finished runs of the same config."
     ),
 ) -> None:
-    """Train the same model, data, seed and budget once per loss; compare them on the validation split.
+    """Train the same model, data, seeds and budget once per loss; compare them on the validation split.
 
-    Running the same command again continues an interrupted comparison: entries whose run already
-    finished with the same config are evaluated again, not retrained.
+    The tables show each metric's mean over seeds with its 95% interval, and each entry's difference to
+    the baseline with a paired bootstrap interval over validation images and seeds ("noise" where the
+    interval includes 0). Running the same command again continues an interrupted comparison: runs
+    that already finished with the same config are evaluated again, not retrained.
     """
-    from lovaszseg.compare import compare
+    from lovaszseg.compare import COMPARE_FILE, SUMMARY_FILE, compare
 
     entries = [entry.strip().replace(";", ",") for entry in losses.split(",") if entry.strip()]
     result = _user_errors(
@@ -404,10 +431,14 @@ def compare_command(
         entries,
         overrides=overrides or [],
         epochs=epochs,
+        seeds=_parse_seeds(seeds),
+        baseline=baseline.replace(";", ",") if baseline else None,
+        init_from=init_from,
         out_dir=out_dir,
         retrain=retrain,
         console=console,
     )
     _exit_if_interrupted(result.stop_signal)
     if result.rows:
-        console.print(f"wrote {result.out_dir / 'compare.csv'} and {result.out_dir / 'compare.png'}")
+        written = ", ".join(str(result.out_dir / name) for name in (COMPARE_FILE, SUMMARY_FILE, "compare.png"))
+        console.print(f"wrote {written}")

@@ -1,16 +1,21 @@
-"""The loss comparison experiment: the same model, data, seed and epoch budget, once per loss.
+"""The loss comparison experiment: the same model, data, seeds and epoch budget, once per loss.
 
-``compare(config, ["bce", "jaccard", "lovasz_hinge", "bce>lovasz_hinge"], epochs=10)`` trains one run
-per entry under ``out/``, evaluates each best checkpoint on the same validation split, and writes
-``compare.csv``, ``compare.png`` and returns the rows (also shown as a table by the CLI).
+``compare(config, ["bce", "lovasz_hinge", "bce>lovasz_hinge"], epochs=10, seeds=[0, 1, 2])`` trains
+one run per entry and seed under ``out/``, evaluates each best checkpoint on the same validation split
+and writes ``compare.csv`` (a row per run), ``compare-summary.csv`` (per entry: the mean and 95%
+interval over seeds of every metric, and the paired bootstrap difference to the baseline entry, see
+:mod:`lovaszseg.evidence`) and ``compare.png``. ``init_from`` starts every entry from the same weights
+(e.g. a converged BCE run), so that "continue with BCE" and "continue with Lovász" are compared from
+one point.
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +23,33 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from lovaszseg.config import Config, load_config
+from lovaszseg.config import Config, StageConfig, load_config
+from lovaszseg.data import describe_dataset
 from lovaszseg.data.io import atomic_write
 from lovaszseg.engine.run_folder import RunFolder
 from lovaszseg.engine.runs import evaluate_run
 from lovaszseg.engine.trainer import train
 from lovaszseg.errors import ConfigError
+from lovaszseg.evidence import CONFIDENCE, ImageRecorder, ImageStatistics, Interval, mean_interval, paired_bootstrap
 
-__all__ = ["STAGE_OPTIONS", "CompareResult", "compare", "parse_entry"]
+__all__ = [
+    "COMPARE_FILE",
+    "IMAGE_STATISTICS_FILE",
+    "STAGE_OPTIONS",
+    "SUMMARY_FILE",
+    "CompareResult",
+    "compare",
+    "parse_entry",
+    "summarise",
+]
 
-# Final metrics drawn side by side: binary ones at 0.5 and at their best threshold, then multi-class ones.
+COMPARE_FILE = "compare.csv"
+SUMMARY_FILE = "compare-summary.csv"
+# Each run's per-image sums on the validation split, kept beside it: the paired intervals can be
+# recomputed from them without the models.
+IMAGE_STATISTICS_FILE = "image-statistics.npz"
+# Final metrics drawn and summarised side by side: binary ones at 0.5 and at their best threshold, then
+# multi-class ones.
 _BAR_METRICS = (
     "salt_score",
     "salt_score_at_best_threshold",
@@ -37,10 +59,11 @@ _BAR_METRICS = (
     "image_iou_at_best_threshold",
     "miou",
     "image_miou",
+    "pixel_acc",
 )
 _TERM = re.compile(r"^\s*([a-z_]+)\s*(?:\((.*)\))?\s*$")
-# Options of a term that set its stage rather than its loss, e.g. ``bce>lovasz_hinge(lr=0.0005)``.
-STAGE_OPTIONS = frozenset({"lr", "optimizer", "weight_decay", "momentum", "schedule", "min_lr"})
+# Options of a term that set its stage rather than its loss, e.g. ``bce>lovasz_hinge(lr=0.0005, ema=0.999)``.
+STAGE_OPTIONS = frozenset(StageConfig.model_fields) - {"name", "loss", "epochs"}
 
 
 def _parse_term(text: str) -> tuple[Any, dict[str, Any]]:
@@ -58,26 +81,62 @@ def _parse_term(text: str) -> tuple[Any, dict[str, Any]]:
     return ({name: options} if options else name), settings
 
 
+def _split_outside_parentheses(text: str, separator: str) -> list[str]:
+    parts, depth, current = [], 0, ""
+    for character in text:
+        depth += {"(": 1, ")": -1}.get(character, 0)
+        if character == separator and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += character
+    return [*parts, current]
+
+
+def _parse_stage(text: str) -> tuple[Any, dict[str, Any]]:
+    """One stage: a loss, or a sum of losses ``bce+lovasz_hinge(variant=elu+1)`` (weight 1 each)."""
+    terms = [_parse_term(part) for part in _split_outside_parentheses(text, "+")]
+    if len(terms) == 1:
+        return terms[0]
+    losses: dict[str, Any] = {}
+    settings: dict[str, Any] = {}
+    for loss, own in terms:
+        name, options = (loss, None) if isinstance(loss, str) else next(iter(loss.items()))
+        if name in losses:
+            raise ConfigError(f"loss {text!r} names {name!r} twice")
+        losses[name], settings = options, settings | own
+    return losses, settings
+
+
 def parse_entry(entry: str) -> list[tuple[Any, dict[str, Any]]]:
-    """A comparison entry: one loss, or a schedule ``first>second`` (a stage per loss).
+    """A comparison entry: one loss, a sum ``first+second``, or a schedule ``first>second`` (a stage each).
 
     Returns:
         Per stage, the loss spec and the stage settings given with it (keys of :data:`STAGE_OPTIONS`),
         which replace the base config's first-stage settings for that stage only.
     """
-    return [_parse_term(part) for part in entry.split(">")]
+    return [_parse_stage(part) for part in entry.split(">")]
 
 
 @dataclass
 class CompareResult:
-    """One row per entry: the final metrics of its best checkpoint."""
+    """What a comparison produced.
+
+    Attributes:
+        out_dir: Where its runs and files are.
+        rows: One row per run (entry and seed): the final metrics of its best checkpoint.
+        summary: One row per entry: the mean and interval over seeds of each metric, and the paired
+            difference to the baseline with its interval.
+        stop_signal: The signal that interrupted the comparison, if one did.
+    """
 
     out_dir: Path
     rows: list[dict[str, Any]]
-    stop_signal: int | None = None  # the signal that interrupted the comparison, if one did
+    summary: list[dict[str, Any]] = field(default_factory=list)
+    stop_signal: int | None = None
 
 
-def _entry_config(base: Config, entry: str, epochs: int) -> Config:
+def _entry_config(base: Config, entry: str, epochs: int, seed: int) -> Config:
     template = base.stages[0]
     terms = parse_entry(entry)
     lengths = [epochs // len(terms)] * len(terms)
@@ -88,7 +147,8 @@ def _entry_config(base: Config, entry: str, epochs: int) -> Config:
         {**template.model_dump(), "name": str(index + 1), "loss": loss, "epochs": length, **settings}
         for index, ((loss, settings), length) in enumerate(zip(terms, lengths, strict=True))
     ]
-    return load_config({**base.model_dump(), "stages": stages})
+    tree = base.model_dump()
+    return load_config({**tree, "stages": stages, "train": {**tree["train"], "seed": seed}})
 
 
 def _finished_run(folder: RunFolder, config: Config) -> bool:
@@ -100,78 +160,179 @@ def _safe_name(entry: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", entry.replace(">", "-then-")).strip("_")
 
 
+def _check_init_from(base: Config, init_from: str | Path | None, overrides: Sequence[str]) -> Config:
+    if init_from is None:
+        return base
+    path = Path(init_from)
+    if not path.exists():
+        raise ConfigError(f"--from {path}: no such run folder or checkpoint")
+    return load_config(base.model_dump(), [*overrides, f"model.init_from={path.resolve()}"])
+
+
 def compare(
     config: Config | str | Path,
     losses: Sequence[str],
     *,
     overrides: Sequence[str] = (),
     epochs: int | None = None,
+    seeds: Sequence[int] | None = None,
+    baseline: str | None = None,
+    init_from: str | Path | None = None,
     out_dir: Path | None = None,
     retrain: bool = False,
     console: Console | None = None,
 ) -> CompareResult:
-    """Train and evaluate the same setup once per loss.
+    """Train and evaluate the same setup once per loss and seed.
 
     Args:
         config: Base config (its first stage gives optimiser, learning rate and schedule).
-        losses: Entries such as ``bce``, ``jaccard``, ``lovasz_hinge``, ``lovasz_hinge(variant=elu+1)``
-            or ``bce>lovasz_hinge`` (two stages, each half the budget, the second from the first's best).
-            Stage settings can go with a loss: ``bce>lovasz_hinge(lr=0.0005)`` (see :data:`STAGE_OPTIONS`).
+        losses: Entries such as ``bce``, ``jaccard``, ``lovasz_hinge(variant=elu+1)``, a sum
+            ``bce+lovasz_hinge`` or ``bce>lovasz_hinge`` (two stages, each half the budget, the second
+            from the first's best). Stage settings can go with a loss: ``lovasz_hinge(lr=0.0005,
+            warmup_steps=200, ema=0.999)`` (see :data:`STAGE_OPTIONS`).
         overrides: ``key.path=value`` overrides of the base config.
         epochs: Epoch budget of every entry (default: the base config's total).
+        seeds: Train every entry once per seed (``train.seed``: the initial weights, data order and
+            augmentation); default the config's one seed. Runs go to ``out/ENTRY/seed-S`` when given.
+        baseline: The entry the others are compared with (default: the first).
+        init_from: A run folder or checkpoint every entry starts from (``model.init_from``): each then
+            continues for ``epochs`` from the same weights, the seed changing only data order and augmentation.
         out_dir: Where the runs and the comparison go (default ``runs_dir/NAME-compare``).
-        retrain: Train every entry again. By default an entry whose folder already holds a finished run
-            of the same config is only evaluated again, so an interrupted comparison continues where it
+        retrain: Train every run again. By default a run whose folder already holds a finished run of
+            the same config is only evaluated again, so an interrupted comparison continues where it
             stopped and a finished one can be re-scored.
-        console: Where progress and the table go.
+        console: Where progress and the tables go.
 
     Returns:
         :class:`CompareResult`.
     """
     console = console or Console()
     base = config if isinstance(config, Config) else load_config(config, overrides)
+    base = _check_init_from(base, init_from, () if isinstance(config, Config) else overrides)
     budget = epochs or sum(stage.epochs for stage in base.stages)
+    baseline = baseline or losses[0]
+    if baseline not in losses:
+        raise ConfigError(f"baseline {baseline!r} is not one of the entries {list(losses)}")
+    seed_list = list(seeds) if seeds else [base.train.seed]
+    if len(set(seed_list)) != len(seed_list):
+        raise ConfigError(f"seeds {seed_list} repeat a seed")
     out_dir = Path(out_dir or Path(base.output.runs_dir) / f"{base.output.name or 'run'}-compare")
-    configs = {entry: _entry_config(base, entry, budget) for entry in losses}  # all errors before training
-    rows, histories, stop_signal = [], {}, None
-    for entry, entry_config in configs.items():
-        console.rule(f"[bold]{entry}")
-        folder = RunFolder(out_dir / _safe_name(entry))
+    configs = {  # every config error before any training
+        (entry, seed): _entry_config(base, entry, budget, seed) for entry in losses for seed in seed_list
+    }
+    rows, histories, statistics, stop_signal = [], {}, {}, None
+    for (entry, seed), entry_config in configs.items():
+        console.rule(f"[bold]{entry}" + (f", seed {seed}" if seeds else ""))
+        folder = RunFolder(out_dir / _safe_name(entry) / (f"seed-{seed}" if seeds else ""))
         if not retrain and _finished_run(folder, entry_config):
             console.print(f"reusing the finished run {folder.path}")
-            histories[entry] = folder.summary()
+            histories[entry, seed] = folder.summary()
         else:
             result = train(entry_config, run_dir=folder.path, overwrite=True, console=console)
             if not result.completed:  # Ctrl-C / SIGTERM: stop the whole comparison, keep what finished
-                console.print(f"[yellow]interrupted during {entry!r}; the comparison covers the entries before it")
+                console.print(f"[yellow]interrupted during {entry!r}; the comparison covers the runs before it")
                 stop_signal = result.stop_signal
                 break
-            histories[entry] = result.history
-        metrics = evaluate_run(folder.path, console=console)
-        rows.append({"loss": entry, "epochs": budget, **{k: round(v, 6) for k, v in metrics.items()}})
+            histories[entry, seed] = result.history
+        recorder = ImageRecorder(describe_dataset(entry_config.data.name, entry_config.data.options))
+        metrics = evaluate_run(folder.path, console=console, recorder=recorder)
+        statistics[entry, seed] = recorder.statistics
+        recorder.statistics.save(folder.path / IMAGE_STATISTICS_FILE)
+        rows.append({"loss": entry, "seed": seed, "epochs": budget, **{k: round(v, 6) for k, v in metrics.items()}})
     if not rows:
-        return CompareResult(out_dir, rows, stop_signal)
+        return CompareResult(out_dir, rows, [], stop_signal)
+    summary = summarise(rows, statistics, baseline)
+    _write_csv(out_dir / COMPARE_FILE, rows)
+    _write_csv(out_dir / SUMMARY_FILE, summary)
+    _plot(histories, rows, summary, out_dir / "compare.png")
+    for table in comparison_tables(summary, baseline):
+        console.print(table)
+    return CompareResult(out_dir, rows, summary, stop_signal)
+
+
+def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    with atomic_write(out_dir / "compare.csv", "w", newline="") as handle:
+    with atomic_write(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    _plot(histories, rows, out_dir / "compare.png")
-    console.print(comparison_table(rows))
-    return CompareResult(out_dir, rows, stop_signal)
 
 
-def comparison_table(rows: Sequence[dict[str, Any]]) -> Table:
-    table = Table(title="loss comparison (best checkpoint of each run, validation split)")
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    for column in columns:
-        table.add_column(column, justify="left" if column == "loss" else "right")
-    for row in rows:
-        table.add_row(*(f"{row[c]:.4f}" if isinstance(row.get(c), float) else str(row.get(c, "-")) for c in columns))
-    return table
+def summarised_metrics(row: dict[str, Any]) -> list[str]:
+    """The headline metrics a row holds, in display order."""
+    return [name for name in _BAR_METRICS if name in row]
 
 
-def _plot(histories: dict[str, list[dict[str, str]]], rows: Sequence[dict[str, Any]], path: Path) -> None:
+def summarise(
+    rows: Sequence[dict[str, Any]], statistics: dict[tuple[str, int], ImageStatistics], baseline: str
+) -> list[dict[str, Any]]:
+    """Per entry: ``M`` (mean over seeds), ``M_low``/``M_high`` (its 95% t-interval), ``M_diff`` with
+    ``M_diff_low``/``M_diff_high`` (paired bootstrap against ``baseline`` over the seeds both have)."""
+    entries = list(dict.fromkeys(row["loss"] for row in rows))
+    names = summarised_metrics(rows[0])
+    summary = []
+    for entry in entries:
+        runs = [row for row in rows if row["loss"] == entry]
+        shared = [row["seed"] for row in runs if (baseline, row["seed"]) in statistics]
+        line: dict[str, Any] = {"loss": entry, "seeds": len(runs)}
+        for name in names:
+            spread = mean_interval([row[name] for row in runs])
+            line |= {name: spread.estimate, f"{name}_low": spread.low, f"{name}_high": spread.high}
+            if entry != baseline and shared:
+                ours = [statistics[entry, seed] for seed in shared]
+                theirs = [statistics[baseline, seed] for seed in shared]
+                difference = paired_bootstrap(ours, theirs, name)
+                line |= {f"{name}_diff": difference.estimate, f"{name}_diff_low": difference.low}
+                line |= {f"{name}_diff_high": difference.high, f"{name}_diff_real": difference.excludes_zero}
+        summary.append({key: round(value, 6) if isinstance(value, float) else value for key, value in line.items()})
+    return summary
+
+
+def _interval_text(estimate: float, low: float, high: float, signed: bool = False) -> str:
+    value = f"{estimate:+.4f}" if signed else f"{estimate:.4f}"
+    if math.isnan(low):
+        return value
+    return f"{value} [{low:+.4f}, {high:+.4f}]" if signed else f"{value} [{low:.4f}, {high:.4f}]"
+
+
+def comparison_tables(summary: Sequence[dict[str, Any]], baseline: str) -> list[Table]:
+    """The mean of each metric over seeds with its interval, and each entry's paired difference to the
+    baseline, marked ``noise`` where its interval includes 0."""
+    names = summarised_metrics(summary[0])
+    seeds = max(line["seeds"] for line in summary)
+    level = f"{CONFIDENCE:.0%}"
+    means = Table(
+        title=f"best checkpoint on the validation split: mean over {seeds} seed(s)"
+        + (f" [{level} interval]" if seeds > 1 else "")
+    )
+    differences = Table(
+        title=f"difference to {baseline} [{level} paired bootstrap interval over images and seeds]; "
+        "noise: the interval includes 0"
+    )
+    for table in (means, differences):
+        table.add_column("loss")
+        for name in names:
+            table.add_column(name.replace("_at_best_threshold", " @best"), justify="right")
+    for line in summary:
+        means.add_row(line["loss"], *(_interval_text(line[n], line[f"{n}_low"], line[f"{n}_high"]) for n in names))
+        if line["loss"] == baseline or f"{names[0]}_diff" not in line:
+            continue
+        cells = []
+        for name in names:
+            interval = Interval(line[f"{name}_diff"], line[f"{name}_diff_low"], line[f"{name}_diff_high"])
+            text = _interval_text(interval.estimate, interval.low, interval.high, signed=True)
+            cells.append(text if interval.excludes_zero else f"[dim]{text} noise")
+        differences.add_row(line["loss"], *cells)
+    return [means, differences] if differences.row_count else [means]
+
+
+def _plot(
+    histories: dict[tuple[str, int], list[dict[str, str]]],
+    rows: Sequence[dict[str, Any]],
+    summary: Sequence[dict[str, Any]],
+    path: Path,
+) -> None:
+    """Validation curves (a line per seed) and the final metrics: mean bars, interval whiskers, a dot per seed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -179,24 +340,40 @@ def _plot(histories: dict[str, list[dict[str, str]]], rows: Sequence[dict[str, A
 
     metric = "salt_score" if "salt_score" in rows[0] else ("iou" if "iou" in rows[0] else "miou")
     figure, (curve_axis, bar_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
-    colours = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20").colors
-    for (entry, history), colour in zip(histories.items(), colours, strict=False):
+    colours = dict(
+        zip(
+            [line["loss"] for line in summary],
+            plt.get_cmap("tab10" if len(summary) <= 10 else "tab20").colors,
+            strict=False,
+        )
+    )
+    for (entry, _seed), history in histories.items():
         epochs = range(1, len(history) + 1)
-        curve_axis.plot(epochs, [float(r[metric]) for r in history], marker=".", color=colour, label=entry)
-    curve_axis.set(xlabel="epoch", ylabel=f"validation {metric}", title="per epoch")
+        label = entry if entry not in curve_axis.get_legend_handles_labels()[1] else None
+        values = [float(r[metric]) for r in history]
+        curve_axis.plot(epochs, values, marker=".", color=colours[entry], label=label, alpha=0.8, linewidth=1)
+    curve_axis.set(xlabel="epoch", ylabel=f"validation {metric}", title="per epoch (a line per seed)")
     curve_axis.grid(alpha=0.3)
-    names = [m for m in _BAR_METRICS if m in rows[0]]
-    width = 0.8 / len(rows)
-    for index, (row, colour) in enumerate(zip(rows, colours, strict=False)):
-        positions = [i + index * width for i in range(len(names))]
-        bar_axis.bar(positions, [row[n] for n in names], width=width, color=colour)
+    names = summarised_metrics(rows[0])
+    width = 0.8 / len(summary)
+    for index, line in enumerate(summary):
+        colour, positions = colours[line["loss"]], [i + index * width for i in range(len(names))]
+        means = [line[n] for n in names]
+        errors = [
+            [0.0 if math.isnan(line[f"{n}_low"]) else line[n] - line[f"{n}_low"] for n in names],
+            [0.0 if math.isnan(line[f"{n}_high"]) else line[f"{n}_high"] - line[n] for n in names],
+        ]
+        bar_axis.bar(positions, means, width=width, color=colour, yerr=errors, capsize=2, alpha=0.85)
+        for position, name in zip(positions, names, strict=True):
+            seeds = [row[name] for row in rows if row["loss"] == line["loss"]]
+            bar_axis.plot([position] * len(seeds), seeds, "k.", markersize=3)
     labels = [name.replace("_at_best_threshold", "\n@ best threshold") for name in names]
     bar_axis.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], labels, fontsize=8)
-    bar_axis.set(title="best checkpoint", ylim=(0, 1))
+    bar_axis.set(title="best checkpoint: mean, 95% interval, seeds", ylim=(0, 1))
     bar_axis.grid(axis="y", alpha=0.3)
     # One legend below both panels: the same colour is the same entry in each.
-    columns = min(len(rows), 3)
+    columns = min(len(summary), 3)
     figure.legend(*curve_axis.get_legend_handles_labels(), loc="lower center", ncol=columns, fontsize=9)
-    figure.tight_layout(rect=(0, 0.06 * -(-len(rows) // columns), 1, 1))
+    figure.tight_layout(rect=(0, 0.06 * -(-len(summary) // columns), 1, 1))
     figure.savefig(path, dpi=90)
     plt.close(figure)

@@ -55,6 +55,9 @@ class ModelConfig(_Strict):
     encoder_weights: str | None = "imagenet"
     # Further create_model keyword arguments, e.g. {decoder_channels: [64, 32, 16, 8, 4]}.
     options: dict[str, Any] = Field(default_factory=dict)
+    # Whole-model starting weights: a run folder (its exported or best model), a .pt checkpoint or a
+    # .safetensors file; encoder_weights are then not loaded (nothing to download).
+    init_from: str | None = None
 
 
 class DataConfig(_Strict):
@@ -90,12 +93,22 @@ class StageConfig(_Strict):
     lr: float = Field(1e-3, gt=0, le=MAX_LR)
     weight_decay: float = Field(0.0, ge=0, le=MAX_WEIGHT_DECAY)
     momentum: float = Field(0.9, ge=0, lt=1)
-    schedule: Literal["none", "cosine", "cosine_restarts", "plateau"] = "cosine"
+    schedule: Literal["none", "cosine", "cosine_restarts", "poly", "plateau"] = "cosine"
     # cosine_restarts: number of equal cycles (a snapshot per cycle end); plateau: patience in epochs.
     cycles: int = Field(1, ge=1)
     patience: int = Field(3, ge=1)
-    # Where cosine schedules end and plateau reductions stop; at most lr.
+    # Where cosine and poly schedules end and plateau reductions stop; at most lr.
     min_lr: float = Field(0.0, ge=0)
+    # poly: lr = (lr - min_lr) * (1 - t / T) ** poly_power + min_lr (mmseg's PolyLR).
+    poly_power: float = Field(0.9, gt=0)
+    # cosine, cosine_restarts and poly: advance once per epoch, or else at every optimiser step.
+    by_epoch: bool = True
+    # Linear warm-up over the stage's first optimiser steps, its factor rising from warmup_start_factor
+    # to 1 and multiplying the schedule (torch's LinearLR chained with it); not with plateau.
+    warmup_steps: int = Field(0, ge=0)
+    warmup_start_factor: float = Field(0.001, gt=0, le=1)
+    # Validate, checkpoint and export an exponential moving average of the weights with this decay.
+    ema: float | None = Field(None, gt=0, lt=1)
     # Weights a stage after the first starts from: the previous stage's best or last checkpoint.
     init: Literal["best_of_previous", "last_of_previous"] = "best_of_previous"
 
@@ -113,6 +126,12 @@ class StageConfig(_Strict):
             )
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr ({self.min_lr:g}) must not exceed lr ({self.lr:g})")
+        if self.warmup_steps and self.schedule == "plateau":
+            # plateau scales whatever the learning rate is when it triggers: a warm-up factor cannot combine.
+            raise ValueError(
+                f"warmup_steps ({self.warmup_steps}) does not combine with schedule plateau; "
+                "use warmup_steps=0 or another schedule"
+            )
         return self
 
 

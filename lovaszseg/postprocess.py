@@ -27,6 +27,7 @@ __all__ = [
     "PostProcessing",
     "Tuning",
     "evaluate_postprocessing",
+    "grid_index",
     "image_scores",
     "load_tuning",
     "save_tuning",
@@ -173,7 +174,7 @@ def _scores(counts: ImageCounts, metric: str, emptied: np.ndarray) -> np.ndarray
 
 def evaluate_postprocessing(counts: ImageCounts, chosen: PostProcessing) -> dict[str, float]:
     """Every binary metric of the counted images under ``chosen`` (its threshold must be on the grid)."""
-    column = _grid_index(chosen.threshold)
+    column = grid_index(chosen.threshold)
     emptied = counts.predicted < chosen.min_area
     return {metric: float(_scores(counts, metric, emptied)[column]) for metric in POSTPROCESS_METRICS}
 
@@ -183,14 +184,15 @@ def image_scores(counts: ImageCounts, chosen: PostProcessing, metric: str = "sal
     means over images), e.g. for paired comparisons of two models image by image."""
     if metric not in ("salt_score", "image_iou"):
         raise ConfigError(f"per-image scores exist for salt_score and image_iou, not {metric!r}")
-    column = _grid_index(chosen.threshold)
+    column = grid_index(chosen.threshold)
     emptied = counts.predicted[:, column] < chosen.min_area
     intersection = np.where(emptied, 0, counts.intersection[:, column])
     predicted = np.where(emptied, 0, counts.predicted[:, column])
     return _image_scores(metric, intersection, predicted, counts.truth) / _scale(metric)
 
 
-def _grid_index(threshold: float) -> int:
+def grid_index(threshold: float) -> int:
+    """The column of ``threshold`` in per-threshold counts (it must lie on the grid)."""
     matches = np.flatnonzero(np.isclose(THRESHOLD_GRID, threshold, rtol=0, atol=1e-9))
     if not len(matches):
         raise ConfigError(f"threshold {threshold} is not on the tuning grid 0.05, 0.06, ..., 0.95")

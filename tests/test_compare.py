@@ -17,7 +17,8 @@ import lovaszseg.compare
 from lovaszseg.cli import app
 from lovaszseg.compare import compare, parse_entry
 from lovaszseg.config import Config, load_config
-from lovaszseg.engine.run_folder import RunFolder
+from lovaszseg.engine.run_folder import RunFolder, read_weights
+from lovaszseg.engine.trainer import Trainer, train
 from lovaszseg.errors import ConfigError
 
 
@@ -155,3 +156,84 @@ def test_compare_again_rescores_finished_runs_and_retrains_changed_ones(
     changed = load_config(tiny_salt_config(tiny_salt, tmp_path / "runs", train={"seed": 1, "device": "cpu"}))
     compare(changed, ["bce"], epochs=1, out_dir=tmp_path / "cmp")
     assert seeds_trained == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("entry", "spec"),
+    [
+        ("bce+lovasz_hinge", [({"bce": None, "lovasz_hinge": None}, {})]),
+        (
+            "bce+lovasz_hinge(variant=elu+1, ema=0.99)",
+            [({"bce": None, "lovasz_hinge": {"variant": "elu+1"}}, {"ema": 0.99})],
+        ),
+        (
+            "bce>lovasz_hinge(warmup_steps=50, by_epoch=false, schedule=poly)",
+            [("bce", {}), ("lovasz_hinge", {"warmup_steps": 50, "by_epoch": False, "schedule": "poly"})],
+        ),
+    ],
+)
+def test_parse_entry_sums_and_new_stage_options(entry: str, spec: list) -> None:
+    assert parse_entry(entry) == spec
+
+
+def test_compare_with_seeds_gives_intervals_and_paired_differences(tiny_salt: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.yaml", tiny_salt_config(tiny_salt, tmp_path / "runs"))
+    out = tmp_path / "cmp"
+    arguments = ["compare", str(config), "--losses", "bce,lovasz_hinge", "--epochs", "1", "--out-dir", str(out)]
+    result = CliRunner().invoke(app, [*arguments, "--seeds", "0,1", "--baseline", "lovasz_hinge"])
+    assert result.exit_code == 0, result.output
+    assert "difference to lovasz_hinge" in " ".join(result.output.split())
+    with (out / "compare.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["loss"], row["seed"]) for row in rows] == [
+        ("bce", "0"),
+        ("bce", "1"),
+        ("lovasz_hinge", "0"),
+        ("lovasz_hinge", "1"),
+    ]
+    assert all((out / row["loss"] / f"seed-{row['seed']}" / "image-statistics.npz").is_file() for row in rows)
+    with (out / "compare-summary.csv").open() as handle:
+        summary = {line["loss"]: line for line in csv.DictReader(handle)}
+    scores = [float(row["salt_score"]) for row in rows if row["loss"] == "bce"]
+    bce = summary["bce"]
+    assert float(bce["salt_score"]) == pytest.approx(sum(scores) / 2, abs=1e-6)
+    assert float(bce["salt_score_low"]) <= float(bce["salt_score"]) <= float(bce["salt_score_high"])
+    # The baseline has no difference to itself; the other entry's estimate is the mean per-seed difference.
+    assert "salt_score_diff" not in summary["lovasz_hinge"] or summary["lovasz_hinge"]["salt_score_diff"] == ""
+    others = [float(row["salt_score"]) for row in rows if row["loss"] == "lovasz_hinge"]
+    expected = sum(a - b for a, b in zip(scores, others, strict=True)) / 2
+    assert float(bce["salt_score_diff"]) == pytest.approx(expected, abs=2e-6)
+    assert float(bce["salt_score_diff_low"]) <= float(bce["salt_score_diff"]) <= float(bce["salt_score_diff_high"])
+    assert (out / "compare.png").is_file()
+    for bad, message in ((["--seeds", "0,x"], "--seeds must be"), (["--baseline", "jaccard"], "baseline 'jaccard'")):
+        result = CliRunner().invoke(app, [*arguments, *bad])
+        assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_compare_from_starts_every_entry_and_seed_from_the_same_weights(
+    tiny_salt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stages = [{"name": "bce", "loss": "bce", "epochs": 1, "lr": 0.01}]
+    config = load_config(tiny_salt_config(tiny_salt, tmp_path / "runs", stages=stages))
+    source = train(config, run_dir=tmp_path / "source").run_dir
+    starts: list[dict[str, torch.Tensor]] = []
+    real_fit = Trainer.fit
+
+    def recording_fit(self: Trainer, folder: RunFolder, **kwargs: Any) -> Any:
+        starts.append({name: value.clone() for name, value in self.model.state_dict().items()})
+        return real_fit(self, folder, **kwargs)
+
+    monkeypatch.setattr(Trainer, "fit", recording_fit)
+    result = compare(
+        config, ["bce", "lovasz_hinge(lr=0.001)"], epochs=1, seeds=[3, 4], init_from=source, out_dir=tmp_path / "cmp"
+    )
+    expected, _ = read_weights(source)
+    assert len(starts) == 4 and len(result.rows) == 4
+    for start in starts:
+        assert start.keys() == expected.keys()
+        assert all(torch.equal(start[name], expected[name]) for name in expected)
+    # The seed still matters: it changes the data order, so the two continuations of one entry differ.
+    ends = [read_weights(tmp_path / "cmp" / "bce" / f"seed-{seed}")[0] for seed in (3, 4)]
+    assert any(not torch.equal(ends[0][name], ends[1][name]) for name in ends[0])
+    with pytest.raises(ConfigError, match="no such run folder or checkpoint"):
+        compare(config, ["bce"], epochs=1, init_from=tmp_path / "missing", out_dir=tmp_path / "x")

@@ -86,6 +86,12 @@ def test_errors_name_the_key_path(overrides: list[str], message: str) -> None:
         (["train.seed=-1"], r"train\.seed: Input should be greater than or equal to 0"),
         (["train.seed=4294967296"], r"train\.seed: Input should be less than or equal to 4294967295"),
         (["output.progress_seconds=0"], r"output\.progress_seconds: Input should be greater than 0"),
+        (["stages.0.ema=1"], r"stages\.0\.ema: Input should be less than 1"),
+        (["stages.0.ema=0"], r"stages\.0\.ema: Input should be greater than 0"),
+        (["stages.0.warmup_steps=-1"], r"stages\.0\.warmup_steps: Input should be greater than or equal to 0"),
+        (["stages.0.warmup_start_factor=0"], r"stages\.0\.warmup_start_factor: Input should be greater than 0"),
+        (["stages.0.warmup_start_factor=2"], r"stages\.0\.warmup_start_factor: .*less than or equal to 1"),
+        (["stages.0.poly_power=0"], r"stages\.0\.poly_power: Input should be greater than 0"),
     ],
 )
 def test_absurd_values_are_refused(overrides: list[str], message: str) -> None:

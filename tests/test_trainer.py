@@ -1,7 +1,8 @@
-"""The training loop on tiny data: two stages, resume, interruptions, divergence, run folders, early stopping."""
+"""The training loop on tiny data: stages, resume, interruptions, divergence, run folders, EMA, init_from."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 from collections.abc import Callable
@@ -280,3 +281,146 @@ def test_fp16_on_cpu_is_refused_before_the_run_folder_is_made(tiny_salt: Path, t
     with pytest.raises(ConfigError, match=r"train\.amp=fp16 needs a CUDA device"):
         train(config)
     assert not (tmp_path / "tiny").exists()
+
+
+def _float_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: tensor for name, tensor in state.items() if tensor.is_floating_point()}
+
+
+def test_ema_is_validated_checkpointed_and_exported_and_the_trained_weights_are_kept(
+    tiny_salt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decay = 0.6
+    config = _config(
+        tiny_salt, tmp_path, stages=[{"name": "bce", "loss": "bce", "epochs": 2, "lr": 0.02, "ema": decay}]
+    )
+    trained, scored = [], []  # the raw weights after every step; the weights each validation scored
+    real_step, real_evaluate = engine_train.Trainer.training_step, engine_train.evaluate
+
+    def recording_step(self, *args, **kwargs):
+        loss = real_step(self, *args, **kwargs)
+        trained.append({name: tensor.clone() for name, tensor in self.model.state_dict().items()})
+        return loss
+
+    def recording_evaluate(model, *args, **kwargs):
+        scored.append({name: tensor.clone() for name, tensor in model.state_dict().items()})
+        return real_evaluate(model, *args, **kwargs)
+
+    monkeypatch.setattr(engine_train.Trainer, "training_step", recording_step)
+    monkeypatch.setattr(engine_train, "evaluate", recording_evaluate)
+    result = train(config)
+    assert len(trained) == 4 and len(scored) == 2  # 2 epochs of 2 steps
+
+    # By hand: the average starts at the first step's weights, then ema = decay * ema + (1 - decay) * w.
+    expected = _float_weights(trained[0])
+    for weights in trained[1:]:
+        expected = {name: decay * ema + (1 - decay) * weights[name] for name, ema in expected.items()}
+    last = load_checkpoint(result.run_dir / "last.pt")
+    assert last["ema_n_averaged"] == 4
+    assert all(torch.equal(last["train_model"][name], tensor) for name, tensor in trained[-1].items())
+    assert all(torch.equal(last["model"][name], tensor) for name, tensor in scored[-1].items())  # validated = saved
+    torch.testing.assert_close(_float_weights(last["model"]), expected, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(
+        last["model"]["segmentation_head.0.weight"], last["train_model"]["segmentation_head.0.weight"]
+    )
+
+    # best.pt and the export hold the averaged weights of the epoch they scored.
+    best = load_checkpoint(result.run_dir / "best.pt")
+    best_epoch = best["epoch"]
+    assert all(torch.equal(best["model"][name], tensor) for name, tensor in scored[best_epoch - 1].items())
+    exported = load_model(result.run_dir).model.state_dict()
+    assert all(torch.equal(exported[name], tensor) for name, tensor in best["model"].items())
+
+
+def test_resume_with_ema_and_per_step_schedules_gives_the_same_weights_and_rows(
+    tiny_salt: Path, tmp_path: Path
+) -> None:
+    stages = [
+        {"name": "bce", "loss": "bce", "epochs": 2, "lr": 0.01, "ema": 0.9, "schedule": "poly", "by_epoch": False},
+        {"name": "lovasz", "loss": "lovasz_hinge", "epochs": 2, "lr": 0.005, "ema": 0.8, "warmup_steps": 3},
+    ]
+    config = _config(tiny_salt, tmp_path, stages=stages)  # 2 stages of 2 epochs, 2 training steps each
+    straight = train(config, run_dir=tmp_path / "straight")
+    run = tmp_path / "interrupted"
+    assert not train(config, run_dir=run, stop_after_epochs=1).completed  # in the middle of stage 1
+    assert not train(resume=run, stop_after_epochs=2).completed  # in the middle of stage 2
+    assert load_checkpoint(run / "last.pt")["ema_n_averaged"] == 2
+    resumed = train(resume=run)
+    assert resumed.completed
+    final_a, final_b = load_checkpoint(straight.run_dir / "last.pt"), load_checkpoint(run / "last.pt")
+    for key in ("model", "train_model"):
+        assert all(torch.equal(final_a[key][name], final_b[key][name]) for name in final_a[key]), key
+    assert [r["train_loss"] for r in straight.history] == [r["train_loss"] for r in resumed.history]
+    assert [r["iou"] for r in straight.history] == [r["iou"] for r in resumed.history]
+    # summary.csv's lr is that of each epoch's first step: poly per step, then a warm-up times the cosine.
+    poly = [0.01 * (1 - k / 4) ** 0.9 for k in (0, 2)]
+    warm_cosine = [0.005 * (0.001 + 0.999 * min(k, 3) / 3) * (1 + math.cos(math.pi * (k // 2) / 2)) / 2 for k in (0, 2)]
+    assert [float(r["lr"]) for r in resumed.history] == pytest.approx([*poly, *warm_cosine], rel=1e-5)
+
+
+def _first_weights(config, run_dir: Path) -> dict[str, torch.Tensor]:
+    """The weights a run starts from: its ``last.pt`` when stopped before the first epoch."""
+    assert not train(config, run_dir=run_dir, stop_after_epochs=0).completed
+    return load_checkpoint(run_dir / "last.pt")["model"]
+
+
+def test_init_from_starts_every_run_from_the_sources_weights(tiny_salt: Path, tmp_path: Path) -> None:
+    one_step = {"seed": 7, "device": "cpu", "max_steps_per_epoch": 1}
+    source = train(
+        _config(tiny_salt, tmp_path, stages=[{"name": "bce", "loss": "bce", "epochs": 1}], train=one_step),
+        run_dir=tmp_path / "source",
+    ).run_dir
+    source_weights = load_model(source).model.state_dict()
+    # encoder_weights name a file that does not exist: with init_from it is neither read nor needed.
+    model = {"encoder_weights": str(tmp_path / "absent.pth"), "init_from": str(source)}
+    starts = []
+    for seed, init_from in ((0, source), (1, source), (2, source / "best.pt"), (3, source / "model.safetensors")):
+        config = _config(tiny_salt, tmp_path, model=model | {"init_from": str(init_from)}, train={"seed": seed})
+        starts.append(_first_weights(config, tmp_path / f"seed{seed}"))
+    for start in starts:
+        assert start.keys() == source_weights.keys()
+        assert all(torch.equal(start[name], tensor) for name, tensor in source_weights.items())
+    # Without init_from the seed picks the weights.
+    seeded = _first_weights(_config(tiny_salt, tmp_path, train={"seed": 1}), tmp_path / "seeded")
+    assert not torch.equal(seeded["segmentation_head.0.weight"], source_weights["segmentation_head.0.weight"])
+
+    # A resumed run takes its checkpoint's weights, not init_from's: the source may be gone.
+    resumable = _config(
+        tiny_salt,
+        tmp_path,
+        model=model,
+        stages=[{"name": "bce", "loss": "bce", "epochs": 1}],
+        train=one_step,
+    )
+    _first_weights(resumable, tmp_path / "resumed")
+    (source / "model.safetensors").rename(tmp_path / "moved.safetensors")
+    (source / "best.pt").unlink()
+    (source / "last.pt").unlink()
+    assert train(resume=tmp_path / "resumed").completed
+
+
+def test_a_bad_init_from_is_a_config_error_before_the_run_folder_is_made(tiny_salt: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "best.pt"
+    with pytest.raises(ConfigError, match=r"model\.init_from '.*nowhere/best\.pt': no run folder or model file"):
+        train(_config(tiny_salt, tmp_path, model={"init_from": str(missing)}))
+    assert not (tmp_path / "tiny").exists()
+    one_step = {"seed": 0, "device": "cpu", "max_steps_per_epoch": 1}
+    source = train(
+        _config(tiny_salt, tmp_path, stages=[{"name": "bce", "loss": "bce", "epochs": 1}], train=one_step),
+        run_dir=tmp_path / "source",
+    ).run_dir
+    other = {
+        "arch": "Unet",
+        "encoder": "resnet18",
+        "encoder_weights": None,
+        "options": {"encoder_depth": 3, "decoder_channels": [16, 8, 4]},
+        "init_from": str(source / "model.safetensors"),
+    }
+    message = (
+        r"model\.init_from: the weights in .*source/model\.safetensors do not fit model\.arch 'Unet', "
+        r"model\.encoder 'resnet18' and model\.options .*: "
+        r"decoder\.blocks\.2\.conv1\.0\.weight: \(8, 8, 3, 3\) in the file, \(4, 8, 3, 3\) in the model"
+    )
+    with pytest.raises(ConfigError, match=message):
+        train(_config(tiny_salt, tmp_path, model=other), run_dir=tmp_path / "mismatch")
+    assert not (tmp_path / "mismatch").exists()

@@ -50,6 +50,7 @@ __all__ = [
     "LoadedModel",
     "RunFolder",
     "load_model",
+    "read_weights",
 ]
 
 CONFIG_FILE = "config.yaml"
@@ -332,7 +333,7 @@ class LoadedModel:
     source: Path
 
 
-def _read_safetensors(path: Path) -> tuple[Config, dict[str, torch.Tensor]]:
+def _open_safetensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -341,21 +342,51 @@ def _read_safetensors(path: Path) -> tuple[Config, dict[str, torch.Tensor]]:
             weights = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (not a dict)
     except (SafetensorError, OSError) as error:
         raise CheckpointError(f"{path} is not a readable .safetensors file: {error}") from error
+    return metadata, weights
+
+
+def _read_safetensors(path: Path) -> tuple[Config, dict[str, torch.Tensor]]:
+    metadata, weights = _open_safetensors(path)
     if _CONFIG_METADATA_KEY in metadata:
         return load_config(yaml.safe_load(metadata[_CONFIG_METADATA_KEY])), weights
     return RunFolder(path.parent).config(), weights
 
 
-def _read_weights(source: Path) -> tuple[Config, dict[str, torch.Tensor], Path]:
+def _model_path(source: Path) -> Path:
+    """A run folder's :meth:`~RunFolder.model_file`, or ``source`` itself, which must then be a file."""
     path = RunFolder.existing(source).model_file() if source.is_dir() else source
     if not path.is_file():
         raise CheckpointError(f"no run folder or model file at {path}")
+    return path
+
+
+def _read_weights(source: Path) -> tuple[Config, dict[str, torch.Tensor], Path]:
+    path = _model_path(source)
     if path.suffix == ".safetensors":
         return (*_read_safetensors(path), path)
     checkpoint = load_checkpoint(path)
     # Checkpoints from before the redesign carry their config; newer ones use their folder's.
     config = load_config(checkpoint["config"]) if "config" in checkpoint else RunFolder(path.parent).config()
     return config, checkpoint["model"], path
+
+
+def read_weights(source: str | Path) -> tuple[dict[str, torch.Tensor], Path]:
+    """A model's weights alone, found as :func:`load_model` finds them, without reading any config.
+
+    Args:
+        source: A run folder (``model.safetensors``, else ``best.pt``, else ``last.pt``), a ``.pt``
+            checkpoint (a dict with a ``"model"`` entry) or a ``.safetensors`` file.
+
+    Returns:
+        The state dict and the file it was read from.
+
+    Raises:
+        CheckpointError: no such run or file, or an unreadable one.
+    """
+    path = _model_path(Path(source))
+    if path.suffix == ".safetensors":
+        return _open_safetensors(path)[1], path
+    return load_checkpoint(path)["model"], path
 
 
 def load_model(source: str | Path) -> LoadedModel:

@@ -35,6 +35,7 @@ from lovaszseg.engine.reporting import LoopProgress
 from lovaszseg.engine.run_folder import EVAL_FILE, RunFolder
 from lovaszseg.engine.trainer import resolve_data_root
 from lovaszseg.errors import ConfigError, DataError
+from lovaszseg.evidence import ImageRecorder
 from lovaszseg.inference import Tta, predict_folder, save_overlay, write_submission
 from lovaszseg.metrics import DEFAULT_THRESHOLD
 from lovaszseg.postprocess import ImageCounts, PostProcessing, evaluate_postprocessing, tune_postprocessing
@@ -144,7 +145,13 @@ def _postprocessed(predictor: Predictor, counts: ImageCounts, split: str, tta: T
 
 
 def _score_split(
-    predictor: Predictor, split: str, tta: Tta, device: str, data_root: str | Path | None, console: Console | None
+    predictor: Predictor,
+    split: str,
+    tta: Tta,
+    device: str,
+    data_root: str | Path | None,
+    console: Console | None,
+    recorder: ImageRecorder | None = None,
 ) -> dict[str, float]:
     config, target = predictor.config, resolve_device(device)
     root = Path(data_root) if data_root else resolve_data_root(config)
@@ -157,7 +164,18 @@ def _score_split(
     model, interval = predictor.model.to(target), config.output.progress_seconds
     scorer = Scorer(predictor.spec, target, keep_images=True)
     with LoopProgress(console or Console(), f"eval {split}", len(loader), interval=interval) as bar:
-        metrics = evaluate(model, loader, predictor.spec, device=target, tta=tta, progress=bar.advance, scorer=scorer)
+        metrics = evaluate(
+            model,
+            loader,
+            predictor.spec,
+            device=target,
+            tta=tta,
+            progress=bar.advance,
+            scorer=scorer,
+            on_predictions=recorder,
+        )
+    if recorder is not None:
+        recorder.finish(metrics, scorer.image_counts() if predictor.spec.binary else None)
     return metrics | (_postprocessed(predictor, scorer.image_counts(), split, tta) if predictor.spec.binary else {})
 
 
@@ -182,6 +200,7 @@ def evaluate_run(
     data_root: str | Path | None = None,
     out: Path | None = None,
     console: Console | None = None,
+    recorder: ImageRecorder | None = None,
 ) -> dict[str, float]:
     """Score a trained model or an ensemble on a labelled split, streaming, and write ``eval.json``.
 
@@ -205,6 +224,8 @@ def evaluate_run(
         out: Folder to write ``eval.json`` to (default: the run, cv or ensemble folder; a list of
             several sources writes none).
         console: Where progress goes (default: a new rich console, which finds a terminal or notebook).
+        recorder: Keeps each image's statistics of the scored split (e.g. for paired comparisons);
+            not for a cv folder's out-of-fold metrics, which are not scored again.
 
     Returns:
         Metric name -> value.
@@ -219,7 +240,7 @@ def evaluate_run(
         metrics = _out_of_fold_metrics(predictor)
     else:
         split = split or "val"
-        metrics = _score_split(predictor, split, tta, device, data_root, console)
+        metrics = _score_split(predictor, split, tta, device, data_root, console, recorder)
     if (home := out or predictor.home) is not None:
         RunFolder(home).write_json(EVAL_FILE, {"split": split, "tta": tta, "model": predictor.name, **metrics})
     return metrics

@@ -23,9 +23,10 @@ import numpy as np
 import torch
 from rich.console import Console
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from lovaszseg.config import Config, StageConfig, builtin_config, load_config
+from lovaszseg.config import Config, ModelConfig, StageConfig, builtin_config, load_config
 from lovaszseg.data import build_dataset, describe_dataset
 from lovaszseg.data.synth import ensure_demo_salt
 from lovaszseg.engine import distributed
@@ -33,9 +34,18 @@ from lovaszseg.engine.checkpoint import capture_rng, load_checkpoint, restore_rn
 from lovaszseg.engine.evaluate import evaluate, metric_names
 from lovaszseg.engine.interrupt import StopRequest
 from lovaszseg.engine.reporting import LoopProgress, TensorBoardLog, final_table
-from lovaszseg.engine.run_folder import DISTRIBUTED_FILE, RunFolder
-from lovaszseg.engine.schedule import build_optimizer, build_scheduler, cycle_length, is_snapshot_epoch, step_scheduler
-from lovaszseg.errors import ConfigError, LovaszsegError, TrainingError
+from lovaszseg.engine.run_folder import DISTRIBUTED_FILE, RunFolder, read_weights
+from lovaszseg.engine.schedule import (
+    Scheduler,
+    build_optimizer,
+    build_scheduler,
+    cycle_length,
+    is_snapshot_epoch,
+    restore_scheduler,
+    step_per_batch,
+    step_per_epoch,
+)
+from lovaszseg.errors import CheckpointError, ConfigError, LovaszsegError, TrainingError
 from lovaszseg.losses import build_loss
 from lovaszseg.models import build_model, check_input_size
 
@@ -80,13 +90,21 @@ class Progress:
 
 @dataclass
 class Stage:
-    """One stage being trained: its settings and the objects built from them."""
+    """One stage being trained: its settings and the objects built from them.
+
+    Attributes:
+        ema: The moving average of the weights (``ema`` stages), which validation scores and
+            checkpoints hold as their ``"model"``; never wrapped in DDP.
+        epoch_lr: The learning rate of the current epoch's first step (``summary.csv``'s ``lr``).
+    """
 
     index: int
     config: StageConfig
     loss_fn: nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: Any
+    scheduler: Scheduler
+    ema: AveragedModel | None = None
+    epoch_lr: float = 0.0
 
     @property
     def label(self) -> str:
@@ -147,6 +165,43 @@ def _non_finite(model: nn.Module) -> list[str]:
         for name, tensor in model.state_dict().items()
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
     ]
+
+
+def _weights_mismatch(model: nn.Module, weights: dict[str, torch.Tensor]) -> list[str]:
+    """A few differences between a model's state dict and ``weights``: missing, unexpected, other shapes."""
+    expected = model.state_dict()
+    missing = [f"missing {name}" for name in expected if name not in weights]
+    unexpected = [f"unexpected {name}" for name in weights if name not in expected]
+    shapes = [
+        f"{name}: {tuple(weights[name].shape)} in the file, {tuple(tensor.shape)} in the model"
+        for name, tensor in expected.items()
+        if name in weights and weights[name].shape != tensor.shape
+    ]
+    return missing[:3] + unexpected[:3] + shapes[:3]
+
+
+def _load_init_weights(model: nn.Module, source: str, config: ModelConfig) -> Path:
+    """Load the weights of ``source`` (``model.init_from``: a run folder, a ``.pt`` checkpoint or a
+    ``.safetensors`` file) into ``model``, strictly.
+
+    Returns:
+        The file the weights came from.
+
+    Raises:
+        ConfigError: no such run or file, an unreadable one, or weights of another architecture (the
+            message names a few differing keys and shapes).
+    """
+    try:
+        weights, path = read_weights(source)
+    except CheckpointError as error:
+        raise ConfigError(f"model.init_from {source!r}: {error}") from error
+    if differences := _weights_mismatch(model, weights):
+        raise ConfigError(
+            f"model.init_from: the weights in {path} do not fit model.arch {config.arch!r}, model.encoder "
+            f"{config.encoder!r} and model.options {config.options}: {'; '.join(differences)}"
+        )
+    model.load_state_dict(weights, strict=True)
+    return path
 
 
 def _weights_checksum(model: nn.Module) -> float:
@@ -210,6 +265,8 @@ class Trainer:
             generator=self.generator,
             drop_last=len(self.train_set) > config.data.batch_size * info.world_size,
         )
+        # Optimiser steps of every epoch: what per-step schedules count in.
+        self.steps_per_epoch = min(len(self.train_loader), config.train.max_steps_per_epoch or len(self.train_loader))
         self.val_loader = DataLoader(
             self.val_set,
             batch_size=config.data.val_batch_size or config.data.batch_size,
@@ -219,8 +276,15 @@ class Trainer:
 
     def _build_model(self, pretrained: bool) -> None:
         config, info = self.config, self.info
+        init_from = config.model.init_from if pretrained else None  # a resumed run's checkpoint has the weights
         _seed_everything(config.train.seed)  # the seed fixes the initial weights too
-        model = build_model(config.model, self.spec.in_channels, self.spec.num_classes, pretrained=pretrained)
+        model = build_model(
+            config.model, self.spec.in_channels, self.spec.num_classes, pretrained=pretrained and init_from is None
+        )
+        if init_from is not None:
+            source = _load_init_weights(model, init_from, config.model)
+            if info.is_main:
+                self.console.print(f"model: starting from the weights in {source}")
         self.model = model.to(info.device)
         for dataset, split in ((self.train_set, config.data.train_split), (self.val_set, config.data.val_split)):
             height, width = dataset[0]["image"].shape[-2:]
@@ -252,7 +316,8 @@ class Trainer:
         if resume:
             checkpoint = load_checkpoint(folder.last_path)
             progress = Progress.from_checkpoint(checkpoint)
-            self.model.load_state_dict(checkpoint["model"])
+            # With ema, "model" holds the averaged weights and "train_model" those being trained.
+            self.model.load_state_dict(checkpoint.get("train_model", checkpoint["model"]))
             restore_rng(checkpoint["rng"])
         elif self.info.is_main:
             folder.save_start(self._state(None, progress, {}))
@@ -292,25 +357,44 @@ class Trainer:
         config = self.config.stages[index]
         loss_fn = build_loss(config.loss, ignore_index=self.spec.ignore_index)
         optimizer = build_optimizer(config, self.model)
-        stage = Stage(
-            index, config, loss_fn, optimizer, build_scheduler(config, optimizer, self.config.train.monitor_mode)
-        )
+        scheduler = build_scheduler(config, optimizer, self.config.train.monitor_mode, self.steps_per_epoch)
+        stage = Stage(index, config, loss_fn, optimizer, scheduler)
         if checkpoint is not None:  # continuing this stage where the checkpoint left it
             optimizer.load_state_dict(checkpoint["optimizer"])
-            if stage.scheduler is not None:
-                stage.scheduler.load_state_dict(checkpoint["scheduler"])
+            restore_scheduler(scheduler, checkpoint["scheduler"], progress.epoch * self.steps_per_epoch)
             self.scaler.load_state_dict(checkpoint["scaler"])
-            return stage
+        else:
+            self._enter_stage(folder, stage, progress)
+        stage.ema = self._build_ema(config, checkpoint)
+        return stage
+
+    def _enter_stage(self, folder: RunFolder, stage: Stage, progress: Progress) -> None:
+        """Reset the progress for a new stage and load the weights it starts from."""
+        index = stage.index
         progress.stage, progress.epoch, progress.stage_done = index, 0, False
         progress.stage_best, progress.stale_epochs, progress.loss_reference = None, 0, None
         if index > 0:  # e.g. BCE -> Lovász: start from the previous stage's best weights
             source, which = folder.stage_best_path(index - 1), "best"
-            if config.init == "last_of_previous" or not source.is_file():  # no epoch of it had a finite metric
+            if stage.config.init == "last_of_previous" or not source.is_file():  # no epoch had a finite metric
                 source, which = folder.stage_last_path(index - 1), "last"
             self.model.load_state_dict(load_checkpoint(source)["model"])
             if self.info.is_main:
                 self.console.print(f"stage {stage.label}: starting from stage {index}'s {which} weights")
-        return stage
+
+    def _build_ema(self, config: StageConfig, checkpoint: dict[str, Any] | None) -> AveragedModel | None:
+        """The stage's weight average, from the current weights or, continuing, the checkpoint's."""
+        if config.ema is None:
+            return None
+        ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
+        ema.requires_grad_(False)
+        if checkpoint is not None and "ema_n_averaged" in checkpoint:
+            ema.module.load_state_dict(checkpoint["model"])
+            ema.n_averaged.fill_(int(checkpoint["ema_n_averaged"]))
+        return ema
+
+    def _validated_model(self, stage: Stage) -> nn.Module:
+        """What validation scores and checkpoints hold as ``"model"``: the EMA weights, if the stage keeps them."""
+        return stage.ema.module if stage.ema is not None else self.model
 
     def _stop_requested(self, *, before_epoch: bool = False) -> bool:
         """Whether to stop now: a signal (on any rank: all must leave at the same step) or the epoch budget."""
@@ -330,7 +414,8 @@ class Trainer:
     def train_epoch(self, stage: Stage, epoch: int, folder: RunFolder, progress: Progress) -> float | None:
         """One pass over the training data; its mean loss over all ranks, or None if stopped midway."""
         self.ddp_model.train()
-        steps = min(len(self.train_loader), self.config.train.max_steps_per_epoch or len(self.train_loader))
+        steps = self.steps_per_epoch
+        stage.epoch_lr = stage.optimizer.param_groups[0]["lr"]
         description = f"{stage.label} {epoch + 1}/{stage.config.epochs}"
         bar = self._progress(description, steps)
         total, seen = 0.0, 0
@@ -364,6 +449,9 @@ class Trainer:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
         self.scaler.step(stage.optimizer)
         self.scaler.update()
+        step_per_batch(stage.scheduler)
+        if stage.ema is not None:
+            stage.ema.update_parameters(self.model)
         return value
 
     def _check_loss(self, value: float, stage: Stage, progress: Progress, where: str, folder: RunFolder) -> None:
@@ -381,9 +469,14 @@ class Trainer:
         )
 
     def validate(self, stage: Stage, epoch: int, folder: RunFolder) -> dict[str, float]:
-        """Metrics of the validation split, after checking that the weights are still finite."""
+        """Metrics of the validation split (of the EMA weights, with ``ema``), after checking that the
+        weights are still finite."""
         distributed.broadcast_buffers(self.model, self.info)
-        if bad := _non_finite(self.model):
+        bad = _non_finite(self.model)
+        if stage.ema is not None:
+            distributed.broadcast_buffers(stage.ema.module, self.info)  # each rank averaged its own statistics
+            bad += [f"{name} (EMA)" for name in _non_finite(stage.ema.module)]
+        if bad:
             raise TrainingError(
                 f"after epoch {epoch + 1} of stage {stage.label}, {len(bad)} weight tensor(s) hold inf or NaN "
                 f"(e.g. {', '.join(bad[:3])}): training diverged; lower the learning rate "
@@ -391,7 +484,7 @@ class Trainer:
             )
         with self._progress(f"{stage.label} {epoch + 1}/{stage.config.epochs} val", len(self.val_loader)) as bar:
             return evaluate(
-                self.model,
+                self._validated_model(stage),
                 self.val_loader,
                 self.spec,
                 device=self.info.device,
@@ -421,8 +514,8 @@ class Trainer:
         seconds: float,
     ) -> None:
         """Update the progress, write the checkpoints and the summary row, print the epoch's line."""
-        value, lr = metrics[self.monitor], stage.optimizer.param_groups[0]["lr"]
-        step_scheduler(stage.scheduler, value)
+        value, lr = metrics[self.monitor], stage.epoch_lr
+        step_per_epoch(stage.scheduler, value)
         mode = self.config.train.monitor_mode
         stage_best = _improved(value, progress.stage_best, mode)
         overall_best = stage_best and _improved(value, progress.best_overall, mode)
@@ -443,7 +536,7 @@ class Trainer:
         row = {"stage": stage.label, "epoch": epoch + 1, "lr": f"{lr:.6g}", "train_loss": f"{train_loss:.6f}"}
         row |= {name: f"{metrics[name]:.6f}" for name in (*self.metric_names, "val_loss") if name in metrics}
         folder.record_epoch(row | {"time_s": f"{seconds:.1f}"}, self.metric_names)
-        self.board.log_epoch(row, self.model, self.val_set)
+        self.board.log_epoch(row, self._validated_model(stage), self.val_set)
         shown = "  ".join(f"{name} {metrics[name]:.4f}" for name in (*self.metric_names, "val_loss") if name in metrics)
         line = f"{stage.label} epoch {epoch + 1}/{stage.config.epochs}  train_loss {train_loss:.4f}  {shown}"
         self.console.print(line, soft_wrap=True)
@@ -453,11 +546,20 @@ class Trainer:
             )
 
     def _state(self, stage: Stage | None, progress: Progress, metrics: dict[str, float]) -> dict[str, Any]:
-        """The checkpoint dict: weights, optimiser, schedule, progress, metrics and RNG states."""
+        """The checkpoint dict: weights, optimiser, schedule, progress, metrics and RNG states.
+
+        ``"model"`` holds the validated weights (the EMA's, with ``ema``: what best.pt, the export and the
+        next stage use); ``"train_model"`` and ``"ema_n_averaged"`` then let ``--resume`` restore both.
+        """
+        ema = stage.ema if stage is not None else None
+        averaged = (
+            {} if ema is None else {"train_model": self.model.state_dict(), "ema_n_averaged": int(ema.n_averaged)}
+        )
         return {
-            "model": self.model.state_dict(),
+            "model": (ema.module if ema is not None else self.model).state_dict(),
+            **averaged,
             "optimizer": stage.optimizer.state_dict() if stage else {},
-            "scheduler": stage.scheduler.state_dict() if stage and stage.scheduler is not None else {},
+            "scheduler": stage.scheduler.state_dict() if stage else {},
             "scaler": self.scaler.state_dict(),
             **asdict(progress),
             "metrics": metrics,
