@@ -13,7 +13,7 @@ RUNS=${RUNS:-runs/gpu}
 SMOKE=${SMOKE:-}
 FURTHER_EPOCHS=${FURTHER_EPOCHS:-4}
 mkdir -p "$OUT" "$RUNS"
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 COLUMNS=${COLUMNS:-180}  # wide tables in the logs
 left() { echo $((BUDGET - SECONDS)); }
 finetune="stages.0.lr=0.0002 stages.0.schedule=cosine stages.0.min_lr=0 train.early_stopping=null"
 entries="bce,lovasz_hinge(variant=elu+1),lovasz_hinge,lovasz_hinge(variant=elu+1;warmup_steps=75;ema=0.99)"
