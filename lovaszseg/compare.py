@@ -25,7 +25,7 @@ from rich.table import Table
 
 from lovaszseg.config import Config, StageConfig, load_config
 from lovaszseg.data import describe_dataset
-from lovaszseg.data.io import atomic_write
+from lovaszseg.data.io import atomic_write, read_csv_rows
 from lovaszseg.engine.run_folder import RunFolder
 from lovaszseg.engine.runs import evaluate_run
 from lovaszseg.engine.trainer import train
@@ -39,6 +39,8 @@ __all__ = [
     "SUMMARY_FILE",
     "CompareResult",
     "compare",
+    "comparison_tables",
+    "load_comparison",
     "parse_entry",
     "summarise",
 ]
@@ -160,6 +162,25 @@ def _safe_name(entry: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", entry.replace(">", "-then-")).strip("_")
 
 
+def _run_path(out_dir: Path, entry: str, seed: int | None) -> Path:
+    """Where a comparison keeps one run: ``ENTRY/seed-S`` with ``--seeds``, else ``ENTRY``."""
+    return out_dir / _safe_name(entry) / (f"seed-{seed}" if seed is not None else "")
+
+
+def load_comparison(out_dir: Path) -> tuple[list[dict[str, Any]], dict[tuple[str, int], ImageStatistics]]:
+    """The rows of a finished comparison's ``compare.csv`` and each run's per-image statistics, e.g. to
+    :func:`summarise` it again against another baseline without its models."""
+    rows = []
+    for row in read_csv_rows(out_dir / COMPARE_FILE, ("loss", "seed")):
+        rows.append({key: value if key == "loss" else yaml.safe_load(value) for key, value in row.items()})
+    statistics = {}
+    for row in rows:
+        seeded = _run_path(out_dir, row["loss"], row["seed"])
+        folder = seeded if seeded.is_dir() else _run_path(out_dir, row["loss"], None)
+        statistics[row["loss"], row["seed"]] = ImageStatistics.load(folder / IMAGE_STATISTICS_FILE)
+    return rows, statistics
+
+
 def _check_init_from(base: Config, init_from: str | Path | None, overrides: Sequence[str]) -> Config:
     if init_from is None:
         return base
@@ -223,7 +244,7 @@ def compare(
     rows, histories, statistics, stop_signal = [], {}, {}, None
     for (entry, seed), entry_config in configs.items():
         console.rule(f"[bold]{entry}" + (f", seed {seed}" if seeds else ""))
-        folder = RunFolder(out_dir / _safe_name(entry) / (f"seed-{seed}" if seeds else ""))
+        folder = RunFolder(_run_path(out_dir, entry, seed if seeds else None))
         if not retrain and _finished_run(folder, entry_config):
             console.print(f"reusing the finished run {folder.path}")
             histories[entry, seed] = folder.summary()

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 import lovaszseg.compare
 from lovaszseg.cli import app
-from lovaszseg.compare import compare, parse_entry
+from lovaszseg.compare import compare, load_comparison, parse_entry, summarise
 from lovaszseg.config import Config, load_config
 from lovaszseg.engine.run_folder import RunFolder, read_weights
 from lovaszseg.engine.trainer import Trainer, train
@@ -205,6 +205,11 @@ def test_compare_with_seeds_gives_intervals_and_paired_differences(tiny_salt: Pa
     assert float(bce["salt_score_diff"]) == pytest.approx(expected, abs=2e-6)
     assert float(bce["salt_score_diff_low"]) <= float(bce["salt_score_diff"]) <= float(bce["salt_score_diff_high"])
     assert (out / "compare.png").is_file()
+    # The saved per-image statistics give the same summary again, here against the other baseline.
+    rows_again, statistics = load_comparison(out)
+    assert [row["salt_score"] for row in rows_again] == [float(row["salt_score"]) for row in rows]
+    again = {line["loss"]: line for line in summarise(rows_again, statistics, "bce")}
+    assert again["lovasz_hinge"]["salt_score_diff"] == pytest.approx(-float(bce["salt_score_diff"]), abs=2e-6)
     for bad, message in ((["--seeds", "0,x"], "--seeds must be"), (["--baseline", "jaccard"], "baseline 'jaccard'")):
         result = CliRunner().invoke(app, [*arguments, *bad])
         assert result.exit_code == 2 and message in result.output, result.output
