@@ -379,18 +379,18 @@ def _plot(
     width = 0.8 / len(summary)
     for index, line in enumerate(summary):
         colour, positions = colours[line["loss"]], [i + index * width for i in range(len(names))]
-        means = [line[n] for n in names]
         errors = [
             [0.0 if math.isnan(line[f"{n}_low"]) else line[n] - line[f"{n}_low"] for n in names],
             [0.0 if math.isnan(line[f"{n}_high"]) else line[f"{n}_high"] - line[n] for n in names],
         ]
-        bar_axis.bar(positions, means, width=width, color=colour, yerr=errors, capsize=2, alpha=0.85)
+        # Points, not bars: the axis is zoomed to the values, where differences are visible.
+        bar_axis.errorbar(positions, [line[n] for n in names], yerr=errors, fmt="o", color=colour, capsize=3)
         for position, name in zip(positions, names, strict=True):
             seeds = [row[name] for row in rows if row["loss"] == line["loss"]]
-            bar_axis.plot([position] * len(seeds), seeds, "k.", markersize=3)
+            bar_axis.plot([position] * len(seeds), seeds, ".", color=colour, markersize=4, alpha=0.5)
     labels = [name.replace("_at_best_threshold", "\n@ best threshold") for name in names]
     bar_axis.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], labels, fontsize=8)
-    bar_axis.set(title="best checkpoint: mean, 95% interval, seeds", ylim=(0, 1))
+    bar_axis.set(title="best checkpoint: mean, 95% interval, seeds (dots)")
     bar_axis.grid(axis="y", alpha=0.3)
     # One legend below both panels: the same colour is the same entry in each.
     columns = min(len(summary), 3)
