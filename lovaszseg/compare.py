@@ -28,7 +28,7 @@ from lovaszseg.data import describe_dataset
 from lovaszseg.data.io import atomic_write, read_csv_rows
 from lovaszseg.engine.run_folder import RunFolder
 from lovaszseg.engine.runs import evaluate_run
-from lovaszseg.engine.trainer import train
+from lovaszseg.engine.trainer import resolve_config, train
 from lovaszseg.errors import ConfigError
 from lovaszseg.evidence import CONFIDENCE, ImageRecorder, ImageStatistics, Interval, mean_interval, paired_bootstrap
 
@@ -181,13 +181,16 @@ def load_comparison(out_dir: Path) -> tuple[list[dict[str, Any]], dict[tuple[str
     return rows, statistics
 
 
-def _check_init_from(base: Config, init_from: str | Path | None, overrides: Sequence[str]) -> Config:
+def _with_init_from(base: Config, init_from: str | Path | None) -> Config:
+    """``base`` with ``model.init_from`` set to ``init_from`` (made absolute: runs go elsewhere)."""
     if init_from is None:
         return base
     path = Path(init_from)
     if not path.exists():
         raise ConfigError(f"--from {path}: no such run folder or checkpoint")
-    return load_config(base.model_dump(), [*overrides, f"model.init_from={path.resolve()}"])
+    tree = base.model_dump()
+    tree["model"]["init_from"] = str(path.resolve())
+    return load_config(tree)
 
 
 def compare(
@@ -228,8 +231,8 @@ def compare(
         :class:`CompareResult`.
     """
     console = console or Console()
-    base = config if isinstance(config, Config) else load_config(config, overrides)
-    base = _check_init_from(base, init_from, () if isinstance(config, Config) else overrides)
+    base = resolve_config(config, overrides, None)
+    base = _with_init_from(base, init_from)
     budget = epochs or sum(stage.epochs for stage in base.stages)
     baseline = baseline or losses[0]
     if baseline not in losses:
