@@ -78,11 +78,23 @@ def test_cpu_is_always_available() -> None:
     assert distributed.resolve_device("cpu") == torch.device("cpu")
 
 
-def test_two_cpu_processes_end_equal_and_match_single_process_evaluation(tiny_salt: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "stage",
+    [
+        {},
+        # The weight average is validated and saved: each rank must hold the same one (its BatchNorm
+        # statistics are broadcast before validation), or the sharded scores would not match one process.
+        {"ema": 0.9, "warmup_steps": 3, "schedule": "poly", "by_epoch": False},
+    ],
+    ids=["plain", "ema-warmup-per-step-poly"],
+)
+def test_two_cpu_processes_end_equal_and_match_single_process_evaluation(
+    tiny_salt: Path, tmp_path: Path, stage: dict
+) -> None:
     config = tiny_salt_config(
         tiny_salt,
         tmp_path,
-        stages=[{"name": "bce", "loss": "bce", "epochs": 2, "lr": 0.01}],
+        stages=[{"name": "bce", "loss": "bce", "epochs": 2, "lr": 0.01, **stage}],
         data={"batch_size": 4},
         train={"find_unused_parameters": True},  # the tiny encoder_depth=3 model leaves resnet layers unused
     )
@@ -108,6 +120,7 @@ def test_two_cpu_processes_end_equal_and_match_single_process_evaluation(tiny_sa
     # Only rank 0 writes: one summary row per epoch, not one per rank.
     assert [row["epoch"] for row in read_summary(tmp_path / "ddp" / "summary.csv")] == ["1", "2"]
     last = load_checkpoint(tmp_path / "ddp" / "last.pt")
+    assert ("train_model" in last) == ("ema" in stage)  # with ema, "model" is the average
     single = evaluate_run(tmp_path / "ddp" / "last.pt", device="cpu", out=tmp_path)
     for name in ("salt_score", "iou", "image_iou"):
         assert last["metrics"][name] == pytest.approx(single[name], rel=1e-6, abs=1e-9), name
