@@ -106,7 +106,8 @@ def _parse_stage(text: str) -> tuple[Any, dict[str, Any]]:
         name, options = (loss, None) if isinstance(loss, str) else next(iter(loss.items()))
         if name in losses:
             raise ConfigError(f"loss {text!r} names {name!r} twice")
-        losses[name], settings = options, settings | own
+        losses[name] = options
+        settings |= own
     return losses, settings
 
 

@@ -29,6 +29,7 @@ from lovaszseg.data.spec import DatasetSpec
 from lovaszseg.errors import ConfigError
 from lovaszseg.metrics import image_iou
 from lovaszseg.postprocess import ImageCounts, PostProcessing, grid_index, image_scores
+from lovaszseg.thresholds import DEFAULT_THRESHOLD
 
 __all__ = [
     "BOOTSTRAP_SAMPLES",
@@ -126,30 +127,31 @@ def _ratio_columns(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray
     return np.stack([numerator, denominator], axis=1).astype(np.float64)
 
 
+# Binary metric -> the key of its threshold among the metrics engine's results (None: the default 0.5).
+_BINARY_THRESHOLD_KEYS = {
+    "salt_score": None,
+    "iou": None,
+    "image_iou": None,
+    "salt_score_at_best_threshold": "best_threshold",
+    "iou_at_best_threshold": "iou_best_threshold",
+    "image_iou_at_best_threshold": "image_iou_best_threshold",
+}
+
+
 def _binary_statistics(counts: ImageCounts, metrics: dict[str, float]) -> dict[str, np.ndarray]:
     """Per-image sums of the binary metrics at the default threshold and at each one's best threshold."""
-    thresholds = {
-        "": PostProcessing().threshold,
-        "_at_best_threshold": metrics.get("best_threshold"),
-    }
     values: dict[str, np.ndarray] = {}
-    ones = np.ones(len(counts))
-    for suffix, salt_threshold in thresholds.items():
-        best = {
-            "salt_score": salt_threshold,
-            "iou": metrics.get("iou_best_threshold") if suffix else salt_threshold,
-            "image_iou": metrics.get("image_iou_best_threshold") if suffix else salt_threshold,
-        }
-        for name, threshold in best.items():
-            if threshold is None or f"{name}{suffix}" not in metrics:
-                continue
-            if name == "iou":
-                column = grid_index(threshold)
-                intersection = counts.intersection[:, column]
-                union = counts.predicted[:, column] + counts.truth - intersection
-                values[f"{name}{suffix}"] = _ratio_columns(intersection, union)
-            else:
-                values[f"{name}{suffix}"] = _ratio_columns(image_scores(counts, PostProcessing(threshold), name), ones)
+    for name, key in _BINARY_THRESHOLD_KEYS.items():
+        if name not in metrics:
+            continue
+        chosen = PostProcessing(DEFAULT_THRESHOLD if key is None else metrics[key])
+        metric = name.removesuffix("_at_best_threshold")
+        if metric == "iou":  # a ratio of sums over images, not a mean of per-image scores
+            column = grid_index(chosen.threshold)
+            intersection = counts.intersection[:, column]
+            values[name] = _ratio_columns(intersection, counts.predicted[:, column] + counts.truth - intersection)
+        else:
+            values[name] = _ratio_columns(image_scores(counts, chosen, metric), np.ones(len(counts)))
     return values
 
 
