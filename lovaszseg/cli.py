@@ -27,6 +27,8 @@ app = typer.Typer(
     no_args_is_help=False,
     add_completion=False,
     pretty_exceptions_show_locals=False,
+    # Help as Markdown: a docstring paragraph wraps to the terminal (Rich mode keeps its source line breaks).
+    rich_markup_mode="markdown",
 )
 data_app = typer.Typer(help="Generate and inspect datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")

@@ -53,10 +53,18 @@ def salt_run(tiny_salt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp / "run"
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "predict", "submit", "compare", "data"])
+@pytest.mark.parametrize(
+    "command", ["train", "cv", "ensemble", "eval", "predict", "submit", "export", "compare", "data"]
+)
 def test_every_command_has_help(command: str) -> None:
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_help_reflows_a_docstring_paragraph_to_the_terminal() -> None:
+    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    # One line at 200 columns, although the docstring breaks it after "salt".
+    assert "on built-in synthetic salt data in a few minutes." in result.output, result.output
 
 
 def test_eval_writes_eval_json_with_the_best_threshold(salt_run: Path) -> None:
