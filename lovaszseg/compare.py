@@ -334,10 +334,11 @@ def comparison_tables(summary: Sequence[dict[str, Any]], baseline: str) -> list[
         title=f"difference to {baseline} [{level} paired bootstrap interval over images and seeds]; "
         "noise: the interval includes 0"
     )
+    # Folded, never cut to "…": a narrow terminal or a log file (80 columns) must still show every digit.
     for table in (means, differences):
-        table.add_column("loss")
+        table.add_column("loss", overflow="fold")
         for name in names:
-            table.add_column(name.replace("_at_best_threshold", " @best"), justify="right")
+            table.add_column(name.replace("_at_best_threshold", " @best"), justify="right", overflow="fold")
     for line in summary:
         means.add_row(line["loss"], *(_interval_text(line[n], line[f"{n}_low"], line[f"{n}_high"]) for n in names))
         if line["loss"] == baseline or f"{names[0]}_diff" not in line:

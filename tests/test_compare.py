@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from pathlib import Path
@@ -11,11 +12,12 @@ from typing import Any
 import pytest
 import torch
 from conftest import tiny_salt_config, write_config
+from rich.console import Console
 from typer.testing import CliRunner
 
 import lovaszseg.compare
 from lovaszseg.cli import app
-from lovaszseg.compare import compare, load_comparison, parse_entry, summarise
+from lovaszseg.compare import compare, comparison_tables, load_comparison, parse_entry, summarise
 from lovaszseg.config import Config, load_config
 from lovaszseg.engine.run_folder import RunFolder, read_weights
 from lovaszseg.engine.trainer import Trainer, train
@@ -242,3 +244,37 @@ def test_compare_from_starts_every_entry_and_seed_from_the_same_weights(
     assert any(not torch.equal(ends[0][name], ends[1][name]) for name in ends[0])
     with pytest.raises(ConfigError, match="no such run folder or checkpoint"):
         compare(config, ["bce"], epochs=1, init_from=tmp_path / "missing", out_dir=tmp_path / "x")
+
+
+def _summary_line(loss: str, mean: float, difference: tuple[float, float, float] | None) -> dict[str, Any]:
+    line: dict[str, Any] = {"loss": loss, "seeds": 3}
+    for name in ("salt_score", "iou", "image_iou"):
+        line |= {name: mean, f"{name}_low": mean - 0.01, f"{name}_high": mean + 0.01}
+        if difference is not None:
+            line |= dict(zip((f"{name}_diff", f"{name}_diff_low", f"{name}_diff_high"), difference, strict=True))
+    return line
+
+
+def _render(summary: list[dict[str, Any]], width: int) -> str:
+    console = Console(width=width, record=True, file=io.StringIO())
+    for table in comparison_tables(summary, "bce"):
+        console.print(table)
+    return console.export_text()
+
+
+def test_comparison_tables_mark_noise_and_keep_every_digit_in_80_columns() -> None:
+    long_entry = "bce>lovasz_hinge(variant=elu+1,symmetric=true,lr=0.001)"
+    summary = [
+        _summary_line("bce", 0.5425, None),
+        _summary_line(long_entry, 0.5954, (0.0529, -0.0088, 0.1200)),  # interval includes 0: noise
+        _summary_line("lovasz_hinge", 0.6312, (0.0887, 0.0123, 0.1651)),  # above 0: real
+    ]
+    wide = " ".join(_render(summary, 200).split())
+    assert wide.count("+0.0529 [-0.0088, +0.1200] noise") == 3  # the noisy entry, every metric
+    assert wide.count("+0.0887 [+0.0123, +0.1651]") == 3 and "+0.1651] noise" not in wide
+    assert wide.count("0.5425 [0.5325, 0.5525]") == 3
+    # A log file or a narrow terminal: cells fold instead of being cut, so the entry is still readable.
+    narrow = _render(summary, 80)
+    assert "…" not in narrow
+    first_column = "".join(line.split("│")[1].strip() for line in narrow.splitlines() if line.startswith("│"))
+    assert first_column.count(long_entry) == 2  # in the means and in the differences
