@@ -219,7 +219,7 @@ def cv_table(rows: list[dict[str, Any]], spec: DatasetSpec) -> Table:
     extra = ("threshold", "min_area") if spec.binary else ()
     table = Table(title="lovaszseg cv")
     for column in ("fold", "images", *metrics, *extra):
-        table.add_column(column, justify="left" if column == "fold" else "right")
+        table.add_column(column, justify="left" if column == "fold" else "right", overflow="fold")
     for row in rows:
         cells = [f"{row[m]:.4f}" if m in row else "" for m in metrics]
         cells += [f"{row['threshold']:.2f}", str(row["min_area"])] if "min_area" in row else [""] * len(extra)

@@ -314,7 +314,7 @@ def final_table(rows: Sequence[dict[str, str]], metrics: Sequence[str], monitor:
     sign = 1.0 if mode == "max" else -1.0
     table = Table(title="lovaszseg run")
     for column in ("stage", "epochs", "train loss", *metrics):
-        table.add_column(column, justify="left" if column == "stage" else "right")
+        table.add_column(column, justify="left" if column == "stage" else "right", overflow="fold")
     stages: dict[str, list[dict[str, str]]] = {}
     for row in rows:
         stages.setdefault(row["stage"], []).append(row)
