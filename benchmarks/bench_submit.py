@@ -35,8 +35,8 @@ import torch
 
 from lovaszseg.config import load_config
 from lovaszseg.data import describe_dataset
-from lovaszseg.engine.run_folder import RunFolder
 from lovaszseg.models import build_model
+from lovaszseg.storage.run_folder import RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
 # Runs the command given as arguments and prints its peak RSS in KiB (Linux ru_maxrss): the wrapper's

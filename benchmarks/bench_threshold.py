@@ -1,4 +1,4 @@
-"""Time of lovaszseg.metrics.best_threshold on a TGS-sized validation set.
+"""Time of lovaszseg.scoring.metrics.best_threshold on a TGS-sized validation set.
 
 Usage:
     python benchmarks/bench_threshold.py [--images 4000] [--size 101] [--thresholds 50] [--repeats 5]
@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from lovaszseg.metrics import best_threshold
+from lovaszseg.scoring.metrics import best_threshold
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ layout: ``train/images``, ``train/masks``, ``test/images``, ``sample_submission.
 the demo config's: smp ``Unet`` with a ``resnet18`` encoder, ``encoder_weights: null``, decoder
 channels ``[64, 32, 16, 16, 8]``, 1 input channel, 1 output channel, images padded 101 -> 128.
 
-Training. lovaszseg is measured through its public API only, ``lovaszseg.engine.train(config,
+Training. lovaszseg is measured through its public API only, ``lovaszseg.training.train(config,
 run_dir=..., overwrite=True)`` with one stage of one epoch (BCE, Adam, lr 0.003, no schedule, batch 16,
 hflip 0.5, no workers) stopped after ``train.max_steps_per_epoch`` = S1 and = S2 steps; its speed is
 ``(S2 - S1) * batch / (t(S2) - t(S1))``, so that start-up, validation, checkpoints and the export cancel.
@@ -294,7 +294,7 @@ def lovaszseg_config(root: Path, folds_csv: Path, runs_dir: Path, batch: int, st
 
 
 def time_lovaszseg_train(root: Path, folds_csv: Path, run_dir: Path, batch: int, steps: int) -> float:
-    from lovaszseg.engine import train
+    from lovaszseg.training import train
 
     config = lovaszseg_config(root, folds_csv, run_dir.parent, batch, steps)
     log = io.StringIO()
@@ -492,8 +492,8 @@ def make_test_dir(root: Path, work: Path, count: int) -> tuple[Path, list[str]]:
 def bench_infer(args: argparse.Namespace, work: Path, run: Path, guard: Guard) -> list[str]:
     from safetensors.torch import load_file
 
-    from lovaszseg.engine.run_folder import load_model
-    from lovaszseg.engine.runs import predict_run, submit_run
+    from lovaszseg.storage.run_folder import load_model
+    from lovaszseg.workflows.runs import predict_run, submit_run
 
     test_dir, order = make_test_dir(args.data, work, args.test_images)
     images_dir = test_dir / "images"

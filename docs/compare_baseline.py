@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from lovaszseg.compare import comparison_tables, load_comparison, summarise
+from lovaszseg.workflows.compare import comparison_tables, load_comparison, summarise
 
 
 def main() -> None:

@@ -15,27 +15,27 @@ scores: what one fold model scores on average.
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from torch.utils.data import DataLoader
 
-from lovaszseg.data import build_dataset
-from lovaszseg.engine.cv_folder import HOLDOUT, CvFolder
-from lovaszseg.engine.ensemble import load_predictor
-from lovaszseg.engine.evaluate import Scorer, evaluate
-from lovaszseg.engine.trainer import resolve_data_root
-from lovaszseg.postprocess import PostProcessing, image_scores
+from lovaszseg.inference.ensemble import load_predictor
+from lovaszseg.inference.predict import predict_probabilities
+from lovaszseg.scoring.engine import Scorer, evaluate
+from lovaszseg.scoring.postprocess import PostProcessing, image_scores
+from lovaszseg.storage.cv_folder import HOLDOUT, CvFolder
 
 
 def model_scores(source: Path, holdout: Path, tta: str, chosen: PostProcessing) -> np.ndarray:
     """Per-image TGS scores ``[N]`` of a model (or ensemble) on the held-out images, post-processed."""
     predictor = load_predictor(source)
     config = predictor.config
-    root = resolve_data_root(config)
-    dataset = build_dataset(config.data.name, root, str(holdout), train=False, **config.data.options)
+    dataset = config.data.build(str(holdout), train=False)
     scorer = Scorer(predictor.spec, keep_images=True)
-    evaluate(predictor.model, DataLoader(dataset, batch_size=16), predictor.spec, device="cpu", tta=tta, scorer=scorer)
+    loader, predict = DataLoader(dataset, batch_size=16), partial(predict_probabilities, tta=tta)
+    evaluate(predictor.model, loader, predictor.spec, device="cpu", predict=predict, scorer=scorer)
     return image_scores(scorer.image_counts(), chosen)
 
 

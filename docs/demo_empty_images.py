@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lovaszseg.data import describe_dataset
-from lovaszseg.engine.runs import evaluate_run
-from lovaszseg.evidence import ImageRecorder, ImageStatistics
-from lovaszseg.postprocess import ImageCounts
+from lovaszseg.scoring.evidence import ImageRecorder, ImageStatistics
+from lovaszseg.scoring.postprocess import ImageCounts
+from lovaszseg.workflows.runs import evaluate_run
 
 
 @dataclass

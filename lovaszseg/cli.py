@@ -42,7 +42,7 @@ def _user_errors(function: Callable[..., Result], *args: Any, **kwargs: Any) -> 
 
     A second Ctrl-C (``KeyboardInterrupt``) exits 130 at once, without a traceback.
     """
-    from lovaszseg.engine.interrupt import exit_code
+    from lovaszseg.runtime.interrupt import exit_code
 
     try:
         return function(*args, **kwargs)
@@ -56,7 +56,7 @@ def _user_errors(function: Callable[..., Result], *args: Any, **kwargs: Any) -> 
 
 def _exit_if_interrupted(signum: int | None) -> None:
     """Exit 130 / 143 when a run was stopped by SIGINT / SIGTERM, so a script or scheduler sees it."""
-    from lovaszseg.engine.interrupt import exit_code
+    from lovaszseg.runtime.interrupt import exit_code
 
     if signum is not None:
         raise typer.Exit(exit_code(signum))
@@ -119,7 +119,7 @@ def train_command(
     and exits 130 / 143 (a second Ctrl-C stops at once); continue with --resume RUN_DIR. A diverging
     run stops with exit code 2 and exports nothing. Under torchrun, trains with DistributedDataParallel.
     """
-    from lovaszseg.engine import train
+    from lovaszseg.training import train
 
     overrides = list(overrides or [])
     if config is not None and "=" in config.name and not config.exists():  # overrides of the demo config
@@ -200,7 +200,7 @@ def cv_command(
     is then a model for eval, predict and submit (an ensemble of its folds). Under torchrun, each fold
     trains with DistributedDataParallel.
     """
-    from lovaszseg.engine.cv import cross_validate, parse_folds
+    from lovaszseg.workflows.cv import cross_validate, parse_folds
 
     overrides = list(overrides or [])
     if config is not None and "=" in config.name and not config.exists():
@@ -232,7 +232,7 @@ def ensemble_command(
     overwrite: bool = typer.Option(False, help="Replace an existing ensemble folder."),
 ) -> None:
     """Write an ensemble folder: its members and weights, checked to agree; usable wherever a run is."""
-    from lovaszseg.engine.ensemble import write_ensemble
+    from lovaszseg.inference.ensemble import write_ensemble
 
     predictor = _user_errors(write_ensemble, members, out, weights=_parse_weights(weights), overwrite=overwrite)
     console.print(f"wrote {out} ({len(predictor.members)} models)")
@@ -263,7 +263,7 @@ def eval_command(
     """
     from rich.table import Table
 
-    from lovaszseg.engine.runs import evaluate_run
+    from lovaszseg.workflows.runs import evaluate_run
 
     metrics = _user_errors(
         evaluate_run,
@@ -275,7 +275,7 @@ def eval_command(
         data_root=data_root,
         console=console,
     )
-    from lovaszseg.engine.cv_folder import CvFolder
+    from lovaszseg.storage.cv_folder import CvFolder
 
     default = "oof" if len(runs) == 1 and CvFolder.is_cv_folder(runs[0]) else "val"
     table = Table(title=f"{' + '.join(map(str, runs))} on {split or default} (tta {tta})")
@@ -298,7 +298,7 @@ def predict_command(
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
     """Predict masks (VOC palette PNGs for multi-class models) and image+mask overlays."""
-    from lovaszseg.engine.runs import predict_run
+    from lovaszseg.workflows.runs import predict_run
 
     count = _user_errors(
         predict_run,
@@ -334,7 +334,7 @@ def submit_command(
     Images stream through the model or ensemble and rows are encoded as they come (memory does not
     grow with the test set); the file is validated before it replaces anything.
     """
-    from lovaszseg.engine.runs import submit_run
+    from lovaszseg.workflows.runs import submit_run
 
     path, used = _user_errors(
         submit_run,
@@ -366,7 +366,7 @@ def export_command(
     with onnxruntime before it is written. smp: segmentation_models_pytorch.from_pretrained(OUT) gives the
     same model. Prints what the model takes and returns (also stored with it).
     """
-    from lovaszseg.engine.export import export_run
+    from lovaszseg.inference.export import export_run
 
     result = _user_errors(export_run, run, export_format, out, overwrite=overwrite)
     what = f"ONNX opset {result.usage['opset']}" if result.format == "onnx" else "smp save_pretrained folder"
@@ -424,7 +424,7 @@ def compare_command(
     interval includes 0). Running the same command again continues an interrupted comparison: runs
     that already finished with the same config are evaluated again, not retrained.
     """
-    from lovaszseg.compare import COMPARE_FILE, SUMMARY_FILE, compare
+    from lovaszseg.workflows.compare import COMPARE_FILE, SUMMARY_FILE, compare
 
     entries = [entry.strip().replace(";", ",") for entry in losses.split(",") if entry.strip()]
     result = _user_errors(

@@ -10,16 +10,21 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lovaszseg.data import DATASET_NAMES, dataset_options
+from lovaszseg.data import DATASET_NAMES, DatasetSpec, build_dataset, build_transform, dataset_options, describe_dataset
 from lovaszseg.errors import ConfigError
 from lovaszseg.losses import LossSpec, build_loss
 
+if TYPE_CHECKING:
+    import albumentations as A
+    from torch.utils.data import Dataset
+
 __all__ = [
+    "CONFIG_METADATA_KEY",
     "PROGRESS_SECONDS",
     "Config",
     "ConfigError",
@@ -41,6 +46,8 @@ MAX_SEED = 2**32 - 1
 # Seconds between plain progress lines where no live bar can be drawn (a log file, nohup, CI, a scheduler):
 # often enough to see a run is alive, rare enough to keep a log short.
 PROGRESS_SECONDS = 30.0
+# The key under which exported models (safetensors header, ONNX metadata) carry their run's config.
+CONFIG_METADATA_KEY = "lovaszseg_config"
 
 
 class _Strict(BaseModel):
@@ -81,6 +88,29 @@ class DataConfig(_Strict):
         if unknown := sorted(set(options) - allowed):
             raise ValueError(f"unknown option(s) {unknown} for dataset {name!r}; allowed: {sorted(allowed)}")
         return options
+
+    def spec(self) -> DatasetSpec:
+        """What the dataset is (task, channels, classes, ignore index, sizes), without reading any file."""
+        return describe_dataset(self.name, self.options)
+
+    def resolved_root(self) -> Path:
+        """``root``, or the built-in synthetic salt data (generated on first use) when it is null."""
+        from lovaszseg.data.synth import ensure_demo_salt
+
+        return Path(self.root) if self.root is not None else ensure_demo_salt()
+
+    @property
+    def eval_batch_size(self) -> int:
+        """Images per batch wherever nothing is trained (validation, eval, out-of-fold predictions)."""
+        return self.val_batch_size or self.batch_size
+
+    def build(self, split: str, *, train: bool, root: str | Path | None = None) -> Dataset:
+        """A split of the dataset with its transform preset (``root`` default: :meth:`resolved_root`)."""
+        return build_dataset(self.name, root or self.resolved_root(), split, train=train, **self.options)
+
+    def transform(self, *, train: bool = False) -> A.Compose:
+        """The dataset's transform preset: the evaluation one is what a model's input really is."""
+        return build_transform(self.name, train=train, **self.options)
 
 
 class StageConfig(_Strict):
@@ -172,6 +202,25 @@ class Config(_Strict):
     stages: list[StageConfig] = Field(default_factory=lambda: [StageConfig()], min_length=1)
     train: TrainConfig = Field(default_factory=TrainConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    def default_run_dir(self, suffix: str = "") -> Path:
+        """Where a run (``suffix=""``) or its cross-validation (``"-cv"``) goes unless told otherwise."""
+        return Path(self.output.runs_dir) / f"{self.output.name or 'run'}{suffix}"
+
+    def to_yaml(self) -> str:
+        """The config as YAML, keys in declaration order: ``config.yaml``, checkpoints' and exports' copy."""
+        return yaml.safe_dump(self.model_dump(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str, source: str) -> Config:
+        """Undo :meth:`to_yaml` (``source`` names where the text came from, for errors)."""
+        try:
+            tree = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{source} is not valid YAML: {error}") from error
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{source} does not hold a config mapping")
+        return load_config(tree)
 
 
 def _format_errors(error: ValidationError, source: str) -> str:

@@ -12,6 +12,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "LovaszsegError",
+    "OutputError",
     "RunFolderError",
     "TrainingError",
 ]
@@ -31,6 +32,11 @@ class DataError(LovaszsegError, ValueError):
 
 class CheckpointError(LovaszsegError, ValueError):
     """A checkpoint, exported model or run folder cannot be read as one; the message names the file."""
+
+
+class OutputError(LovaszsegError, OSError):
+    """A file or folder cannot be written (no permission, a read-only or full disk, a path under /proc);
+    the message names the path and the system's reason, and what was there before is kept."""
 
 
 class RunFolderError(LovaszsegError, RuntimeError):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import inspect
 
 import segmentation_models_pytorch as smp
-from torch import nn
+from torch import Tensor, nn
 
 from lovaszseg.config import ModelConfig
 from lovaszseg.encoder_weights import load_encoder_weights, weights_file
 from lovaszseg.errors import ConfigError
 
-__all__ = ["EncoderWeightsError", "build_model", "check_input_size", "output_stride"]
+__all__ = ["EncoderWeightsError", "build_model", "check_input_size", "output_stride", "probabilities"]
 
 
 class EncoderWeightsError(ConfigError):
@@ -126,3 +126,9 @@ def check_input_size(model: nn.Module, height: int, width: int, source: str) -> 
             f"{source} is {height}x{width}, but this model needs sides divisible by {stride}: "
             f"pad or resize to {padded[0]}x{padded[1]} (e.g. TGS 101x101 -> data.options.pad_size=128)"
         )
+
+
+def probabilities(logits: Tensor) -> Tensor:
+    """Sigmoid of a one-channel (binary) model's logits, softmax over the classes otherwise, in float32."""
+    logits = logits.float()
+    return logits.sigmoid() if logits.shape[1] == 1 else logits.softmax(1)

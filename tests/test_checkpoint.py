@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from lovaszseg.engine.checkpoint import capture_rng, checkpoint_bytes, load_checkpoint, restore_rng, save_checkpoint
 from lovaszseg.errors import CheckpointError
+from lovaszseg.storage.checkpoint import capture_rng, checkpoint_bytes, load_checkpoint, restore_rng, save_checkpoint
 
 
 def _draw() -> tuple[list[float], list[float], list[float]]:

@@ -18,14 +18,14 @@ from conftest import tiny_salt_config, write_config
 from PIL import Image
 from typer.testing import CliRunner, Result
 
-import lovaszseg.engine
-import lovaszseg.engine.runs
+import lovaszseg.training
+import lovaszseg.workflows.runs
 from lovaszseg.cli import app
-from lovaszseg.engine.checkpoint import load_checkpoint
-from lovaszseg.engine.interrupt import StopRequest, exit_code
-from lovaszseg.engine.reporting import read_summary
 from lovaszseg.errors import CheckpointError, ConfigError, DataError, RunFolderError, TrainingError
 from lovaszseg.rle import read_rle_csv
+from lovaszseg.runtime.interrupt import StopRequest, exit_code
+from lovaszseg.storage.checkpoint import load_checkpoint
+from lovaszseg.storage.summary import read_summary
 
 runner = CliRunner()
 
@@ -132,7 +132,7 @@ def test_submit_with_auto_threshold_and_safetensors_export(salt_run: Path, tiny_
         (["eval", "{tmp}/nothing.pt"], "no run folder, cv folder, ensemble folder or model file at {tmp}/nothing.pt"),
         (["eval", "{truncated}"], "{truncated} is not a readable .safetensors file"),
         (["eval", "{run}", "--device", "gpu"], "unknown device 'gpu'; use auto, cpu, cuda or cuda:N"),
-        (["eval", "{run}", "--tta", "vflip"], "tta must be one of ['none', 'hflip'], got 'vflip'"),
+        (["eval", "{run}", "--tta", "rot45"], "tta must be one of none, hflip, vflip, got 'rot45'"),
         (["eval", "{run}", "--split", "test", "--device", "cpu"], "split 'test' of"),
         (["submit", "{run}", "{tmp}", "--threshold", "high"], "--threshold must be a number in [0, 1] or 'auto'"),
         (["submit", "{run}", "{test}", "--threshold", "2.0"], "threshold must be a probability in [0, 1], got 2.0"),
@@ -161,9 +161,9 @@ def test_user_errors_are_one_clear_line_and_exit_2(
 @pytest.mark.parametrize(
     ("command", "module", "function"),
     [
-        (["eval", "{run}"], lovaszseg.engine.runs, "evaluate_run"),
-        (["predict", "{run}", "{run}", "{run}/pred"], lovaszseg.engine.runs, "predict_run"),
-        (["train", "{run}/config.yaml"], lovaszseg.engine, "train"),
+        (["eval", "{run}"], lovaszseg.workflows.runs, "evaluate_run"),
+        (["predict", "{run}", "{run}", "{run}/pred"], lovaszseg.workflows.runs, "predict_run"),
+        (["train", "{run}/config.yaml"], lovaszseg.training, "train"),
     ],
 )
 def test_internal_bugs_are_not_swallowed(
@@ -185,7 +185,7 @@ def test_every_typed_error_is_a_user_error(error: Exception, salt_run: Path, mon
     def failing(*args: object, **kwargs: object) -> None:
         raise error
 
-    monkeypatch.setattr(lovaszseg.engine.runs, "evaluate_run", failing)
+    monkeypatch.setattr(lovaszseg.workflows.runs, "evaluate_run", failing)
     result = runner.invoke(app, ["eval", str(salt_run)])
     assert (result.exit_code, result.output) == (2, f"error: {error}\n")
 
@@ -194,7 +194,7 @@ def test_a_keyboard_interrupt_exits_130_without_a_traceback(salt_run: Path, monk
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(lovaszseg.engine.runs, "evaluate_run", interrupted)
+    monkeypatch.setattr(lovaszseg.workflows.runs, "evaluate_run", interrupted)
     result = runner.invoke(app, ["eval", str(salt_run)])
     assert (result.exit_code, result.output) == (130, "interrupted\n")
 

@@ -15,13 +15,13 @@ from conftest import tiny_salt_config, write_config
 from rich.console import Console
 from typer.testing import CliRunner
 
-import lovaszseg.compare
+import lovaszseg.workflows.compare
 from lovaszseg.cli import app
-from lovaszseg.compare import compare, comparison_tables, load_comparison, parse_entry, summarise
 from lovaszseg.config import Config, load_config
-from lovaszseg.engine.run_folder import RunFolder, read_weights
-from lovaszseg.engine.trainer import Trainer, train
 from lovaszseg.errors import ConfigError
+from lovaszseg.storage.run_folder import RunFolder, read_weights
+from lovaszseg.training.trainer import Trainer, train
+from lovaszseg.workflows.compare import compare, comparison_tables, load_comparison, parse_entry, summarise
 
 
 @pytest.mark.parametrize(
@@ -145,13 +145,13 @@ def test_compare_again_rescores_finished_runs_and_retrains_changed_ones(
 ) -> None:
     config = load_config(tiny_salt_config(tiny_salt, tmp_path / "runs"))
     first = compare(config, ["bce"], epochs=1, out_dir=tmp_path / "cmp")
-    real_train, seeds_trained = lovaszseg.compare.train, []
+    real_train, seeds_trained = lovaszseg.workflows.compare.train, []
 
     def recording_train(entry_config: Config, **kwargs: Any) -> Any:
         seeds_trained.append(entry_config.train.seed)
         return real_train(entry_config, **kwargs)
 
-    monkeypatch.setattr(lovaszseg.compare, "train", recording_train)
+    monkeypatch.setattr(lovaszseg.workflows.compare, "train", recording_train)
     again = compare(config, ["bce"], epochs=1, out_dir=tmp_path / "cmp")
     assert seeds_trained == [] and again.rows == first.rows  # the same best checkpoint, evaluated again
     compare(config, ["bce"], epochs=1, out_dir=tmp_path / "cmp", retrain=True)

@@ -16,18 +16,19 @@ from conftest import tiny_salt_config, write_config
 from rich.console import Console
 from typer.testing import CliRunner
 
-import lovaszseg.inference
+import lovaszseg.inference.predict
+import lovaszseg.inference.submission
 from lovaszseg.cli import app
 from lovaszseg.config import load_config
 from lovaszseg.data import build_dataset, crop_to_original
 from lovaszseg.data.io import read_lines
-from lovaszseg.engine.cv import cross_validate, parse_folds
-from lovaszseg.engine.ensemble import load_predictor, resolve_members
-from lovaszseg.engine.run_folder import RunFolder, load_model
-from lovaszseg.engine.runs import evaluate_run, submit_run
 from lovaszseg.errors import ConfigError, DataError, RunFolderError
-from lovaszseg.inference import predict_probabilities
+from lovaszseg.inference.ensemble import load_predictor, resolve_members
+from lovaszseg.inference.predict import predict_probabilities
 from lovaszseg.rle import read_rle_csv
+from lovaszseg.storage.run_folder import RunFolder, load_model
+from lovaszseg.workflows.cv import cross_validate, parse_folds
+from lovaszseg.workflows.runs import evaluate_run, submit_run
 
 runner = CliRunner()
 ONE_EPOCH = [{"name": "bce", "loss": "bce", "epochs": 1, "lr": 0.003}]
@@ -147,10 +148,12 @@ def test_submit_streams_images_through_the_ensemble(
         shutil.copy(sources[index % len(sources)], test / f"img{index:03d}.png")
     reads: list[int] = []
     read_at_encode: list[int] = []
-    real_read, real_encode = lovaszseg.inference.read_image, lovaszseg.inference.encode
-    monkeypatch.setattr(lovaszseg.inference, "read_image", lambda *a, **k: reads.append(1) or real_read(*a, **k))
+    real_read, real_encode = lovaszseg.inference.predict.read_image, lovaszseg.inference.submission.encode
     monkeypatch.setattr(
-        lovaszseg.inference, "encode", lambda mask: read_at_encode.append(len(reads)) or real_encode(mask)
+        lovaszseg.inference.predict, "read_image", lambda *a, **k: reads.append(1) or real_read(*a, **k)
+    )
+    monkeypatch.setattr(
+        lovaszseg.inference.submission, "encode", lambda mask: read_at_encode.append(len(reads)) or real_encode(mask)
     )
     path, _ = submit_run(salt_cv, tmp_path / "test", tmp_path / "s.csv", tta="hflip", device="cpu")
     assert len(read_rle_csv(path)) == 40
@@ -209,7 +212,7 @@ def test_cv_of_multiclass_voc_data_keeps_every_class_probability(tiny_voc: Path,
     [
         ({"n_folds": 1}, ConfigError, "at least 2"),
         ({"n_folds": 3, "folds": [3]}, ConfigError, r"folds to train must be in 0..2, got \[3\]"),
-        ({"n_folds": 3, "tta": "vflip"}, ConfigError, "tta must be one of"),
+        ({"n_folds": 3, "tta": "rot45"}, ConfigError, "tta must be one of"),
         ({"n_folds": 3, "holdout": 22}, ConfigError, "24 labelled images cannot hold 22 out and fill 3 folds"),
     ],
 )

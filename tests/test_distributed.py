@@ -13,11 +13,11 @@ import pytest
 import torch
 from conftest import tiny_salt_config, write_config
 
-from lovaszseg.engine import distributed
-from lovaszseg.engine.checkpoint import load_checkpoint
-from lovaszseg.engine.reporting import read_summary
-from lovaszseg.engine.runs import evaluate_run
 from lovaszseg.errors import ConfigError
+from lovaszseg.runtime import distributed
+from lovaszseg.storage.checkpoint import load_checkpoint
+from lovaszseg.storage.summary import read_summary
+from lovaszseg.workflows.runs import evaluate_run
 
 
 @pytest.mark.parametrize(("length", "world_size"), [(10, 1), (10, 3), (7, 2), (1, 4), (0, 2)])

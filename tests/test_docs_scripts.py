@@ -12,7 +12,7 @@ from conftest import tiny_salt_config
 
 from lovaszseg.config import load_config
 from lovaszseg.data import build_dataset
-from lovaszseg.engine import train
+from lovaszseg.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 

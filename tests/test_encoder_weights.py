@@ -15,11 +15,11 @@ from torch import nn
 
 from lovaszseg.config import ModelConfig, load_config
 from lovaszseg.encoder_weights import weights_file
-from lovaszseg.engine import train
-from lovaszseg.engine.checkpoint import load_checkpoint
-from lovaszseg.engine.run_folder import RunFolder
 from lovaszseg.errors import ConfigError
 from lovaszseg.models import build_model
+from lovaszseg.storage.checkpoint import load_checkpoint
+from lovaszseg.storage.run_folder import RunFolder
+from lovaszseg.training import train
 
 _OPTIONS = {"encoder_depth": 3, "decoder_channels": [16, 8, 8]}
 

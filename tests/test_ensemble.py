@@ -15,10 +15,10 @@ from rich.console import Console
 from torch import nn
 
 from lovaszseg.config import load_config
-from lovaszseg.engine import train
-from lovaszseg.engine.ensemble import Ensemble, load_predictor, resolve_members, write_ensemble
 from lovaszseg.errors import CheckpointError, ConfigError, RunFolderError
-from lovaszseg.inference import predict_probabilities
+from lovaszseg.inference.ensemble import Ensemble, load_predictor, resolve_members, write_ensemble
+from lovaszseg.inference.predict import predict_probabilities
+from lovaszseg.training import train
 
 ONE_STAGE = [{"name": "bce", "loss": "bce", "epochs": 1, "lr": 0.001}]
 

@@ -14,8 +14,9 @@ from torch.utils.data import DataLoader
 
 from lovaszseg.data import build_dataset, describe_dataset
 from lovaszseg.data.spec import DatasetSpec
-from lovaszseg.engine.evaluate import BINARY_METRICS, MULTICLASS_METRICS, Scorer, evaluate, metric_names
-from lovaszseg.metrics import ConfusionMatrix, best_threshold, binary_iou, image_iou, salt_score
+from lovaszseg.scoring.catalogue import BINARY_METRICS, MULTICLASS_METRICS, metric_names
+from lovaszseg.scoring.engine import Scorer, evaluate
+from lovaszseg.scoring.metrics import ConfusionMatrix, best_threshold, binary_iou, image_iou, salt_score
 from lovaszseg.thresholds import DEFAULT_THRESHOLD, THRESHOLD_GRID
 
 TGS = describe_dataset("tgs")
@@ -38,7 +39,7 @@ def _golden(shared_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _binary_reference(probs: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """The whole-array reference functions of lovaszseg.metrics, on ``[N, H, W]`` probabilities."""
+    """The whole-array reference functions of lovaszseg.scoring.metrics, on ``[N, H, W]`` probabilities."""
     expected = {
         "salt_score": float(salt_score(probs > DEFAULT_THRESHOLD, truth).mean()),
         "iou": best_threshold(probs, truth, [DEFAULT_THRESHOLD], metric="iou")[1],

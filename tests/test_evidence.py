@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from lovaszseg.data import describe_dataset
-from lovaszseg.engine.evaluate import Scorer
 from lovaszseg.errors import ConfigError
-from lovaszseg.evidence import ImageRecorder, ImageStatistics, Interval, mean_interval, paired_bootstrap
+from lovaszseg.scoring.engine import Scorer
+from lovaszseg.scoring.evidence import ImageRecorder, ImageStatistics, Interval, mean_interval, paired_bootstrap
 
 
 def _means(values: np.ndarray, ids: tuple[str, ...] | None = None) -> ImageStatistics:

@@ -12,14 +12,14 @@ import yaml
 from typer.testing import CliRunner
 
 from lovaszseg.cli import app
-from lovaszseg.config import load_config
+from lovaszseg.config import CONFIG_METADATA_KEY, load_config
 from lovaszseg.data import build_transform, describe_dataset
 from lovaszseg.data.io import list_stems, read_image
-from lovaszseg.engine.export import CONFIG_METADATA_KEY, ONNX_OPSET, ExportResult, export_run
-from lovaszseg.engine.run_folder import RunFolder, load_model
 from lovaszseg.errors import CheckpointError, ConfigError
-from lovaszseg.inference import probabilities
+from lovaszseg.inference.export import ONNX_OPSET, ExportResult, export_run
+from lovaszseg.inference.predict import probabilities
 from lovaszseg.models import build_model
+from lovaszseg.storage.run_folder import RunFolder, load_model
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

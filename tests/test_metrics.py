@@ -1,4 +1,4 @@
-"""Tests for lovaszseg.metrics: confusion matrix, per-image IoU, TGS score and threshold search."""
+"""Tests for lovaszseg.scoring.metrics: confusion matrix, per-image IoU, TGS score and threshold search."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from PIL import Image
 
-from lovaszseg.metrics import (
+from lovaszseg.scoring.metrics import (
     SALT_IOU_THRESHOLDS,
     THRESHOLD_GRID,
     ConfusionMatrix,

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from lovaszseg.data.spec import DatasetSpec
-from lovaszseg.engine.evaluate import Scorer
 from lovaszseg.errors import ConfigError, DataError
-from lovaszseg.metrics import salt_score
-from lovaszseg.postprocess import (
+from lovaszseg.scoring.engine import Scorer
+from lovaszseg.scoring.metrics import salt_score
+from lovaszseg.scoring.postprocess import (
     POSTPROCESS_METRICS,
     ImageCounts,
     PostProcessing,

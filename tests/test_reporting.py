@@ -19,18 +19,11 @@ from torch import nn
 
 from lovaszseg.config import load_config
 from lovaszseg.data import describe_dataset
-from lovaszseg.engine import train
-from lovaszseg.engine.reporting import (
-    OVERLAY_IMAGES,
-    LoopProgress,
-    TensorBoardLog,
-    append_summary,
-    final_table,
-    plot_curves,
-    read_summary,
-    shows_bar,
-)
 from lovaszseg.errors import ConfigError
+from lovaszseg.runtime.progress import LoopProgress, shows_bar
+from lovaszseg.storage.summary import append_summary, plot_curves, read_summary
+from lovaszseg.training import train
+from lovaszseg.training.reporting import OVERLAY_IMAGES, TensorBoardLog, final_table
 
 ROWS = [
     {"stage": "1-bce", "epoch": 1, "train_loss": "0.5", "iou": "0.6", "val_loss": "0.40"},

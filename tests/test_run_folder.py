@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from lovaszseg.config import load_config
-from lovaszseg.engine.checkpoint import load_checkpoint, save_checkpoint
-from lovaszseg.engine.run_folder import CONFIG_FILE, LOCK_FILE, RunFolder, load_model
 from lovaszseg.errors import CheckpointError, RunFolderError
 from lovaszseg.models import build_model
+from lovaszseg.storage.checkpoint import load_checkpoint, save_checkpoint
+from lovaszseg.storage.run_folder import CONFIG_FILE, LOCK_FILE, RunFolder, load_model
 
 _CONFIG = load_config(
     {
@@ -166,19 +165,9 @@ def test_weights_that_do_not_fit_the_config_are_a_checkpoint_error(tmp_path: Pat
         load_model(folder.path)
 
 
-def test_legacy_run_folders_with_config_json_still_load(tmp_path: Path) -> None:
-    run = tmp_path / "old"
-    run.mkdir()
-    (run / "config.json").write_text(yaml.safe_dump(_CONFIG.model_dump()))
-    model = build_model(_CONFIG.model, 1, 1, pretrained=False)
-    save_checkpoint(run / "best.pt", {"model": model.state_dict(), "config": _CONFIG.model_dump()})
-    assert load_model(run).config == _CONFIG
-    assert RunFolder.existing(run).config() == _CONFIG
-
-
 def test_lock_is_released_when_the_writer_ends(tmp_path: Path) -> None:
     code = (
-        "import sys; from lovaszseg.engine.run_folder import RunFolder; "
+        "import sys; from lovaszseg.storage.run_folder import RunFolder; "
         f"RunFolder({str(tmp_path / 'run')!r}).lock(); print('ok')"
     )
     started = time.perf_counter()

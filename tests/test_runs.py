@@ -19,17 +19,17 @@ from torch.utils.data import DataLoader
 
 from lovaszseg.config import load_config
 from lovaszseg.data import build_dataset, build_transform
-from lovaszseg.engine import train
-from lovaszseg.engine.checkpoint import load_checkpoint
-from lovaszseg.engine.evaluate import Scorer
-from lovaszseg.engine.run_folder import load_model
-from lovaszseg.engine.runs import check_threshold, evaluate_run, predict_run, submit_run
 from lovaszseg.errors import CheckpointError, ConfigError, DataError
-from lovaszseg.inference import predict_folder
-from lovaszseg.metrics import ConfusionMatrix, binary_iou
-from lovaszseg.postprocess import PostProcessing
+from lovaszseg.inference.predict import predict_folder
 from lovaszseg.rle import decode, read_rle_csv
+from lovaszseg.scoring.engine import Scorer
+from lovaszseg.scoring.metrics import ConfusionMatrix, binary_iou
+from lovaszseg.scoring.postprocess import PostProcessing
+from lovaszseg.storage.checkpoint import load_checkpoint
+from lovaszseg.storage.run_folder import load_model
 from lovaszseg.thresholds import DEFAULT_THRESHOLD, THRESHOLD_GRID
+from lovaszseg.training import train
+from lovaszseg.workflows.runs import check_threshold, evaluate_run, predict_run, submit_run
 
 # One short epoch at a low rate: probabilities spread over (0, 1) rather than collapsed to 0 or 1.
 ONE_STAGE = [{"name": "bce", "loss": "bce", "epochs": 1, "lr": 0.001}]
@@ -398,51 +398,14 @@ def test_eval_predict_and_submit_show_their_progress(salt_run: Path, tiny_salt: 
     ]
 
 
-# --- runs from before the redesign -------------------------------------------------------------------------
+# --- run folders without config.yaml -------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def legacy_run(salt_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The salt run as the previous version wrote it: config.json, .pt files with a "config" entry,
-    model.safetensors without a config in its header, and no config.yaml."""
-    from safetensors.torch import save_file
-
-    folder = tmp_path_factory.mktemp("legacy") / "run"
-    folder.mkdir()
-    config = load_config(salt_run / "config.yaml").model_dump()
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    for name in ("best.pt", "last.pt"):
-        checkpoint = load_checkpoint(salt_run / name)
-        torch.save({**checkpoint, "config": config}, folder / name)
-    save_file(load_checkpoint(salt_run / "best.pt")["model"], str(folder / "model.safetensors"))
-    return folder
-
-
-@pytest.mark.parametrize("source", ["", "best.pt", "last.pt", "model.safetensors"])
-def test_a_run_folder_from_before_the_redesign_still_loads(
-    source: str, legacy_run: Path, salt_run: Path, tmp_path: Path
-) -> None:
-    assert not (legacy_run / "config.yaml").exists()
-    loaded = load_model(legacy_run / source if source else legacy_run)
-    assert loaded.config == load_config(salt_run / "config.yaml")
-    assert loaded.source == (legacy_run / (source or "model.safetensors"))
-    assert (loaded.spec.name, loaded.spec.in_channels, loaded.spec.num_classes) == ("tgs", 1, 1)
-    new = load_model(salt_run).model.state_dict()
-    for name, tensor in loaded.model.state_dict().items():
-        assert torch.equal(tensor, new[name]), name
-    if source in ("", "model.safetensors"):
-        assert evaluate_run(loaded.source, device="cpu", out=tmp_path) == evaluate_run(
-            salt_run, device="cpu", out=tmp_path
-        )
-
-
-def test_a_legacy_pt_without_its_config_falls_back_to_config_json(legacy_run: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("source", ["", "best.pt", "last.pt"])
+def test_a_folder_without_config_yaml_is_refused_by_name(source: str, salt_run: Path, tmp_path: Path) -> None:
     folder = tmp_path / "run"
-    shutil.copytree(legacy_run, folder)
-    checkpoint = load_checkpoint(folder / "best.pt")
-    del checkpoint["config"]
-    torch.save(checkpoint, folder / "best.pt")
-    assert load_model(folder).config == load_config(json.loads((legacy_run / "config.json").read_text()))
-    (folder / "config.json").unlink()
-    with pytest.raises(CheckpointError, match=r"no config\.yaml"):
-        load_model(folder / "best.pt")
+    folder.mkdir()
+    for name in ("best.pt", "last.pt"):
+        shutil.copy(salt_run / name, folder / name)
+    with pytest.raises(CheckpointError, match=rf"{folder} is not a run folder: it has no config\.yaml"):
+        load_model(folder / source if source else folder)

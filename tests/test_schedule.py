@@ -17,7 +17,7 @@ from torch.optim.lr_scheduler import (
 )
 
 from lovaszseg.config import ConfigError, StageConfig, builtin_config, load_config
-from lovaszseg.engine.schedule import (
+from lovaszseg.training.schedule import (
     build_optimizer,
     build_scheduler,
     is_snapshot_epoch,

@@ -12,11 +12,12 @@ import pytest
 import torch
 from conftest import tiny_salt_config
 
-import lovaszseg.engine.trainer as engine_train
+import lovaszseg.training.trainer as engine_train
 from lovaszseg.config import load_config
-from lovaszseg.engine import TrainingError, load_model, train
-from lovaszseg.engine.checkpoint import load_checkpoint
-from lovaszseg.errors import ConfigError, RunFolderError
+from lovaszseg.errors import ConfigError, RunFolderError, TrainingError
+from lovaszseg.storage import load_model
+from lovaszseg.storage.checkpoint import load_checkpoint
+from lovaszseg.training import train
 
 
 def _loss_with_hook(hook: Callable[[int, torch.Tensor], torch.Tensor]) -> Callable[..., Callable]:

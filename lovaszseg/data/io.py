@@ -15,7 +15,7 @@ from typing import IO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from lovaszseg.errors import DataError
+from lovaszseg.errors import DataError, OutputError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -24,6 +24,7 @@ __all__ = [
     "atomic_write",
     "check_mask_values",
     "check_same_size",
+    "check_writable",
     "list_stems",
     "read_csv_column",
     "read_csv_rows",
@@ -415,6 +416,40 @@ def atomic_write(path: Path, mode: str = "w", **open_kwargs: object) -> Iterator
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def check_writable(path: Path, what: str, *, folder: bool = False) -> None:
+    """Refuse a destination that cannot be written before any expensive work is done for it.
+
+    The nearest existing ancestor must be a folder this process may write into (``path`` itself when it
+    is an existing folder to fill); nothing is created.
+
+    Args:
+        path: The file (or, with ``folder``, the folder) to be written.
+        what: What it is, for the message (e.g. ``--out``).
+        folder: ``path`` is a folder that files will be written into.
+
+    Raises:
+        OutputError: the path's parent is a file, or the folder cannot be written, with the reason.
+    """
+    target = path if folder else path.parent
+    ancestor = target
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    reason = None
+    if not ancestor.is_dir():
+        reason = f"{ancestor} is not a folder"
+    elif not os.access(ancestor, os.W_OK | os.X_OK):
+        reason = f"no permission to write in {ancestor}"
+    elif ancestor != target and _is_pseudo_filesystem(ancestor):
+        reason = f"{ancestor} does not take new folders"
+    if reason is not None:
+        raise OutputError(f"cannot write {what} {path}: {reason}")
+
+
+def _is_pseudo_filesystem(folder: Path) -> bool:
+    """Whether ``folder`` lies on a kernel file system (/proc, /sys) where folders cannot be made."""
+    return folder.resolve().parts[1:2] in (("proc",), ("sys",))
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:

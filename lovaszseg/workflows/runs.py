@@ -1,19 +1,20 @@
 """Using trained models: evaluate them, predict masks, write a Kaggle submission.
 
 Each function takes a run folder or a model file, a cv folder, an ensemble folder, or several of them
-with optional weights (see :func:`~lovaszseg.engine.ensemble.load_predictor`), so the CLI commands
+with optional weights (see :func:`~lovaszseg.inference.ensemble.load_predictor`), so the CLI commands
 ``eval``, ``predict`` and ``submit`` are thin wrappers and a notebook can call the same functions.
-Binary predictions go through a :class:`~lovaszseg.postprocess.PostProcessing` (threshold and
+Binary predictions go through a :class:`~lovaszseg.scoring.postprocess.PostProcessing` (threshold and
 min-area); ``"auto"`` takes the values tuned for the predictor (out of fold for a cv folder, on the
 validation split for a run). What a model takes and returns comes from its dataset's
 :class:`~lovaszseg.data.spec.DatasetSpec`, never from the dataset's name. Their loops show their
-progress (:class:`~lovaszseg.engine.reporting.LoopProgress`) as training does, every
+progress (:class:`~lovaszseg.training.reporting.LoopProgress`) as training does, every
 ``output.progress_seconds`` of the run's config where no bar can be drawn.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -22,24 +23,25 @@ from PIL import Image
 from rich.console import Console
 from torch.utils.data import DataLoader
 
-from lovaszseg.data import build_dataset, build_transform
 from lovaszseg.data.io import atomic_write, list_stems, read_lines
+from lovaszseg.data.overlay import save_overlay
 from lovaszseg.data.tgs import TGS_ORIGINAL_SIZE
 from lovaszseg.data.voc import save_palette_png
-from lovaszseg.engine.cv import OUT_OF_FOLD
-from lovaszseg.engine.cv_folder import HOLDOUT
-from lovaszseg.engine.distributed import resolve_device
-from lovaszseg.engine.ensemble import Predictor, Sources, load_predictor
-from lovaszseg.engine.evaluate import Scorer, evaluate, metric_names, tuning_metric
-from lovaszseg.engine.reporting import LoopProgress
-from lovaszseg.engine.run_folder import EVAL_FILE, RunFolder
-from lovaszseg.engine.trainer import resolve_data_root
 from lovaszseg.errors import ConfigError, DataError
-from lovaszseg.evidence import ImageRecorder
-from lovaszseg.inference import Tta, predict_folder, save_overlay, write_submission
-from lovaszseg.metrics import DEFAULT_THRESHOLD
-from lovaszseg.postprocess import ImageCounts, PostProcessing, evaluate_postprocessing, tune_postprocessing
+from lovaszseg.inference.ensemble import Predictor, Sources, load_predictor
+from lovaszseg.inference.predict import predict_folder, predict_probabilities
+from lovaszseg.inference.submission import write_submission
+from lovaszseg.inference.tta import NO_TTA, Tta
 from lovaszseg.rle import read_rle_csv
+from lovaszseg.runtime.distributed import resolve_device
+from lovaszseg.runtime.progress import LoopProgress
+from lovaszseg.scoring.catalogue import metric_names, tuning_metric
+from lovaszseg.scoring.engine import Scorer, evaluate
+from lovaszseg.scoring.evidence import ImageRecorder
+from lovaszseg.scoring.postprocess import ImageCounts, PostProcessing, evaluate_postprocessing, tune_postprocessing
+from lovaszseg.storage.cv_folder import HOLDOUT, OUT_OF_FOLD
+from lovaszseg.storage.run_folder import EVAL_FILE, RunFolder
+from lovaszseg.thresholds import DEFAULT_THRESHOLD
 
 __all__ = ["check_min_area", "check_threshold", "evaluate_run", "predict_run", "submit_run"]
 
@@ -69,7 +71,7 @@ def _predict_images(
 ) -> Iterator[tuple[Path, np.ndarray, np.ndarray]]:
     """Predict a folder with the evaluation preset the model was trained with; its progress counts images."""
     config = loaded.config
-    transform = build_transform(config.data.name, train=False, **config.data.options)
+    transform = config.data.transform()
     total = len(list_stems(images_dir))
     interval = config.output.progress_seconds
     with LoopProgress(console or Console(), description, total, unit="image", interval=interval) as bar:
@@ -154,13 +156,12 @@ def _score_split(
     recorder: ImageRecorder | None = None,
 ) -> dict[str, float]:
     config, target = predictor.config, resolve_device(device)
-    root = Path(data_root) if data_root else resolve_data_root(config)
-    options = config.data.options
-    dataset = build_dataset(config.data.name, root, _dataset_split(predictor, split), train=False, **options)
+    root = Path(data_root) if data_root else config.data.resolved_root()
+    dataset = config.data.build(_dataset_split(predictor, split), train=False, root=root)
     if "mask" not in dataset[0]:
         raise DataError(f"split {split!r} of {root} has no masks to evaluate against")
     _check_unseen(predictor, list(dataset.ids), split)
-    loader = DataLoader(dataset, batch_size=config.data.val_batch_size or config.data.batch_size)
+    loader = DataLoader(dataset, batch_size=config.data.eval_batch_size)
     model, interval = predictor.model.to(target), config.output.progress_seconds
     scorer = Scorer(predictor.spec, target, keep_images=True)
     with LoopProgress(console or Console(), f"eval {split}", len(loader), interval=interval) as bar:
@@ -169,7 +170,7 @@ def _score_split(
             loader,
             predictor.spec,
             device=target,
-            tta=tta,
+            predict=partial(predict_probabilities, tta=tta),
             progress=bar.advance,
             scorer=scorer,
             on_predictions=recorder,
@@ -195,7 +196,7 @@ def evaluate_run(
     *,
     weights: Sequence[float] | None = None,
     split: str | None = None,
-    tta: Tta = "none",
+    tta: Tta = NO_TTA,
     device: str = "auto",
     data_root: str | Path | None = None,
     out: Path | None = None,
@@ -204,7 +205,7 @@ def evaluate_run(
 ) -> dict[str, float]:
     """Score a trained model or an ensemble on a labelled split, streaming, and write ``eval.json``.
 
-    The metrics are those of validation during training (:class:`~lovaszseg.engine.evaluate.Scorer`):
+    The metrics are those of validation during training (:class:`~lovaszseg.scoring.engine.Scorer`):
     binary models get the TGS metric (``salt_score``, without an ignore index), ``iou`` and
     ``image_iou`` at the default threshold, and for each the best threshold of the grid and its score;
     multi-class models ``miou``, ``image_miou`` and ``pixel_acc``. Binary models also get the metrics
@@ -282,7 +283,7 @@ def predict_run(
     out_dir: str | Path,
     *,
     weights: Sequence[float] | None = None,
-    tta: Tta = "none",
+    tta: Tta = NO_TTA,
     threshold: float | Auto = DEFAULT_THRESHOLD,
     min_area: int | Auto = 0,
     device: str = "auto",
@@ -335,7 +336,7 @@ def submit_run(
     out: str | Path,
     *,
     weights: Sequence[float] | None = None,
-    tta: Tta = "none",
+    tta: Tta = NO_TTA,
     threshold: float | Auto = DEFAULT_THRESHOLD,
     min_area: int | Auto = 0,
     sample_submission: str | Path | None = None,

@@ -1,7 +1,7 @@
 """The training loop: stages of (loss, epochs, optimiser, schedule), validation every epoch, checkpoints.
 
 :func:`train` builds a :class:`Trainer` (data and model first, so that bad input fails before a run
-folder exists), opens the :class:`~lovaszseg.engine.run_folder.RunFolder` and calls
+folder exists), opens the :class:`~lovaszseg.storage.run_folder.RunFolder` and calls
 :meth:`Trainer.fit`, which runs each stage (:meth:`~Trainer.run_stage`) as epochs of
 :meth:`~Trainer.train_epoch` and :meth:`~Trainer.validate`, in the style of Lightning Fabric's trainer.
 Nothing goes on silently: a non-finite or exploding loss, or weights that stop being finite, end the
@@ -24,18 +24,21 @@ import torch
 from rich.console import Console
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from lovaszseg.config import Config, ModelConfig, StageConfig, builtin_config, load_config
-from lovaszseg.data import build_dataset, describe_dataset
-from lovaszseg.data.synth import ensure_demo_salt
-from lovaszseg.engine import distributed
-from lovaszseg.engine.checkpoint import capture_rng, load_checkpoint, restore_rng
-from lovaszseg.engine.evaluate import evaluate, metric_names
-from lovaszseg.engine.interrupt import StopRequest
-from lovaszseg.engine.reporting import LoopProgress, TensorBoardLog, final_table
-from lovaszseg.engine.run_folder import DISTRIBUTED_FILE, RunFolder, read_weights
-from lovaszseg.engine.schedule import (
+from lovaszseg.errors import CheckpointError, ConfigError, TrainingError
+from lovaszseg.losses import build_loss
+from lovaszseg.models import build_model, check_input_size
+from lovaszseg.runtime import distributed
+from lovaszseg.runtime.interrupt import StopRequest
+from lovaszseg.runtime.progress import LoopProgress
+from lovaszseg.scoring.catalogue import metric_names
+from lovaszseg.scoring.engine import evaluate
+from lovaszseg.storage.checkpoint import capture_rng, load_checkpoint, restore_rng
+from lovaszseg.storage.run_folder import DISTRIBUTED_FILE, RunFolder, read_weights
+from lovaszseg.training.reporting import TensorBoardLog, final_table
+from lovaszseg.training.schedule import (
     Scheduler,
     build_optimizer,
     build_scheduler,
@@ -45,11 +48,8 @@ from lovaszseg.engine.schedule import (
     step_per_batch,
     step_per_epoch,
 )
-from lovaszseg.errors import CheckpointError, ConfigError, LovaszsegError, TrainingError
-from lovaszseg.losses import build_loss
-from lovaszseg.models import build_model, check_input_size
 
-__all__ = ["RunResult", "Trainer", "TrainingError", "build_datasets", "resolve_config", "resolve_data_root", "train"]
+__all__ = ["RunResult", "Trainer", "resolve_config", "train"]
 
 
 @dataclass
@@ -109,19 +109,6 @@ class Stage:
     @property
     def label(self) -> str:
         return f"{self.index + 1}-{self.config.name}"
-
-
-def resolve_data_root(config: Config) -> Path:
-    """``data.root``, or the built-in synthetic salt data (generated on first use) when it is null."""
-    return Path(config.data.root) if config.data.root is not None else ensure_demo_salt()
-
-
-def build_datasets(config: Config, root: Path) -> tuple[Dataset, Dataset]:
-    """The training and validation datasets of a config, with their transform presets."""
-    options = config.data.options
-    train_set = build_dataset(config.data.name, root, config.data.train_split, train=True, **options)
-    val_set = build_dataset(config.data.name, root, config.data.val_split, train=False, **options)
-    return train_set, val_set
 
 
 def _seed_everything(seed: int) -> None:
@@ -231,7 +218,7 @@ class Trainer:
 
     def __init__(self, config: Config, info: distributed.DistInfo, console: Console, *, pretrained: bool) -> None:
         self.config, self.info, self.console = config, info, console
-        self.spec = describe_dataset(config.data.name, config.data.options)
+        self.spec = config.data.spec()
         self.metric_names = metric_names(self.spec)
         self.monitor = config.train.monitor or self.metric_names[0]
         if self.monitor not in (*self.metric_names, "val_loss"):
@@ -246,9 +233,9 @@ class Trainer:
 
     def _build_data(self) -> None:
         config, info = self.config, self.info
-        root = resolve_data_root(config) if info.is_main else None  # rank 0 generates the demo data first
-        root = distributed.broadcast_object(root, info) or resolve_data_root(config)
-        self.train_set, self.val_set = build_datasets(config, root)
+        root = distributed.on_main(info, config.data.resolved_root)  # rank 0 generates the demo data first
+        self.train_set = config.data.build(config.data.train_split, train=True, root=root)
+        self.val_set = config.data.build(config.data.val_split, train=False, root=root)
         self.generator = torch.Generator()
         self.train_sampler = (
             DistributedSampler(self.train_set, info.world_size, info.rank, shuffle=True, seed=config.train.seed)
@@ -269,7 +256,7 @@ class Trainer:
         self.steps_per_epoch = min(len(self.train_loader), config.train.max_steps_per_epoch or len(self.train_loader))
         self.val_loader = DataLoader(
             self.val_set,
-            batch_size=config.data.val_batch_size or config.data.batch_size,
+            batch_size=config.data.eval_batch_size,
             sampler=distributed.ShardSampler(len(self.val_set), info.rank, info.world_size),
             num_workers=config.data.num_workers,
         )
@@ -296,19 +283,13 @@ class Trainer:
     # The run ------------------------------------------------------------------------------------------
     def open_folder(self, resume: Path | None, run_dir: Path | None, overwrite: bool) -> RunFolder:
         """Rank 0 creates (or reopens, to resume) and locks the run folder; every rank learns its path."""
-        folder, error = None, None
-        if self.info.is_main:
-            try:
-                if resume is not None:
-                    folder = RunFolder.for_resume(resume)
-                else:
-                    folder = RunFolder.create(self.config, run_dir, overwrite=overwrite)
-            except LovaszsegError as caught:
-                error = caught
-        path, error = distributed.broadcast_object((folder.path if folder else None, error), self.info)
-        if error is not None:
-            raise error
-        return folder or RunFolder(path)
+
+        def open_folder() -> RunFolder:
+            if resume is not None:
+                return RunFolder.for_resume(resume)
+            return RunFolder.create(self.config, run_dir, overwrite=overwrite)
+
+        return distributed.open_on_main(self.info, open_folder, RunFolder)
 
     def fit(self, folder: RunFolder, *, resume: bool, stop_after_epochs: int | None = None) -> RunResult:
         """Train every stage into ``folder``; continue from its ``last.pt`` when ``resume``."""

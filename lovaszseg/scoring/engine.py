@@ -1,7 +1,7 @@
 """The one metrics engine: validation during training and ``lovaszseg eval`` both score through it.
 
 :class:`Scorer` streams batches of probabilities and keeps only sums (a confusion matrix; for binary
-tasks per-threshold counts over :data:`~lovaszseg.metrics.THRESHOLD_GRID`), so a split of any size is
+tasks per-threshold counts over :data:`~lovaszseg.scoring.metrics.THRESHOLD_GRID`), so a split of any size is
 scored in constant memory, the threshold search comes for free, and reducing the sums across
 processes before any ratio is taken makes a DDP evaluation equal a single-process one.
 """
@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader
 
 from lovaszseg.data.spec import DatasetSpec
 from lovaszseg.data.transforms import crop_to_original
-from lovaszseg.inference import Tta, predict_probabilities
-from lovaszseg.metrics import (
+from lovaszseg.models import probabilities
+from lovaszseg.scoring.metrics import (
     DEFAULT_THRESHOLD,
     SALT_IOU_THRESHOLDS,
     THRESHOLD_GRID,
@@ -29,29 +29,10 @@ from lovaszseg.metrics import (
     image_iou,
     round_down,
 )
-from lovaszseg.postprocess import POSTPROCESS_METRICS, ImageCounts
+from lovaszseg.scoring.catalogue import at_best_threshold_key, best_threshold_key, metric_names
+from lovaszseg.scoring.postprocess import ImageCounts
 
-__all__ = ["BINARY_METRICS", "MULTICLASS_METRICS", "Scorer", "evaluate", "metric_names", "tuning_metric"]
-
-BINARY_METRICS = ("salt_score", "iou", "image_iou")
-MULTICLASS_METRICS = ("miou", "image_miou", "pixel_acc")
-
-
-def metric_names(spec: DatasetSpec) -> tuple[str, ...]:
-    """The headline metrics of a dataset, the first being the default ``train.monitor``.
-
-    The TGS competition metric needs every pixel labelled, so binary data with an ignore index go without it.
-    """
-    if not spec.binary:
-        return MULTICLASS_METRICS
-    return BINARY_METRICS if spec.ignore_index is None else BINARY_METRICS[1:]
-
-
-def tuning_metric(monitor: str | None, spec: DatasetSpec) -> str:
-    """The metric binary post-processing is tuned for: the run's ``train.monitor`` when it is one of
-    :data:`~lovaszseg.postprocess.POSTPROCESS_METRICS`, else the dataset's headline metric."""
-    return monitor if monitor in POSTPROCESS_METRICS and monitor in metric_names(spec) else metric_names(spec)[0]
-
+__all__ = ["Scorer", "evaluate"]
 
 def _ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
     """``numerator / denominator`` with 1 where the denominator is 0 (both masks empty: a perfect score)."""
@@ -62,10 +43,9 @@ def _ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
 class Scorer:
     """Streaming metrics of a labelled split.
 
-    Binary tasks, at :data:`~lovaszseg.metrics.DEFAULT_THRESHOLD`: ``salt_score`` (TGS metric),
+    Binary tasks, at :data:`~lovaszseg.scoring.metrics.DEFAULT_THRESHOLD`: ``salt_score`` (TGS metric),
     ``iou`` (dataset foreground IoU), ``image_iou`` (mean per-image IoU); and for each of them the grid
-    threshold that maximises it: ``best_threshold`` with ``salt_score_at_best_threshold``, and
-    ``NAME_best_threshold`` with ``NAME_at_best_threshold`` for ``iou`` and ``image_iou``.
+    threshold that maximises it and its value there (keys from :mod:`lovaszseg.scoring.catalogue`).
     Multi-class: ``miou`` (VOC), ``image_miou`` (the paper's per-image mIoU) and ``pixel_acc``.
 
     Args:
@@ -172,9 +152,8 @@ class Scorer:
         metrics = {name: float(curve[self._default]) for name, curve in curves.items()}
         for name, curve in curves.items():
             best = int(torch.argmax(curve))  # the first maximum: the lowest threshold on ties
-            prefix = "" if name == "salt_score" else f"{name}_"
-            metrics[f"{prefix}best_threshold"] = THRESHOLD_GRID[best]
-            metrics[f"{name}_at_best_threshold"] = float(curve[best])
+            metrics[best_threshold_key(name)] = THRESHOLD_GRID[best]
+            metrics[at_best_threshold_key(name)] = float(curve[best])
         return metrics
 
 
@@ -185,7 +164,7 @@ def evaluate(
     spec: DatasetSpec,
     *,
     device: torch.device,
-    tta: Tta = "none",
+    predict: Callable[[nn.Module, Tensor], Tensor] | None = None,
     loss_fn: nn.Module | None = None,
     autocast: AbstractContextManager | None = None,
     progress: Callable[[int], None] | None = None,
@@ -202,8 +181,10 @@ def evaluate(
         loader: Batches with ``image`` and ``mask``.
         spec: The dataset's description.
         device: The model's device.
-        tta: Test-time augmentation of the probabilities (``none`` or ``hflip``).
-        loss_fn: When given, ``val_loss`` is the mean batch loss of the plain (un-augmented) logits.
+        predict: How a batch's probabilities are made, e.g. with test-time augmentation or from an
+            ensemble (``lovaszseg.inference.predict_probabilities``); default the model's own sigmoid
+            or softmax. Not with ``loss_fn``, whose probabilities are those of the logits it scores.
+        loss_fn: When given, ``val_loss`` is the mean batch loss of the logits.
         autocast: Mixed-precision context of the forward passes.
         progress: Called with each batch's number of images once it is predicted (e.g. ``LoopProgress.advance``).
         scorer: The scorer to fill (e.g. one keeping per-image counts); default a new one.
@@ -220,8 +201,8 @@ def evaluate(
     for batch in loader:
         images, masks = batch["image"].to(device), batch["mask"].to(device)
         with autocast or nullcontext():
-            logits = model(images).float() if loss_fn is not None else None
-            probs = predict_probabilities(model, images, tta, logits=logits)
+            logits = model(images).float() if loss_fn is not None or predict is None else None
+            probs = probabilities(logits) if logits is not None else predict(model, images)
         if progress is not None:
             progress(len(images))
         if loss_fn is not None:

@@ -4,7 +4,7 @@
 one run per entry and seed under ``out/``, evaluates each best checkpoint on the same validation split
 and writes ``compare.csv`` (a row per run), ``compare-summary.csv`` (per entry: the mean and 95%
 interval over seeds of every metric, and the paired bootstrap difference to the baseline entry, see
-:mod:`lovaszseg.evidence`) and ``compare.png``. ``init_from`` starts every entry from the same weights
+:mod:`lovaszseg.scoring.evidence`) and ``compare.png``. ``init_from`` starts every entry from the same weights
 (e.g. a converged BCE run), so that "continue with BCE" and "continue with Lovász" are compared from
 one point.
 """
@@ -24,13 +24,20 @@ from rich.console import Console
 from rich.table import Table
 
 from lovaszseg.config import Config, StageConfig, load_config
-from lovaszseg.data import describe_dataset
 from lovaszseg.data.io import atomic_write, read_csv_rows
-from lovaszseg.engine.run_folder import RunFolder
-from lovaszseg.engine.runs import evaluate_run
-from lovaszseg.engine.trainer import resolve_config, train
 from lovaszseg.errors import ConfigError
-from lovaszseg.evidence import CONFIDENCE, ImageRecorder, ImageStatistics, Interval, mean_interval, paired_bootstrap
+from lovaszseg.scoring.catalogue import BINARY_METRICS, MULTICLASS_METRICS, at_best_threshold_key
+from lovaszseg.scoring.evidence import (
+    CONFIDENCE,
+    ImageRecorder,
+    ImageStatistics,
+    Interval,
+    mean_interval,
+    paired_bootstrap,
+)
+from lovaszseg.storage.run_folder import RunFolder
+from lovaszseg.training import resolve_config, train
+from lovaszseg.workflows.runs import evaluate_run
 
 __all__ = [
     "COMPARE_FILE",
@@ -53,15 +60,8 @@ IMAGE_STATISTICS_FILE = "image-statistics.npz"
 # Final metrics drawn and summarised side by side: binary ones at 0.5 and at their best threshold, then
 # multi-class ones.
 _BAR_METRICS = (
-    "salt_score",
-    "salt_score_at_best_threshold",
-    "iou",
-    "iou_at_best_threshold",
-    "image_iou",
-    "image_iou_at_best_threshold",
-    "miou",
-    "image_miou",
-    "pixel_acc",
+    *(key for metric in BINARY_METRICS for key in (metric, at_best_threshold_key(metric))),
+    *MULTICLASS_METRICS,
 )
 _TERM = re.compile(r"^\s*([a-z_]+)\s*(?:\((.*)\))?\s*$")
 # Options of a term that set its stage rather than its loss, e.g. ``bce>lovasz_hinge(lr=0.0005, ema=0.999)``.
@@ -259,7 +259,7 @@ def compare(
                 stop_signal = result.stop_signal
                 break
             histories[entry, seed] = result.history
-        recorder = ImageRecorder(describe_dataset(entry_config.data.name, entry_config.data.options))
+        recorder = ImageRecorder(entry_config.data.spec())
         metrics = evaluate_run(folder.path, console=console, recorder=recorder)
         statistics[entry, seed] = recorder.statistics
         recorder.statistics.save(folder.path / IMAGE_STATISTICS_FILE)
@@ -338,7 +338,7 @@ def comparison_tables(summary: Sequence[dict[str, Any]], baseline: str) -> list[
     for table in (means, differences):
         table.add_column("loss", overflow="fold")
         for name in names:
-            table.add_column(name.replace("_at_best_threshold", " @best"), justify="right", overflow="fold")
+            table.add_column(name.replace(at_best_threshold_key(""), " @best"), justify="right", overflow="fold")
     for line in summary:
         means.add_row(line["loss"], *(_interval_text(line[n], line[f"{n}_low"], line[f"{n}_high"]) for n in names))
         if line["loss"] == baseline or f"{names[0]}_diff" not in line:
@@ -393,7 +393,7 @@ def _plot(
         for position, name in zip(positions, names, strict=True):
             seeds = [row[name] for row in rows if row["loss"] == line["loss"]]
             bar_axis.plot([position] * len(seeds), seeds, ".", color=colour, markersize=4, alpha=0.5)
-    labels = [name.replace("_at_best_threshold", "\n@ best threshold") for name in names]
+    labels = [name.replace(at_best_threshold_key(""), "\n@ best threshold") for name in names]
     bar_axis.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], labels, fontsize=8)
     bar_axis.set(title="best checkpoint: mean, 95% interval, seeds (dots)")
     bar_axis.grid(axis="y", alpha=0.3)

@@ -27,16 +27,14 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
-import yaml
 from torch import nn
 
-from lovaszseg.config import Config, load_config
-from lovaszseg.data import describe_dataset
+from lovaszseg.config import CONFIG_METADATA_KEY, Config, load_config
 from lovaszseg.data.io import atomic_write, remove_stale_temporaries
 from lovaszseg.data.spec import DatasetSpec
-from lovaszseg.engine.checkpoint import checkpoint_bytes, load_checkpoint, save_checkpoint
-from lovaszseg.engine.reporting import append_summary, plot_curves, read_summary
 from lovaszseg.errors import CheckpointError, RunFolderError
+from lovaszseg.storage.checkpoint import checkpoint_bytes, load_checkpoint, save_checkpoint
+from lovaszseg.storage.summary import append_summary, plot_curves, read_summary
 
 __all__ = [
     "BEST_FILE",
@@ -66,9 +64,6 @@ LOCK_FILE = ".lock"
 # Where a run folder's model is read from, in order of preference: the export holds best.pt's weights
 # without the optimiser state, a third of the size to read.
 _MODEL_FILES = (EXPORT_FILE, BEST_FILE, LAST_FILE)
-# Runs written before the redesign saved the config as config.json and inside every checkpoint.
-_LEGACY_CONFIG_FILE = "config.json"
-_CONFIG_METADATA_KEY = "lovaszseg_config"
 
 
 class RunFolder:
@@ -140,9 +135,9 @@ class RunFolder:
             RunFolderError: an explicit ``path`` holds files and ``overwrite`` is not set, or another
                 process is writing the folder.
         """
-        folder = cls.claim(path, Path(config.output.runs_dir) / (config.output.name or "run"), overwrite=overwrite)
+        folder = cls.claim(path, config.default_run_dir(), overwrite=overwrite)
         with atomic_write(folder.config_path) as handle:
-            yaml.safe_dump(config.model_dump(), handle, sort_keys=False)
+            handle.write(config.to_yaml())
         return folder
 
     @classmethod
@@ -215,7 +210,7 @@ class RunFolder:
         folder = cls(path)
         if not folder.path.is_dir():
             raise CheckpointError(f"run folder not found: {folder.path}")
-        if not folder.config_path.is_file() and not (folder.path / _LEGACY_CONFIG_FILE).is_file():
+        if not folder.config_path.is_file():
             raise CheckpointError(f"{folder.path} is not a run folder: it has no {CONFIG_FILE}")
         return folder
 
@@ -258,12 +253,9 @@ class RunFolder:
 
     # Reading ------------------------------------------------------------------------------------------
     def config(self) -> Config:
-        """The run's saved config (``config.yaml``; ``config.json`` in runs from before it)."""
+        """The run's saved config (``config.yaml``)."""
         if self.config_path.is_file():
             return load_config(self.config_path)
-        legacy = self.path / _LEGACY_CONFIG_FILE
-        if legacy.is_file():
-            return load_config(yaml.safe_load(legacy.read_text()))
         raise CheckpointError(f"{self.path} is not a run folder: it has no {CONFIG_FILE}")
 
     def summary(self) -> list[dict[str, str]]:
@@ -317,7 +309,7 @@ class RunFolder:
         from safetensors.torch import save as safetensors_bytes
 
         tensors = {name: tensor.contiguous() for name, tensor in checkpoint["model"].items()}
-        metadata = {_CONFIG_METADATA_KEY: yaml.safe_dump(config.model_dump(), sort_keys=False)}
+        metadata = {CONFIG_METADATA_KEY: config.to_yaml()}
         with atomic_write(self.export_path, "wb") as handle:
             handle.write(safetensors_bytes(tensors, metadata=metadata))
         return self.export_path
@@ -347,8 +339,8 @@ def _open_safetensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tenso
 
 def _read_safetensors(path: Path) -> tuple[Config, dict[str, torch.Tensor]]:
     metadata, weights = _open_safetensors(path)
-    if _CONFIG_METADATA_KEY in metadata:
-        return load_config(yaml.safe_load(metadata[_CONFIG_METADATA_KEY])), weights
+    if CONFIG_METADATA_KEY in metadata:
+        return Config.from_yaml(metadata[CONFIG_METADATA_KEY], f"the config in {path}"), weights
     return RunFolder(path.parent).config(), weights
 
 
@@ -365,9 +357,7 @@ def _read_weights(source: Path) -> tuple[Config, dict[str, torch.Tensor], Path]:
     if path.suffix == ".safetensors":
         return (*_read_safetensors(path), path)
     checkpoint = load_checkpoint(path)
-    # Checkpoints from before the redesign carry their config; newer ones use their folder's.
-    config = load_config(checkpoint["config"]) if "config" in checkpoint else RunFolder(path.parent).config()
-    return config, checkpoint["model"], path
+    return RunFolder(path.parent).config(), checkpoint["model"], path
 
 
 def read_weights(source: str | Path) -> tuple[dict[str, torch.Tensor], Path]:
@@ -405,7 +395,7 @@ def load_model(source: str | Path) -> LoadedModel:
     from lovaszseg.models import build_model
 
     config, weights, path = _read_weights(Path(source))
-    spec = describe_dataset(config.data.name, config.data.options)
+    spec = config.data.spec()
     model = build_model(config.model, spec.in_channels, spec.num_classes, pretrained=False)
     try:
         model.load_state_dict(weights)

@@ -17,7 +17,7 @@ import numpy as np
 
 from lovaszseg.data.io import atomic_write
 from lovaszseg.errors import ConfigError, DataError
-from lovaszseg.metrics import SALT_IOU_THRESHOLDS, salt_passes
+from lovaszseg.scoring.metrics import SALT_IOU_THRESHOLDS, salt_passes
 from lovaszseg.thresholds import DEFAULT_THRESHOLD, THRESHOLD_GRID
 
 __all__ = [

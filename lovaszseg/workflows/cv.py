@@ -3,11 +3,11 @@
 :func:`cross_validate` splits the dataset's labelled images by its own rules (TGS: stratified by salt
 coverage or depth; other data: a seeded random split; see :mod:`lovaszseg.data.folds`), optionally
 holding some out of every fold as a final test, and trains fold K into ``CV/fold-K`` with
-:func:`~lovaszseg.engine.trainer.train`. Folds that finished are skipped and an interrupted one is
+:func:`~lovaszseg.training.trainer.train`. Folds that finished are skipped and an interrupted one is
 resumed, so running it again with ``resume`` continues where it stopped. Then every training image is
 predicted by the one fold model that did not train on it (``oof.npz``), the folds and the
 out-of-fold predictions are scored by the metrics engine, and for binary tasks the threshold and
-min-area are tuned on the out-of-fold predictions (:mod:`lovaszseg.postprocess`).
+min-area are tuned on the out-of-fold predictions (:mod:`lovaszseg.scoring.postprocess`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,25 +28,24 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lovaszseg.config import Config, load_config
-from lovaszseg.data import build_dataset, describe_dataset
 from lovaszseg.data.folds import make_cv_split
 from lovaszseg.data.io import atomic_write
 from lovaszseg.data.spec import DatasetSpec
-from lovaszseg.engine import distributed
-from lovaszseg.engine.cv_folder import CvFolder
-from lovaszseg.engine.ensemble import model_names, resolve_members
-from lovaszseg.engine.evaluate import Scorer, evaluate, metric_names, tuning_metric
-from lovaszseg.engine.reporting import LoopProgress
-from lovaszseg.engine.run_folder import RunFolder, load_model
-from lovaszseg.engine.trainer import RunResult, resolve_config, resolve_data_root, train
 from lovaszseg.errors import ConfigError, LovaszsegError
-from lovaszseg.inference import TTA_MODES, Tta
-from lovaszseg.postprocess import Tuning, save_tuning, tune_postprocessing
+from lovaszseg.inference.ensemble import model_names, resolve_members
+from lovaszseg.inference.predict import predict_probabilities
+from lovaszseg.inference.tta import NO_TTA, Tta, check_tta
+from lovaszseg.runtime import distributed
+from lovaszseg.runtime.progress import LoopProgress
+from lovaszseg.scoring.catalogue import metric_names, tuning_metric
+from lovaszseg.scoring.engine import Scorer, evaluate
+from lovaszseg.scoring.postprocess import Tuning, save_tuning, tune_postprocessing
+from lovaszseg.storage.cv_folder import OUT_OF_FOLD, POSTPROCESSED, CvFolder
+from lovaszseg.storage.run_folder import RunFolder, load_model
+from lovaszseg.training import RunResult, resolve_config, train
 
 __all__ = ["CvResult", "cross_validate", "parse_folds"]
 
-OUT_OF_FOLD = "oof"
-POSTPROCESSED = "oof, tuned"
 
 
 @dataclass
@@ -95,19 +95,14 @@ def _check_settings(n_folds: int, folds: list[int], holdout: int, tta: str) -> N
         raise ConfigError(f"folds to train must be in 0..{n_folds - 1}, got {folds}")
     if isinstance(holdout, bool) or not isinstance(holdout, int) or holdout < 0:
         raise ConfigError(f"holdout must be a non-negative number of images, got {holdout!r}")
-    if tta not in TTA_MODES:
-        raise ConfigError(f"tta must be one of {list(TTA_MODES)}, got {tta!r}")
+    check_tta(tta)
 
 
 def _open_new(config: Config, settings: dict[str, Any], run_dir: Path | None, overwrite: bool) -> CvFolder:
     """Check the data and split it (before any folder exists), then create and lock the cv folder."""
-    spec = describe_dataset(config.data.name, config.data.options)
-    pool = build_dataset(
-        config.data.name, resolve_data_root(config), spec.labelled_split, train=False, **config.data.options
-    )
+    pool = config.data.build(config.data.spec().labelled_split, train=False)
     split = make_cv_split(pool, settings["n_folds"], settings["seed"], settings["holdout"])
-    default = Path(config.output.runs_dir) / f"{config.output.name or 'run'}-cv"
-    folder = CvFolder.from_run_folder(RunFolder.claim(run_dir, default, overwrite=overwrite))
+    folder = CvFolder.from_run_folder(RunFolder.claim(run_dir, config.default_run_dir("-cv"), overwrite=overwrite))
     folder.write_split(split)
     folder.write_settings(config, settings)
     return folder
@@ -166,8 +161,8 @@ def _out_of_fold(
     folder: CvFolder, config: Config, settings: dict[str, Any], console: Console
 ) -> tuple[list[dict[str, Any]], Tuning | None]:
     """Predict every fold's validation images with that fold's model: ``oof.npz``, metrics, tuning."""
-    spec = describe_dataset(config.data.name, config.data.options)
-    root, tta = resolve_data_root(config), settings["tta"]
+    spec = config.data.spec()
+    root, tta = config.data.resolved_root(), settings["tta"]
     device = distributed.resolve_device(config.train.device)
     oof_scorer, rows = Scorer(spec, device, keep_images=True), []
     with _oof_writer(folder.oof_path) as write:
@@ -179,8 +174,8 @@ def _out_of_fold(
         for fold in settings["folds"]:
             loaded = load_model(folder.fold_path(fold))
             val_split = str(folder.split_path(fold, "val"))
-            dataset = build_dataset(config.data.name, root, val_split, train=False, **config.data.options)
-            loader = DataLoader(dataset, batch_size=config.data.val_batch_size or config.data.batch_size)
+            dataset = config.data.build(val_split, train=False, root=root)
+            loader = DataLoader(dataset, batch_size=config.data.eval_batch_size)
             interval = config.output.progress_seconds
             with LoopProgress(console, f"out-of-fold {fold}", len(dataset), unit="image", interval=interval) as bar:
                 model = loaded.model.to(device)
@@ -189,7 +184,7 @@ def _out_of_fold(
                     loader,
                     spec,
                     device=device,
-                    tta=tta,
+                    predict=partial(predict_probabilities, tta=tta),
                     progress=bar.advance,
                     on_predictions=record,
                     across_processes=False,
@@ -234,7 +229,7 @@ def cross_validate(
     n_folds: int | None = None,
     folds: Sequence[int] | None = None,
     holdout: int = 0,
-    tta: Tta = "none",
+    tta: Tta = NO_TTA,
     run_dir: Path | None = None,
     resume: Path | None = None,
     overwrite: bool = False,
@@ -329,7 +324,7 @@ def _run_folds(
             return result
     if info.is_main:
         result.rows, result.tuning = _out_of_fold(folder, config, settings, console)
-        console.print(cv_table(result.rows, describe_dataset(config.data.name, config.data.options)))
+        console.print(cv_table(result.rows, config.data.spec()))
         if result.tuning is not None:
             console.print(f"post-processing: {result.tuning.describe()}")
     distributed.broadcast_object(None, info)  # the other ranks wait for rank 0's predictions

@@ -6,12 +6,12 @@ over members and augmentations). Its members are given as any mix of
 
 - run folders and model files (a run's ``best.pt``, a cosine-restart ``stageN_snapshotK.pt``, an
   exported ``model.safetensors``),
-- cv folders (every fold's model, see :mod:`lovaszseg.engine.cv`),
+- cv folders (every fold's model, see :mod:`lovaszseg.workflows.cv`),
 - ensemble folders written by :func:`write_ensemble` (``ensemble.yaml``: members and weights),
 
 and must agree on what they take and return (task, classes, channels, sizes and preprocessing). The
 folder a predictor comes from (run, cv or ensemble folder) keeps its ``eval.json`` and its tuned
-post-processing (:mod:`lovaszseg.postprocess`).
+post-processing (:mod:`lovaszseg.scoring.postprocess`).
 """
 
 from __future__ import annotations
@@ -27,14 +27,14 @@ import yaml
 from torch import Tensor, nn
 
 from lovaszseg.config import Config
-from lovaszseg.data import build_transform, transform_options
+from lovaszseg.data import transform_options
 from lovaszseg.data.io import atomic_write
 from lovaszseg.data.spec import DatasetSpec
-from lovaszseg.engine.cv_folder import CvFolder
-from lovaszseg.engine.run_folder import RunFolder, load_model
 from lovaszseg.errors import CheckpointError, ConfigError, RunFolderError
-from lovaszseg.inference import probabilities
-from lovaszseg.postprocess import POSTPROCESS_FILE, Tuning, load_tuning, save_tuning
+from lovaszseg.models import probabilities
+from lovaszseg.scoring.postprocess import POSTPROCESS_FILE, Tuning, load_tuning, save_tuning
+from lovaszseg.storage.cv_folder import CvFolder
+from lovaszseg.storage.run_folder import RunFolder, load_model
 
 __all__ = [
     "MANIFEST_FILE",
@@ -192,7 +192,7 @@ def _preprocessing(config: Config) -> dict[str, Any]:
     """The evaluation transform as albumentations serialises it: what a model's input really is."""
     import albumentations as A
 
-    return A.to_dict(build_transform(config.data.name, train=False, **config.data.options))
+    return A.to_dict(config.data.transform())
 
 
 def _check_agree(first: tuple[Member, Config, DatasetSpec], other: tuple[Member, Config, DatasetSpec]) -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -14,7 +15,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Sampler
 
-from lovaszseg.errors import ConfigError
+from lovaszseg.errors import ConfigError, LovaszsegError
 
 __all__ = [
     "DEVICE_NAMES",
@@ -25,6 +26,8 @@ __all__ = [
     "broadcast_object",
     "cleanup",
     "mean_over_ranks",
+    "on_main",
+    "open_on_main",
     "resolve_device",
     "setup",
     "wrap_model",
@@ -32,6 +35,14 @@ __all__ = [
 
 DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+T = TypeVar("T")
+
+
+class _HasPath(Protocol):
+    path: Path
+
+
+Folder = TypeVar("Folder", bound=_HasPath)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -111,6 +122,33 @@ def broadcast_object(value: Any, info: DistInfo) -> Any:
     holder = [value]
     dist.broadcast_object_list(holder, src=0)
     return holder[0]
+
+
+def on_main(info: DistInfo, compute: Callable[[], T]) -> T:
+    """Rank 0 computes a value (e.g. generates the demo data, returning its folder) and every rank gets
+    it; a user error raised there is raised on every rank, so that all of them stop."""
+    value, error = None, None
+    if info.is_main:
+        try:
+            value = compute()
+        except LovaszsegError as caught:
+            error = caught
+    value, error = broadcast_object((value, error), info)
+    if error is not None:
+        raise error
+    return value
+
+
+def open_on_main(info: DistInfo, open_folder: Callable[[], Folder], reopen: Callable[[Path], Folder]) -> Folder:
+    """Rank 0 creates (or reopens) and locks a run or cv folder; the other ranks get one at its path."""
+    opened: list[Folder] = []
+
+    def path() -> Path:
+        opened.append(open_folder())
+        return opened[0].path
+
+    where = on_main(info, path)
+    return opened[0] if opened else reopen(where)
 
 
 def any_rank(flag: bool, info: DistInfo) -> bool:

@@ -27,8 +27,9 @@ from torch import Tensor
 from lovaszseg.data.io import atomic_write, require_file
 from lovaszseg.data.spec import DatasetSpec
 from lovaszseg.errors import ConfigError
-from lovaszseg.metrics import image_iou
-from lovaszseg.postprocess import ImageCounts, PostProcessing, grid_index, image_scores
+from lovaszseg.scoring.metrics import image_iou
+from lovaszseg.scoring.catalogue import BINARY_METRICS, at_best_threshold_key, threshold_of
+from lovaszseg.scoring.postprocess import ImageCounts, PostProcessing, grid_index, image_scores
 from lovaszseg.thresholds import DEFAULT_THRESHOLD
 
 __all__ = [
@@ -127,25 +128,15 @@ def _ratio_columns(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray
     return np.stack([numerator, denominator], axis=1).astype(np.float64)
 
 
-# Binary metric -> the key of its threshold among the metrics engine's results (None: the default 0.5).
-_BINARY_THRESHOLD_KEYS = {
-    "salt_score": None,
-    "iou": None,
-    "image_iou": None,
-    "salt_score_at_best_threshold": "best_threshold",
-    "iou_at_best_threshold": "iou_best_threshold",
-    "image_iou_at_best_threshold": "image_iou_best_threshold",
-}
-
-
 def _binary_statistics(counts: ImageCounts, metrics: dict[str, float]) -> dict[str, np.ndarray]:
     """Per-image sums of the binary metrics at the default threshold and at each one's best threshold."""
     values: dict[str, np.ndarray] = {}
-    for name, key in _BINARY_THRESHOLD_KEYS.items():
+    names = [key for metric in BINARY_METRICS for key in (metric, at_best_threshold_key(metric))]
+    for name in names:
         if name not in metrics:
             continue
-        chosen = PostProcessing(DEFAULT_THRESHOLD if key is None else metrics[key])
-        metric = name.removesuffix("_at_best_threshold")
+        metric, key = threshold_of(name)
+        chosen = PostProcessing(threshold=DEFAULT_THRESHOLD if key is None else metrics[key])
         if metric == "iou":  # a ratio of sums over images, not a mean of per-image scores
             column = grid_index(chosen.threshold)
             intersection = counts.intersection[:, column]
@@ -160,7 +151,7 @@ class ImageRecorder:
     """Records per-image statistics while a split is scored: pass it as ``evaluate(on_predictions=...)``.
 
     Binary tasks take their per-image counts from the metrics engine's
-    :meth:`~lovaszseg.engine.evaluate.Scorer.image_counts`; multi-class tasks keep each image's
+    :meth:`~lovaszseg.scoring.engine.Scorer.image_counts`; multi-class tasks keep each image's
     per-class intersections and unions, its image mIoU and its correct and valid pixels here.
     """
 

@@ -23,10 +23,20 @@ import yaml
 from lovaszseg.config import Config, load_config
 from lovaszseg.data.folds import CvSplit, write_id_list
 from lovaszseg.data.io import atomic_write, read_csv_column
-from lovaszseg.engine.run_folder import RunFolder
 from lovaszseg.errors import CheckpointError, DataError
+from lovaszseg.storage.run_folder import RunFolder
 
-__all__ = ["CV_FILE", "CV_RESULTS_FILE", "CV_TABLE_FILE", "FOLDS_FILE", "HOLDOUT", "OOF_FILE", "CvFolder"]
+__all__ = [
+    "CV_FILE",
+    "CV_RESULTS_FILE",
+    "CV_TABLE_FILE",
+    "FOLDS_FILE",
+    "HOLDOUT",
+    "OOF_FILE",
+    "OUT_OF_FOLD",
+    "POSTPROCESSED",
+    "CvFolder",
+]
 
 CV_FILE = "cv.yaml"
 FOLDS_FILE = "folds.csv"
@@ -35,6 +45,8 @@ OOF_FILE = "oof.npz"
 CV_TABLE_FILE = "cv.csv"
 CV_RESULTS_FILE = "cv.json"
 HOLDOUT = "holdout"  # the fold name of held-out images, and the split name that evaluates them
+OUT_OF_FOLD = "oof"  # the row of cv.csv scoring every out-of-fold prediction, and the split name of eval
+POSTPROCESSED = "oof, tuned"  # the row of cv.csv after the post-processing tuned on them
 
 
 class CvFolder:

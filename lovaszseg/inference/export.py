@@ -22,20 +22,17 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
-import yaml
 
-from lovaszseg.data import build_transform
+from lovaszseg.config import CONFIG_METADATA_KEY
 from lovaszseg.data.io import atomic_write
-from lovaszseg.engine.run_folder import LoadedModel, load_model
 from lovaszseg.errors import ConfigError
-from lovaszseg.inference import probabilities
-from lovaszseg.models import output_stride
+from lovaszseg.models import output_stride, probabilities
+from lovaszseg.storage.run_folder import LoadedModel, load_model
 
 if TYPE_CHECKING:
     import onnx
 
 __all__ = [
-    "CONFIG_METADATA_KEY",
     "EXPORT_FORMATS",
     "INPUT_NAME",
     "ONNX_OPSET",
@@ -57,7 +54,6 @@ INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 # Largest difference of probabilities between ONNX Runtime and PyTorch an export may show.
 ONNX_TOLERANCE = 1e-4
-CONFIG_METADATA_KEY = "lovaszseg_config"
 # Example batch of the export: not 1, which torch.export would specialise the batch dimension to.
 _EXAMPLE_BATCH = 2
 # Side of the example input when the evaluation preset gives no fixed size (rounded up to the stride).
@@ -91,7 +87,7 @@ def export_run(
     """Export a trained model as an ONNX file or an smp ``save_pretrained`` folder.
 
     Args:
-        run_or_file: Run folder or model file (see :func:`~lovaszseg.engine.run_folder.load_model`).
+        run_or_file: Run folder or model file (see :func:`~lovaszseg.storage.run_folder.load_model`).
         export_format: ``onnx`` (one ``.onnx`` file) or ``smp`` (a folder for smp's ``from_pretrained``).
         out: The file or folder to write; written whole or not at all.
         overwrite: Replace an existing ``out`` (a file, or a folder that is not empty).
@@ -141,7 +137,7 @@ def model_usage(loaded: LoadedModel) -> dict[str, str]:
     import albumentations as A
 
     spec, data = loaded.spec, loaded.config.data
-    transform = build_transform(data.name, train=False, **data.options)
+    transform = data.transform()
     normalize = next(step for step in transform.transforms if isinstance(step, A.Normalize))
     size = _preset_size(loaded)
     channels = f"{spec.in_channels}, height, width"
@@ -177,7 +173,7 @@ def _preset_size(loaded: LoadedModel) -> tuple[int, int] | None:
     different sizes tell whether the preset resizes (one size) or only pads (sizes differ).
     """
     spec, data = loaded.spec, loaded.config.data
-    transform = build_transform(data.name, train=False, **data.options)
+    transform = data.transform()
     sizes = [spec.original_size] if spec.original_size else [(97, 131), (160, 120)]
     shapes = set()
     for height, width in sizes:
@@ -274,7 +270,7 @@ def export_onnx(loaded: LoadedModel, out: Path, *, overwrite: bool = False) -> E
         usage["input_size"] = f"{size[0]}x{size[1]} (fixed in this ONNX graph)"
     usage["opset"] = str(ONNX_OPSET)
     metadata = {**usage, "source": str(loaded.source)}
-    metadata[CONFIG_METADATA_KEY] = yaml.safe_dump(loaded.config.model_dump(), sort_keys=False)
+    metadata[CONFIG_METADATA_KEY] = loaded.config.to_yaml()
     onnx.helper.set_model_props(proto, metadata)
     with atomic_write(out, "wb") as handle:
         handle.write(proto.SerializeToString())

@@ -1,0 +1,1 @@
+"""Inference: probabilities of a model or an ensemble, test-time augmentation, submissions and export."""

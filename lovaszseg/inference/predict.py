@@ -1,0 +1,104 @@
+"""From a trained model (or an ensemble) to probabilities: batches with test-time augmentation, and folders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from lovaszseg.data.io import list_stems, read_image
+from lovaszseg.data.transforms import crop_to_original
+from lovaszseg.errors import DataError
+from lovaszseg.inference.tta import NO_TTA, Tta, tta_transforms
+from lovaszseg.models import check_input_size, probabilities
+
+__all__ = ["model_probabilities", "predict_folder", "predict_probabilities"]
+
+
+def predict_probabilities(
+    model: nn.Module, images: Tensor, tta: Tta = NO_TTA, *, logits: Tensor | None = None
+) -> Tensor:
+    """Class probabilities of a batch, averaged over test-time augmentations.
+
+    Args:
+        model: Segmentation model returning logits ``[B, C, H, W]``, or probabilities when it says so
+            with ``outputs_probabilities = True`` (:class:`~lovaszseg.inference.ensemble.Ensemble`).
+        images: Normalised images ``[B, in_channels, H, W]`` on the model's device.
+        tta: ``"none"`` or a transform of :mod:`lovaszseg.inference.tta` (``"hflip"``: also the mirrored images).
+        logits: The model's logits of ``images``, when the caller already has them (saves a forward pass).
+
+    Returns:
+        ``[B, C, H, W]`` float32: see :func:`probabilities`.
+    """
+    transforms = tta_transforms(tta)
+    probs = model_probabilities(model, images) if logits is None else probabilities(logits)
+    for transform in transforms:
+        probs = probs + transform.inverse(model_probabilities(model, transform.forward(images)))
+    return probs / (1 + len(transforms)) if transforms else probs
+
+
+def model_probabilities(model: nn.Module, images: Tensor) -> Tensor:
+    """Probabilities of a model returning logits, or of one returning probabilities (an ensemble)."""
+    return model(images).float() if getattr(model, "outputs_probabilities", False) else probabilities(model(images))
+
+
+@torch.no_grad()
+def predict_folder(
+    model: nn.Module,
+    images_dir: Path,
+    transform: Callable[..., dict[str, Any]],
+    *,
+    in_channels: int,
+    device: str | torch.device = "cpu",
+    tta: Tta = NO_TTA,
+    resized: tuple[int, int] | None = None,
+    batch_size: int = 16,
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """Predict every image of a folder, in file-name order.
+
+    Consecutive images of the same size share a forward pass; sizes may differ across the folder.
+
+    Args:
+        model: Segmentation model; it is put in eval mode.
+        images_dir: Folder of images (png, jpg, ...).
+        transform: The evaluation preset the model was trained with (pads and normalises).
+        in_channels: 1 to read images as grayscale, 3 for RGB.
+        device: Where to run the model.
+        tta: Test-time augmentation, see :func:`predict_probabilities`.
+        resized: The size images are resized to before padding, if the preset resizes.
+        batch_size: Most images per forward pass.
+
+    Yields:
+        ``(path, image, probabilities)``: the image file, the image as read (uint8 ``[H, W]`` or
+        ``[H, W, 3]``) and the class probabilities ``[C, H, W]`` cropped back to its size.
+
+    Raises:
+        DataError: no images in the folder, or an unreadable image.
+        ConfigError: an image whose (padded) size the model cannot take; the message names the file.
+    """
+    model.eval().to(device)
+    paths = list_stems(Path(images_dir))
+    if not paths:
+        raise DataError(f"no images (png, jpg, ...) in {images_dir}")
+    pending: list[tuple[Path, np.ndarray, Tensor]] = []
+
+    def flush() -> Iterator[tuple[Path, np.ndarray, np.ndarray]]:
+        batch = torch.stack([tensor for _, _, tensor in pending]).to(device)
+        probs = predict_probabilities(model, batch, tta).cpu()
+        for (path, image, _), prob in zip(pending, probs, strict=True):
+            yield path, image, crop_to_original(prob, image.shape[:2], resized=resized).numpy()
+        pending.clear()
+
+    for path in paths.values():
+        image = read_image(path, channels=in_channels)
+        tensor = transform(image=image)["image"]
+        if not pending or pending[-1][2].shape != tensor.shape:
+            check_input_size(model, *tensor.shape[-2:], f"image {path} ({image.shape[0]}x{image.shape[1]} as read)")
+        if pending and (len(pending) == batch_size or pending[-1][2].shape != tensor.shape):
+            yield from flush()
+        pending.append((path, image, tensor))
+    yield from flush()

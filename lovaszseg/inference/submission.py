@@ -1,0 +1,82 @@
+"""Kaggle TGS Salt submissions: ``id,rle_mask`` rows, validated before the file is written."""
+
+from __future__ import annotations
+
+import csv
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from lovaszseg.data.io import atomic_write
+from lovaszseg.errors import ConfigError, DataError
+from lovaszseg.rle import encode, validate_rles
+
+__all__ = ["write_submission"]
+
+
+def write_submission(
+    masks: Iterable[tuple[str, np.ndarray]],
+    path: Path,
+    *,
+    shape: tuple[int, int],
+    expected_ids: Iterable[str] | None = None,
+) -> Path:
+    """Write a Kaggle submission CSV (``id,rle_mask``), validated before anything is written.
+
+    Masks are run-length encoded and checked as they come and spooled to a temporary file, so memory
+    holds only the ids, whatever the number of images and the length of their rows; the file is
+    written (atomically, in ``expected_ids`` order when given) only once every row and id is checked.
+
+    Args:
+        masks: ``(id, binary mask [H, W])`` pairs, e.g. straight from a prediction loop.
+        path: CSV to write; nothing is written when validation fails.
+        shape: ``(height, width)`` every mask must have (TGS: 101x101).
+        expected_ids: The ids the competition expects (e.g. ``sample_submission.csv``); then the file
+            must hold exactly these, and in their order.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        DataError: a mask of another size, an id given twice, or runs that fail validation.
+        ConfigError: ``path`` is a folder.
+    """
+    if path.is_dir():
+        raise ConfigError(f"submission path {path} is a folder; name the CSV file to write")
+    expected = list(expected_ids) if expected_ids is not None else None
+    with tempfile.TemporaryFile("w+", encoding="utf-8", newline="") as spool:
+        rows = _spool_rows(masks, spool, shape)
+        try:
+            validate_rles(dict.fromkeys(rows, ""), shape, expected)  # the ids; every row was checked as it came
+        except ValueError as error:
+            raise DataError(f"submission not written: {error}") from error
+        with atomic_write(path, "w", newline="") as handle:
+            csv.writer(handle).writerow(["id", "rle_mask"])
+            for sample_id in expected if expected is not None else rows:
+                spool.seek(rows[sample_id])
+                handle.write(spool.readline())
+    return path
+
+
+def _spool_rows(masks: Iterable[tuple[str, np.ndarray]], spool: IO[str], shape: tuple[int, int]) -> dict[str, int]:
+    """Encode, check and append each mask's CSV row to ``spool``; return each id's row offset."""
+    offsets: dict[str, int] = {}
+    writer = csv.writer(spool)
+    for sample_id, mask in masks:
+        if mask.shape != tuple(shape):
+            raise DataError(
+                f"mask of id {sample_id!r} is {mask.shape[0]}x{mask.shape[1]}; a submission needs {shape[0]}x{shape[1]}"
+            )
+        if sample_id in offsets:
+            raise DataError(f"id {sample_id!r} appears more than once")
+        rle = encode(mask.astype(bool))
+        try:
+            validate_rles({sample_id: rle}, shape)
+        except ValueError as error:
+            raise DataError(f"submission not written: {error}") from error
+        offsets[sample_id] = spool.tell()
+        writer.writerow((sample_id, rle))
+    return offsets

@@ -1,0 +1,1 @@
+"""What every command runs on: devices and DDP processes, stop signals, progress display."""

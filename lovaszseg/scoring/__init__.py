@@ -1,0 +1,1 @@
+"""Scoring: the streaming metrics engine, the metric catalogue, post-processing steps and evidence."""
