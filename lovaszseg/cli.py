@@ -16,6 +16,8 @@ import typer
 from rich.console import Console
 
 from lovaszseg.errors import LovaszsegError
+from lovaszseg.inference.export import describe_formats
+from lovaszseg.inference.tta import tta_names
 from lovaszseg.thresholds import DEFAULT_THRESHOLD
 
 console = Console()
@@ -132,7 +134,7 @@ def train_command(
         console.print(f"done: {result.run_dir}")
 
 
-TTA_HELP = "Test-time augmentation: none, or hflip (average with the mirrored prediction)."
+TTA_HELP = "Test-time augmentation: " + ", ".join(tta_names()) + " (hflip: average with the mirrored prediction)."
 DEVICE_HELP = "auto (CUDA if available), cpu, cuda or cuda:N."
 MODELS_HELP = (
     "Run folder or model file (a run's .pt, e.g. a cosine-restart snapshot, or a .safetensors), cv folder "
@@ -140,11 +142,12 @@ MODELS_HELP = (
 )
 WEIGHTS_HELP = "Ensemble weights, one per model argument, comma-separated (default: equal), e.g. 2,1,1."
 THRESHOLD_HELP = (
-    "Binary models: probability threshold in [0, 1], or auto (tuned: out of fold for a cv folder, "
-    "else on the validation split)."
+    f"Binary models: probability threshold in [0, 1] (default {DEFAULT_THRESHOLD}), or auto (tuned: out of "
+    "fold for a cv folder, else on the validation split)."
 )
 MIN_AREA_HELP = (
-    "Binary models: masks with fewer foreground pixels are emptied (0: never), or auto (tuned with the threshold)."
+    "Binary models: masks with fewer foreground pixels are emptied (default 0: never), or auto (tuned for the "
+    "threshold used)."
 )
 
 
@@ -158,9 +161,10 @@ def _parse_weights(text: str | None) -> list[float] | None:
         raise typer.Exit(USER_ERROR_EXIT) from None
 
 
-def _parse_auto(option: str, text: str, kind: type) -> Any:
-    """A number of ``kind``, or the string ``auto``."""
-    if text == "auto":
+def _parse_auto(option: str, text: str | None, kind: type) -> Any:
+    """A number of ``kind``, the string ``auto``, or None when the option was not given (the library
+    checks the value's range: one place for it)."""
+    if text is None or text == "auto":
         return text
     try:
         return kind(text)
@@ -265,7 +269,7 @@ def eval_command(
 
     from lovaszseg.workflows.runs import evaluate_run
 
-    metrics = _user_errors(
+    result = _user_errors(
         evaluate_run,
         runs,
         weights=_parse_weights(weights),
@@ -275,13 +279,10 @@ def eval_command(
         data_root=data_root,
         console=console,
     )
-    from lovaszseg.storage.cv_folder import CvFolder
-
-    default = "oof" if len(runs) == 1 and CvFolder.is_cv_folder(runs[0]) else "val"
-    table = Table(title=f"{' + '.join(map(str, runs))} on {split or default} (tta {tta})")
+    table = Table(title=f"{' + '.join(map(str, runs))} on {result.split} (tta {result.tta})")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for name, value in metrics.items():
+    for name, value in result.items():
         table.add_row(name, f"{value:.0f}" if name.endswith("min_area") else f"{value:.4f}")
     console.print(table)
 
@@ -293,8 +294,8 @@ def predict_command(
     out_dir: Path = typer.Argument(..., help="Output folder: masks/ and overlays/ PNGs are written there."),
     weights: str | None = typer.Option(None, help=WEIGHTS_HELP),
     tta: str = typer.Option("none", help=TTA_HELP),
-    threshold: str = typer.Option(str(DEFAULT_THRESHOLD), help=THRESHOLD_HELP),
-    min_area: str = typer.Option("0", help=MIN_AREA_HELP),
+    threshold: str | None = typer.Option(None, help=THRESHOLD_HELP),
+    min_area: str | None = typer.Option(None, help=MIN_AREA_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
     """Predict masks (VOC palette PNGs for multi-class models) and image+mask overlays."""
@@ -322,8 +323,8 @@ def submit_command(
     out: Path = typer.Option(Path("submission.csv"), "--out", help="CSV to write (validated before writing)."),
     weights: str | None = typer.Option(None, help=WEIGHTS_HELP),
     tta: str = typer.Option("none", help=TTA_HELP),
-    threshold: str = typer.Option(str(DEFAULT_THRESHOLD), help=THRESHOLD_HELP),
-    min_area: str = typer.Option("0", help=MIN_AREA_HELP),
+    threshold: str | None = typer.Option(None, help=THRESHOLD_HELP),
+    min_area: str | None = typer.Option(None, help=MIN_AREA_HELP),
     sample_submission: Path | None = typer.Option(
         None, help="Kaggle's sample_submission.csv (default: the one beside TEST_DIR): ids must match it."
     ),
@@ -355,11 +356,11 @@ def submit_command(
 @app.command("export")
 def export_command(
     run: Path = typer.Argument(..., help="Run folder or model file (a run's .pt, or an exported .safetensors)."),
-    export_format: str = typer.Option(..., "--format", help="onnx (one .onnx file) or smp (a from_pretrained folder)."),
-    out: Path = typer.Option(..., "--out", help="The .onnx file or the smp folder to write."),
+    export_format: str = typer.Option(..., "--format", help=f"One of: {describe_formats()}."),
+    out: Path = typer.Option(..., "--out", help="The file or folder to write (checked before the model is loaded)."),
     overwrite: bool = typer.Option(False, help="Replace --out if it exists (a file, or a folder that is not empty)."),
 ) -> None:
-    """Export a trained model for use without lovaszseg: ONNX (onnxruntime, ...) or smp's save_pretrained folder.
+    """Export a trained model for use without lovaszseg: ONNX (onnxruntime, ...), smp's save_pretrained folder, ...
 
     ONNX: input 'images' [batch, C, height, width] normalised as printed, output 'logits' [batch, classes,
     height, width]; dynamic batch (and height and width when the graph allows), checked against PyTorch
@@ -369,11 +370,14 @@ def export_command(
     from lovaszseg.inference.export import export_run
 
     result = _user_errors(export_run, run, export_format, out, overwrite=overwrite)
-    what = f"ONNX opset {result.usage['opset']}" if result.format == "onnx" else "smp save_pretrained folder"
-    console.print(f"wrote {result.path} ({what}) from {result.source}", soft_wrap=True, markup=False, highlight=False)
+    console.print(
+        f"wrote {result.path} ({result.label}) from {result.source}", soft_wrap=True, markup=False, highlight=False
+    )
     rows = dict(result.usage)
     if result.max_difference is not None:
-        rows["checked"] = f"onnxruntime vs PyTorch: max abs difference of probabilities {result.max_difference:.1e}"
+        rows["checked"] = (
+            f"{result.checked_with} vs PyTorch: max abs difference of probabilities {result.max_difference:.1e}"
+        )
     for name, text in rows.items():
         console.print(f"  {name:<14} {text}", soft_wrap=True, markup=False, highlight=False)
 

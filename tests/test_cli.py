@@ -375,6 +375,13 @@ def test_voc_run_evaluates_miou_and_predicts_palette_masks(tiny_voc: Path, tmp_p
     assert result.exit_code == 0, result.output
     mask = Image.open(next((tmp_path / "pred" / "masks").glob("*.png")))
     assert mask.mode == "P" and mask.size == (64, 64)
+    # Binary-only options are refused, not ignored, and nothing is written.
+    for option in (["--threshold", "0.3"], ["--min-area", "20"], ["--threshold", "auto"]):
+        arguments = ["predict", str(tmp_path / "voc"), str(images), str(tmp_path / "binary"), *option]
+        result = runner.invoke(app, arguments)
+        assert result.exit_code == 2, result.output
+        assert f"{option[0]} {option[1]}: binary models only" in result.output and "is multi-class" in result.output
+        assert not (tmp_path / "binary" / "masks").exists()
     # A multi-class model cannot make a (binary RLE) submission.
     result = runner.invoke(app, ["submit", str(tmp_path / "voc"), str(images), "--out", str(tmp_path / "s.csv")])
     assert result.exit_code == 2 and "this model is multi-class" in result.output

@@ -274,3 +274,30 @@ def test_a_cv_folder_shares_its_weight_among_its_folds(salt_cv: Path) -> None:
         ("fold-2", "model.safetensors", 1.0),
         ("fold-0", "best.pt", 1.0),
     ]
+
+
+@pytest.mark.parametrize("how", ["copy", "move"])
+def test_a_copied_or_moved_cv_folder_keeps_its_tuning(how: str, salt_cv: Path, tiny_salt: Path, tmp_path: Path) -> None:
+    original = evaluate_run(salt_cv, device="cpu", out=tmp_path / "original")
+    copy = tmp_path / "copy"
+    shutil.copytree(salt_cv, copy, symlinks=True)  # cp -a
+    if how == "move":
+        copy = Path(shutil.move(copy, tmp_path / "elsewhere" / "moved"))
+    moved = evaluate_run(copy, device="cpu")
+    assert dict(moved) == dict(original) and "postprocess_min_area" in moved
+    _, used = submit_run(copy, tiny_salt / "test", tmp_path / "s.csv", threshold="auto", min_area="auto", device="cpu")
+    assert (used.threshold, used.min_area) == (original["postprocess_threshold"], original["postprocess_min_area"])
+
+
+def test_an_interrupted_cv_says_to_resume_the_cv(tiny_salt: Path, tmp_path: Path) -> None:
+    out = io.StringIO()
+    stopped = cross_validate(
+        _config(tiny_salt, tmp_path, TWO_EPOCHS),
+        n_folds=2,
+        run_dir=tmp_path / "cv",
+        stop_after_epochs=1,
+        console=Console(file=out, width=300),
+    )
+    assert not stopped.completed
+    assert f"continue with: lovaszseg cv --resume {tmp_path / 'cv'}" in out.getvalue()
+    assert "lovaszseg train --resume" not in out.getvalue()

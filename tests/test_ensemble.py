@@ -67,7 +67,14 @@ def test_multiclass_average_is_of_softmax_probabilities() -> None:
 
 
 @pytest.mark.parametrize(
-    ("weights", "message"), [([1.0], "one weight per member"), ([1.0, -1.0], "non-negative"), ([0.0, 0.0], "not all 0")]
+    ("weights", "message"),
+    [
+        ([1.0], "one weight per member"),
+        ([1.0, -1.0], "non-negative"),
+        ([0.0, 0.0], "not all 0"),
+        ([1.0, float("nan")], "finite"),
+        ([float("inf"), 1.0], "finite"),
+    ],
 )
 def test_bad_weights_are_config_errors(weights: list[float], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -172,3 +179,26 @@ def test_members_may_differ_in_training_augmentation(
     config = tiny_salt_config(tiny_salt, tmp_path, stages=ONE_STAGE, data=data)
     other = train(load_config(config), run_dir=tmp_path / "other", console=_quiet()).run_dir
     assert len(load_predictor([two_runs[0], other]).members) == 2  # the evaluation transform is the same
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        ([1.0, float("nan")], r"finite, non-negative and not all 0, got \[1\.0, nan\]"),
+        ([float("inf"), 1.0], r"finite, non-negative and not all 0, got \[inf, 1\.0\]"),
+        ([0.0, 0.0], r"finite, non-negative and not all 0, got \[0\.0, 0\.0\]"),
+    ],
+)
+def test_non_finite_or_zero_weights_are_refused_on_the_command_line_and_in_a_manifest(
+    weights: list[float], message: str, two_runs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match="--weights: ensemble weights must be " + message):
+        resolve_members(list(two_runs), weights=weights)
+    write_ensemble(list(two_runs), tmp_path / "ens")
+    manifest = tmp_path / "ens" / "ensemble.yaml"
+    entries = yaml.safe_load(manifest.read_text())
+    for entry, weight in zip(entries["members"], weights, strict=True):
+        entry["weight"] = weight  # as a hand edit would leave it (YAML .nan / .inf)
+    manifest.write_text(yaml.safe_dump(entries))
+    with pytest.raises(ConfigError, match=f"{manifest}: ensemble weights must be " + message):
+        load_predictor(tmp_path / "ens")

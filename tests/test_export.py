@@ -1,8 +1,12 @@
-"""lovaszseg export: ONNX checked against PyTorch on real TGS images, smp's from_pretrained round trip, errors."""
+"""lovaszseg export: ONNX checked against PyTorch on real TGS images, smp's from_pretrained round trip, the
+registry of formats, and destinations refused before any work."""
 
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +19,20 @@ from lovaszseg.cli import app
 from lovaszseg.config import CONFIG_METADATA_KEY, load_config
 from lovaszseg.data import build_transform, describe_dataset
 from lovaszseg.data.io import list_stems, read_image
-from lovaszseg.errors import CheckpointError, ConfigError
-from lovaszseg.inference.export import ONNX_OPSET, ExportResult, export_run
+from lovaszseg.errors import CheckpointError, ConfigError, OutputError
+from lovaszseg.inference import export
+from lovaszseg.inference.export import (
+    EXPORT_FORMATS,
+    ONNX_OPSET,
+    Exporter,
+    ExportResult,
+    export_run,
+    model_usage,
+    register_exporter,
+)
 from lovaszseg.inference.predict import probabilities
 from lovaszseg.models import build_model
-from lovaszseg.storage.run_folder import RunFolder, load_model
+from lovaszseg.storage.run_folder import LoadedModel, RunFolder, load_model
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -162,7 +175,7 @@ def test_an_onnx_file_is_kept_without_overwrite(run: Path, tmp_path: Path) -> No
     ("export_format", "out_kind", "error", "message"),
     [
         ("tflite", None, ConfigError, r"unknown export format 'tflite'; choose from onnx, smp"),
-        ("onnx", "folder", ConfigError, r"is a folder; name the \.onnx file"),
+        ("onnx", "folder", ConfigError, r"is a folder; the onnx export writes a file"),
         ("smp", "file", ConfigError, r"is a file; the smp export writes a folder"),
     ],
 )
@@ -178,9 +191,68 @@ def test_unusable_formats_and_outs_are_refused_before_loading(
         export_run(tmp_path / "no-such-run", export_format, out)  # refused before the run is looked for
 
 
-def test_export_has_help() -> None:
+@pytest.mark.parametrize("export_format", EXPORT_FORMATS)
+@pytest.mark.parametrize(
+    ("where", "reason"),
+    [
+        ("/proc/lovaszseg-export-test/out", r"/proc does not take new folders"),
+        ("a-file/out", r"a-file is not a folder"),
+    ],
+)
+def test_an_out_that_cannot_be_written_is_refused_before_loading(
+    tmp_path: Path, export_format: str, where: str, reason: str
+) -> None:
+    (tmp_path / "a-file").write_text("x")
+    out = Path(where) if where.startswith("/") else tmp_path / where
+    with pytest.raises(OutputError, match=rf"^cannot write --out {re.escape(str(out))}: .*{reason}$"):
+        export_run(tmp_path / "no-such-run", export_format, out)  # an OutputError, not the missing run's error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"] and (tmp_path / "a-file").read_text() == "x"
+    assert not out.parent.exists() or out.parent == tmp_path / "a-file"
+
+
+def test_an_unwritable_out_is_one_error_line_and_exit_2(run: Path) -> None:
+    out = "/proc/lovaszseg-export-test/model.onnx"
+    result = runner.invoke(app, ["export", str(run), "--format", "onnx", "--out", out])
+    assert result.exit_code == 2
+    assert result.output.splitlines() == [f"error: cannot write --out {out}: /proc does not take new folders"]
+
+
+def test_the_formats_are_the_registered_ones_and_the_help_lists_them() -> None:
+    assert EXPORT_FORMATS == ("onnx", "smp")
     result = runner.invoke(app, ["export", "--help"])
-    assert result.exit_code == 0 and "--format" in result.output and "--overwrite" in result.output
+    assert result.exit_code == 0 and "--overwrite" in result.output
+    text = " ".join(result.output.replace("│", " ").split())
+    assert "One of: onnx (one .onnx file, checked with onnxruntime), smp (a folder for smp's from_pretrained)." in text
+
+
+def test_a_registered_format_is_exported_by_export_run_and_the_cli(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(export, "_REGISTRY", dict(export._REGISTRY))  # the test's format leaves with the test
+
+    def export_text(loaded: LoadedModel, out: Path, *, overwrite: bool = False) -> ExportResult:
+        usage = model_usage(loaded)
+        out.write_text(f"mean {usage['mean']}\n")
+        return ExportResult(out, "text", loaded.source, usage, "a text file")
+
+    register_exporter(Exporter("text", False, export_text, "the normalisation as text"))
+    with pytest.raises(AssertionError, match="registered twice"):
+        register_exporter(Exporter("text", False, export_text, "again"))
+    assert "text (the normalisation as text)" in export.describe_formats()
+    result = export_run(run, "text", tmp_path / "usage.txt")
+    assert (result.path.read_text(), result.format, result.max_difference) == ("mean 0.473\n", "text", None)
+    out = tmp_path / "cli.txt"
+    cli = runner.invoke(app, ["export", str(run), "--format", "text", "--out", str(out)])
+    assert cli.exit_code == 0 and f"wrote {out} (a text file) from {run / 'model.safetensors'}" in cli.output
+    assert "checked" not in cli.output and out.read_text() == "mean 0.473\n"
+    with pytest.raises(ConfigError, match=r"choose from onnx, smp, text$"):
+        export_run(run, "tflite", tmp_path / "x")
+
+
+def test_importing_the_registry_imports_no_torch() -> None:
+    # The CLI imports it for --format's help, which must stay instant.
+    code = "import sys, lovaszseg.inference.export; print(sorted({'torch', 'albumentations'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
 
 
 def test_a_bad_run_is_a_checkpoint_error_and_one_red_line(tmp_path: Path) -> None:

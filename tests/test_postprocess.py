@@ -11,16 +11,19 @@ import torch
 
 from lovaszseg.data.spec import DatasetSpec
 from lovaszseg.errors import ConfigError, DataError
+from lovaszseg.scoring.catalogue import BINARY_METRICS
 from lovaszseg.scoring.engine import Scorer
 from lovaszseg.scoring.metrics import salt_score
 from lovaszseg.scoring.postprocess import (
-    POSTPROCESS_METRICS,
+    AUTO,
     ImageCounts,
     PostProcessing,
     evaluate_postprocessing,
     image_scores,
     load_tuning,
+    resolve,
     save_tuning,
+    step_classes,
     tune_postprocessing,
 )
 from lovaszseg.thresholds import THRESHOLD_GRID
@@ -50,7 +53,7 @@ def _brute_force(counts: ImageCounts, metric: str) -> tuple[float, float, int]:
     return best
 
 
-@pytest.mark.parametrize("metric", POSTPROCESS_METRICS)
+@pytest.mark.parametrize("metric", BINARY_METRICS)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_tuning_finds_the_brute_force_optimum(metric: str, seed: int) -> None:
     counts = _random_counts(seed)
@@ -61,7 +64,7 @@ def test_tuning_finds_the_brute_force_optimum(metric: str, seed: int) -> None:
     assert tuning.images == len(counts)
 
 
-@pytest.mark.parametrize("metric", POSTPROCESS_METRICS)
+@pytest.mark.parametrize("metric", BINARY_METRICS)
 @pytest.mark.parametrize("seed", range(6))
 def test_tuned_post_processing_never_scores_below_the_untuned(metric: str, seed: int) -> None:
     tuning = tune_postprocessing(_random_counts(seed, images=30 + 10 * seed), metric)
@@ -130,7 +133,7 @@ def test_a_tuning_is_kept_for_its_models_only(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("threshold", "min_area", "message"),
-    [(1.5, 0, "threshold must be a probability"), (0.5, -1, "min_area must be a non-negative"), (0.5, 2.5, "min_area")],
+    [(1.5, 0, "threshold must be a probability"), (0.5, -1, "min-area must be a non-negative"), (0.5, 2.5, "min-area")],
 )
 def test_bad_post_processing_values_are_config_errors(threshold: float, min_area: int, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -145,3 +148,54 @@ def test_tuning_needs_a_known_metric_and_images() -> None:
     )
     with pytest.raises(ConfigError, match="no images"):
         tune_postprocessing(empty)
+
+
+@pytest.mark.parametrize("metric", BINARY_METRICS)
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.77])
+def test_a_rule_tuned_at_a_fixed_threshold_is_the_brute_force_optimum_there(metric: str, threshold: float) -> None:
+    counts = _random_counts(4)
+    tuning = tune_postprocessing(counts, metric, fixed={"threshold": threshold})
+    largest = int(counts.predicted.max()) + 1
+    values = [evaluate_postprocessing(counts, PostProcessing(threshold, m))[metric] for m in range(largest + 1)]
+    assert tuning.chosen == PostProcessing(threshold, int(np.argmax(values)))
+    assert tuning.after[metric] == pytest.approx(max(values), abs=1e-12)
+
+
+def test_the_joint_tuning_keeps_every_thresholds_best_rule_for_auto_at_that_threshold() -> None:
+    counts = _random_counts(5)
+    joint = tune_postprocessing(counts, "salt_score")
+    for threshold in (0.2, 0.5, 0.9):
+        at = tune_postprocessing(counts, "salt_score", fixed={"threshold": threshold})
+        assert resolve({"threshold": threshold, "min_area": AUTO}, joint, "m") == at.chosen
+    assert resolve({"threshold": AUTO, "min_area": AUTO}, joint, "m") == joint.chosen
+    alone = resolve({"threshold": AUTO, "min_area": 0}, joint, "m")
+    assert alone == tune_postprocessing(counts, "salt_score", fixed={"min_area": 0}).chosen
+    assert resolve({"threshold": 0.4}, None, "m") == PostProcessing(0.4, 0)  # nothing auto: no tuning needed
+
+
+@pytest.mark.parametrize(
+    ("requested", "tuning", "message"),
+    [
+        ({"threshold": AUTO}, None, "m has no tuned post-processing for 'auto'"),
+        ({"threshold": 0.333, "min_area": AUTO}, "joint", r"threshold 0\.333 is not one of them"),
+        ({"threshold": 0.4, "min_area": AUTO}, "fixed", r"min_area auto was tuned for threshold 0\.50 only"),
+        ({"threshold": 1.5, "min_area": AUTO}, "joint", r"threshold must be a probability in \[0, 1\], got 1\.5"),
+        ({"gate": 0.5}, None, "unknown post-processing step"),
+    ],
+)
+def test_auto_that_cannot_be_resolved_says_why(requested: dict, tuning: str | None, message: str) -> None:
+    made = {
+        "joint": tune_postprocessing(_random_counts(0)),
+        "fixed": tune_postprocessing(_random_counts(0), fixed={"threshold": 0.5}),
+    }
+    with pytest.raises(ConfigError, match=message):
+        resolve(requested, made.get(tuning or ""), "m")
+
+
+def test_steps_run_in_order_and_apply_to_a_batch_as_to_each_image() -> None:
+    assert [step.name for step in step_classes()] == ["threshold", "min_area"]
+    probs = np.random.default_rng(0).random((4, 9, 9)).astype(np.float32) ** 3
+    chosen = PostProcessing(threshold=0.5, min_area=8)
+    np.testing.assert_array_equal(chosen.apply(probs), np.stack([chosen.apply(p) for p in probs]))
+    assert chosen.values() == {"threshold": 0.5, "min_area": 8} and chosen.min_area == 8
+    assert repr(chosen) == "PostProcessing(threshold=0.5, min_area=8)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from PIL import Image
 from rich.console import Console
 from torch.utils.data import DataLoader
 
+import lovaszseg.workflows.runs
 from lovaszseg.config import load_config
 from lovaszseg.data import build_dataset, build_transform
 from lovaszseg.errors import CheckpointError, ConfigError, DataError
@@ -26,10 +28,10 @@ from lovaszseg.scoring.engine import Scorer
 from lovaszseg.scoring.metrics import ConfusionMatrix, binary_iou
 from lovaszseg.scoring.postprocess import PostProcessing
 from lovaszseg.storage.checkpoint import load_checkpoint
-from lovaszseg.storage.run_folder import load_model
+from lovaszseg.storage.run_folder import RunFolder, load_model
 from lovaszseg.thresholds import DEFAULT_THRESHOLD, THRESHOLD_GRID
 from lovaszseg.training import train
-from lovaszseg.workflows.runs import check_threshold, evaluate_run, predict_run, submit_run
+from lovaszseg.workflows.runs import evaluate_run, predict_run, submit_run
 
 # One short epoch at a low rate: probabilities spread over (0, 1) rather than collapsed to 0 or 1.
 ONE_STAGE = [{"name": "bce", "loss": "bce", "epochs": 1, "lr": 0.001}]
@@ -215,7 +217,9 @@ def test_submit_refuses_ids_that_differ_from_the_sample_submission(
     sample = tmp_path / "sample.csv"
     sample.write_text("id,rle_mask\n" + "".join(f"{p.stem},1 1\n" for p in real_test_images[:4]) + "other,1 1\n")
     out = tmp_path / "out" / "s.csv"
-    with pytest.raises(DataError, match=rf"1 missing id\(s\), first \['other'\].*'{real_test_images[4].stem}'"):
+    message = rf"sample submission {sample} does not match the test images: 1 id\(s\) with no image in {folder}, "
+    message += rf"e\.g\. other; 1 image\(s\) it does not list, e\.g\. {real_test_images[4].stem}"
+    with pytest.raises(DataError, match=message):
         submit_run(salt_run, folder, out, sample_submission=sample, device="cpu")
     assert not out.parent.exists() or not _no_files(out.parent)
 
@@ -252,7 +256,7 @@ def test_thresholds_outside_zero_one_are_config_errors(
 ) -> None:
     message = rf"threshold must be a probability in \[0, 1\], got {threshold!r}"
     with pytest.raises(ConfigError, match=message):
-        check_threshold(threshold)
+        PostProcessing(threshold=threshold)
     with pytest.raises(ConfigError, match=message):
         submit_run(salt_run, tiny_salt / "test", tmp_path / "s.csv", threshold=threshold, device="cpu")
     with pytest.raises(ConfigError, match=message):
@@ -262,7 +266,8 @@ def test_thresholds_outside_zero_one_are_config_errors(
 
 @pytest.mark.parametrize("threshold", [0, 0.0, 0.5, 1, 1.0])
 def test_thresholds_in_zero_one_are_accepted(threshold: float) -> None:
-    assert check_threshold(threshold) == float(threshold) and isinstance(check_threshold(threshold), float)
+    chosen = PostProcessing(threshold=threshold).threshold
+    assert chosen == float(threshold) and isinstance(chosen, float)
 
 
 def test_submit_out_naming_a_folder_is_a_config_error(salt_run: Path, tiny_salt: Path, tmp_path: Path) -> None:
@@ -409,3 +414,63 @@ def test_a_folder_without_config_yaml_is_refused_by_name(source: str, salt_run: 
         shutil.copy(salt_run / name, folder / name)
     with pytest.raises(CheckpointError, match=rf"{folder} is not a run folder: it has no config\.yaml"):
         load_model(folder / source if source else folder)
+
+
+# --- post-processing asked for, and folders another process writes ----------------------------------------
+
+
+def test_min_area_auto_at_a_given_threshold_is_the_one_tuned_for_that_threshold(
+    salt_run: Path, tiny_salt: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(salt_run, run)
+    evaluate_run(run, device="cpu")
+    tuning = json.loads((run / "postprocess.json").read_text())
+    column = THRESHOLD_GRID.index(0.3)
+    _, used = submit_run(run, tiny_salt / "test", tmp_path / "s.csv", threshold=0.3, min_area="auto", device="cpu")
+    assert used == PostProcessing(threshold=0.3, min_area=tuning["by_threshold"]["min_area"][column])
+    # ... which is what tuning the min-area alone at 0.3 on the validation predictions gives.
+    scorer = Scorer(load_model(run).spec, keep_images=True)
+    loaded = load_model(run)
+    dataset = build_dataset("tgs", tiny_salt, loaded.config.data.val_split, train=False, **loaded.config.data.options)
+    from lovaszseg.scoring.engine import evaluate
+    from lovaszseg.scoring.postprocess import tune_postprocessing
+
+    evaluate(loaded.model, DataLoader(dataset, batch_size=4), loaded.spec, device="cpu", scorer=scorer)
+    alone = tune_postprocessing(scorer.image_counts(), tuning["metric"], fixed={"threshold": 0.3})
+    assert used == alone.chosen
+    with pytest.raises(ConfigError, match=r"threshold 0\.337 is not one of them"):
+        submit_run(run, tiny_salt / "test", tmp_path / "t.csv", threshold=0.337, min_area="auto", device="cpu")
+
+
+def test_eval_of_a_run_another_process_writes_scores_it_without_writing_into_it(salt_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(salt_run, run)
+    for name in ("eval.json", "postprocess.json"):
+        (run / name).unlink(missing_ok=True)
+    trainer = RunFolder(run)
+    trainer.lock()  # as a training process holds it
+    try:
+        output = io.StringIO()
+        metrics = evaluate_run(run, device="cpu", console=Console(file=output, width=300))
+    finally:
+        trainer.release()
+    assert "still training; scored without writing eval.json or postprocess.json" in output.getvalue()
+    assert f"PID {os.getpid()}" in output.getvalue()
+    assert metrics.written is None and metrics.split == "val"
+    assert not (run / "eval.json").exists() and not (run / "postprocess.json").exists()
+    assert dict(metrics) == dict(evaluate_run(run, device="cpu"))  # once it is free, the same numbers, written
+    assert (run / "eval.json").is_file() and (run / "postprocess.json").is_file()
+
+
+def test_a_sample_submission_that_does_not_match_is_refused_before_any_prediction(
+    salt_run: Path, real_test_images: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = _copy_images(real_test_images, tmp_path / "test" / "images")
+    (tmp_path / "sample_submission.csv").write_text(
+        "id,rle_mask\n" + "".join(f"{p.stem},1 1\n" for p in real_test_images[1:]) + "ghost,1 1\n"
+    )
+    monkeypatch.setattr(lovaszseg.workflows.runs, "load_predictor", lambda *a, **k: pytest.fail("model loaded"))
+    with pytest.raises(DataError, match=rf"sample submission {tmp_path / 'sample_submission.csv'} does not match"):
+        submit_run(salt_run, folder.parent, tmp_path / "s.csv", device="cpu")
+    assert not (tmp_path / "s.csv").exists()

@@ -441,8 +441,8 @@ def check_writable(path: Path, what: str, *, folder: bool = False) -> None:
         reason = f"{ancestor} is not a folder"
     elif not os.access(ancestor, os.W_OK | os.X_OK):
         reason = f"no permission to write in {ancestor}"
-    elif ancestor != target and _is_pseudo_filesystem(ancestor):
-        reason = f"{ancestor} does not take new folders"
+    elif _is_pseudo_filesystem(ancestor):
+        reason = f"{ancestor} is on a kernel file system that takes no new files"
     if reason is not None:
         raise OutputError(f"cannot write {what} {path}: {reason}")
 

@@ -16,6 +16,7 @@ post-processing (:mod:`lovaszseg.scoring.postprocess`).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -41,6 +42,7 @@ __all__ = [
     "Ensemble",
     "Member",
     "Predictor",
+    "check_weights",
     "load_predictor",
     "model_names",
     "resolve_members",
@@ -82,8 +84,7 @@ class Ensemble(nn.Module):
             raise ConfigError(
                 f"an ensemble needs one weight per member, got {len(models)} members and {len(weights)} weights"
             )
-        if any(w < 0 for w in weights) or sum(weights) <= 0:
-            raise ConfigError(f"ensemble weights must be non-negative and not all 0, got {list(weights)}")
+        weights = check_weights(weights, "Ensemble")
         self.members = nn.ModuleList(models)
         self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32) / sum(weights), persistent=False)
 
@@ -117,9 +118,10 @@ class Predictor:
     cv: CvFolder | None = None
     member_configs: list[Config] = field(default_factory=list)
     model_names: tuple[str, ...] = field(init=False)
+    tuned: Tuning | None = field(default=None, init=False)  # a tuning made in this process (kept or not)
 
     def __post_init__(self) -> None:
-        self.model_names = model_names(self.members)
+        self.model_names = model_names(self.members, self.home)
 
     @property
     def name(self) -> str:
@@ -129,26 +131,51 @@ class Predictor:
         return " + ".join(str(m.path) for m in self.members)
 
     def tuning(self) -> Tuning | None:
-        """The post-processing kept in :attr:`home` for exactly these members, or None."""
+        """The post-processing tuned for exactly these members: made in this process, else kept in
+        :attr:`home`, else None."""
+        if self.tuned is not None:
+            return self.tuned
         return load_tuning(self.home, self.model_names) if self.home is not None else None
 
     def save_tuning(self, tuning: Tuning) -> None:
+        """Keep ``tuning`` in :attr:`home` (the caller holds the folder's lock)."""
         if self.home is not None:
             save_tuning(self.home, tuning)
 
 
-def model_names(members: Sequence[Member]) -> tuple[str, ...]:
-    """How a tuned post-processing names the models (and weights) it was tuned for."""
-    return tuple(f"{m.path.resolve()}*{m.weight:g}" for m in members)
+def model_names(members: Sequence[Member], home: Path | None) -> tuple[str, ...]:
+    """How a tuned post-processing names the models (and weights) it was tuned for: their paths relative
+    to the folder that keeps the tuning, so that it survives the folder being copied or moved."""
+    root = (home or Path()).resolve()
+    return tuple(f"{os.path.relpath(m.path.resolve(), root)}*{m.weight:g}" for m in members)
+
+
+def check_weights(weights: Sequence[float], where: str) -> list[float]:
+    """Ensemble weights as floats: finite, non-negative and not all 0.
+
+    Raises:
+        ConfigError: anything else, naming ``where`` they come from.
+    """
+    try:
+        values = [float(w) for w in weights]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: ensemble weights must be numbers, got {list(weights)}") from None
+    if not all(math.isfinite(w) and w >= 0 for w in values) or sum(values) <= 0:
+        raise ConfigError(f"{where}: ensemble weights must be finite, non-negative and not all 0, got {values}")
+    return values
 
 
 def _read_manifest(folder: Path) -> list[Member]:
     path = folder / MANIFEST_FILE
     try:
         payload = yaml.safe_load(path.read_text(encoding="utf-8"))
-        return [Member((folder / entry["path"]).resolve(), float(entry["weight"])) for entry in payload["members"]]
-    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as error:
+        entries = [(folder / entry["path"], entry["weight"]) for entry in payload["members"]]
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as error:
         raise CheckpointError(f"{path} is not an ensemble manifest: {error}") from error
+    if not entries:
+        raise CheckpointError(f"{path} is not an ensemble manifest: it lists no members")
+    weights = check_weights([weight for _, weight in entries], str(path))
+    return [Member(where.resolve(), weight) for (where, _), weight in zip(entries, weights, strict=True)]
 
 
 def _expand(source: Path, weight: float) -> list[Member]:
@@ -180,11 +207,9 @@ def resolve_members(sources: Sources, weights: Sequence[float] | None = None) ->
     sources = [sources] if isinstance(sources, str | Path) else list(sources)
     if not sources:
         raise ConfigError("no model given: name a run folder, a model file, a cv folder or an ensemble folder")
-    weights = [1.0] * len(sources) if weights is None else [float(w) for w in weights]
+    weights = [1.0] * len(sources) if weights is None else check_weights(weights, "--weights")
     if len(weights) != len(sources):
         raise ConfigError(f"got {len(weights)} weights for {len(sources)} members; give one weight per member")
-    if any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise ConfigError(f"ensemble weights must be non-negative and not all 0, got {weights}")
     return [member for source, weight in zip(sources, weights, strict=True) for member in _expand(Path(source), weight)]
 
 

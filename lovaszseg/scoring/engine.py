@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from lovaszseg.data.spec import DatasetSpec
 from lovaszseg.data.transforms import crop_to_original
 from lovaszseg.models import probabilities
+from lovaszseg.scoring.catalogue import at_best_threshold_key, best_threshold_key, metric_names
 from lovaszseg.scoring.metrics import (
     DEFAULT_THRESHOLD,
     SALT_IOU_THRESHOLDS,
@@ -29,10 +30,10 @@ from lovaszseg.scoring.metrics import (
     image_iou,
     round_down,
 )
-from lovaszseg.scoring.catalogue import at_best_threshold_key, best_threshold_key, metric_names
 from lovaszseg.scoring.postprocess import ImageCounts
 
 __all__ = ["Scorer", "evaluate"]
+
 
 def _ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
     """``numerator / denominator`` with 1 where the denominator is 0 (both masks empty: a perfect score)."""

@@ -27,8 +27,8 @@ from torch import Tensor
 from lovaszseg.data.io import atomic_write, require_file
 from lovaszseg.data.spec import DatasetSpec
 from lovaszseg.errors import ConfigError
-from lovaszseg.scoring.metrics import image_iou
 from lovaszseg.scoring.catalogue import BINARY_METRICS, at_best_threshold_key, threshold_of
+from lovaszseg.scoring.metrics import image_iou
 from lovaszseg.scoring.postprocess import ImageCounts, PostProcessing, grid_index, image_scores
 from lovaszseg.thresholds import DEFAULT_THRESHOLD
 

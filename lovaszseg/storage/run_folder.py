@@ -242,6 +242,11 @@ class RunFolder:
         self._lock = handle
         remove_stale_temporaries(self.path)
 
+    def writer_pid(self) -> str:
+        """The PID recorded by the process writing the folder ("unknown" when none is recorded)."""
+        path = self.path / LOCK_FILE
+        return (path.read_text(encoding="utf-8").strip() if path.is_file() else "") or "unknown"
+
     def release(self) -> None:
         """Give the writer's lock back (closing the file releases the ``flock``)."""
         if self._lock is not None:

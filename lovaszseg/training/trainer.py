@@ -227,6 +227,7 @@ class Trainer:
                 f"choose from {[*self.metric_names, 'val_loss']}"
             )
         self.stop = StopRequest()
+        self.resume_hint: str | None = None  # the command that continues the run, if not its own train --resume
         self.board = TensorBoardLog(config.output.tensorboard and info.is_main, self.spec)  # before the run folder
         self._build_data()
         self._build_model(pretrained)
@@ -567,7 +568,8 @@ class Trainer:
                 final_table(history, [*self.metric_names, "val_loss"], self.monitor, self.config.train.monitor_mode)
             )
             if not completed:
-                self.console.print(f"stopped early; continue with: lovaszseg train --resume {folder.path}")
+                hint = self.resume_hint or f"lovaszseg train --resume {folder.path}"
+                self.console.print(f"stopped early; continue with: {hint}")
         return RunResult(folder.path, best_metrics, completed, history, self.stop.signum)
 
 
@@ -580,6 +582,7 @@ def train(
     overwrite: bool = False,
     stop_after_epochs: int | None = None,
     console: Console | None = None,
+    resume_hint: str | None = None,
 ) -> RunResult:
     """Train a model as a config says; callable from a notebook as from ``lovaszseg train``.
 
@@ -594,6 +597,8 @@ def train(
         stop_after_epochs: Stop cleanly after this many epochs of this call, as if interrupted
             (``resume`` then continues).
         console: Where progress and tables go.
+        resume_hint: The command that continues the run, shown when it stops early (default its own
+            ``lovaszseg train --resume RUN``; cross-validation gives ``lovaszseg cv --resume CV``).
 
     Returns:
         :class:`RunResult`; ``completed`` is False (and ``stop_signal`` set) after Ctrl-C or SIGTERM,
@@ -611,6 +616,7 @@ def train(
     info = distributed.setup(config.train.device)
     try:
         trainer = Trainer(config, info, console, pretrained=resume is None)
+        trainer.resume_hint = resume_hint
         folder = trainer.open_folder(resume, run_dir, overwrite)
         try:
             return trainer.fit(folder, resume=resume is not None, stop_after_epochs=stop_after_epochs)

@@ -16,7 +16,7 @@ import io
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,11 +27,11 @@ from rich.table import Table
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lovaszseg.config import Config, load_config
+from lovaszseg.config import Config
 from lovaszseg.data.folds import make_cv_split
 from lovaszseg.data.io import atomic_write
 from lovaszseg.data.spec import DatasetSpec
-from lovaszseg.errors import ConfigError, LovaszsegError
+from lovaszseg.errors import ConfigError
 from lovaszseg.inference.ensemble import model_names, resolve_members
 from lovaszseg.inference.predict import predict_probabilities
 from lovaszseg.inference.tta import NO_TTA, Tta, check_tta
@@ -45,7 +45,6 @@ from lovaszseg.storage.run_folder import RunFolder, load_model
 from lovaszseg.training import RunResult, resolve_config, train
 
 __all__ = ["CvResult", "cross_validate", "parse_folds"]
-
 
 
 @dataclass
@@ -108,11 +107,12 @@ def _open_new(config: Config, settings: dict[str, Any], run_dir: Path | None, ov
     return folder
 
 
-def _open_resume(resume: Path, folds: list[int] | None, n_folds: int | None) -> CvFolder:
-    folder = CvFolder.existing(resume)
-    config, settings = folder.settings()
+def _open_resume(
+    folder: CvFolder, config: Config, settings: dict[str, Any], folds: list[int] | None, n_folds: int | None
+) -> CvFolder:
+    """Lock a cv folder to continue it (its saved ``config`` and ``settings``), with other folds if asked."""
     if n_folds is not None and n_folds != settings["n_folds"]:
-        raise ConfigError(f"cv folder {resume} has {settings['n_folds']} folds, not {n_folds}")
+        raise ConfigError(f"cv folder {folder.path} has {settings['n_folds']} folds, not {n_folds}")
     folder.run.lock()
     if folds is not None:
         _check_settings(settings["n_folds"], folds, settings["holdout"], settings["tta"])
@@ -122,11 +122,14 @@ def _open_resume(resume: Path, folds: list[int] | None, n_folds: int | None) -> 
 
 
 def _fold_config(folder: CvFolder, config: Config, fold: int) -> Config:
-    tree = config.model_dump()
-    tree["data"]["train_split"] = str(folder.split_path(fold, "train"))
-    tree["data"]["val_split"] = str(folder.split_path(fold, "val"))
-    tree["output"]["name"] = f"{config.output.name or 'run'}-fold-{fold}"
-    return load_config(tree)
+    """Fold ``fold``'s run: the cv's config trained on every other fold and validated on this one."""
+    splits = {"train_split": str(folder.split_path(fold, "train")), "val_split": str(folder.split_path(fold, "val"))}
+    return config.model_copy(
+        update={
+            "data": config.data.model_copy(update=splits),
+            "output": config.output.model_copy(update={"name": f"{config.output.name or 'run'}-fold-{fold}"}),
+        }
+    )
 
 
 def _train_fold(
@@ -138,10 +141,14 @@ def _train_fold(
         console.print(f"cv fold {fold} of 0..{n_folds - 1}: finished before, skipped ({run.path})")
         return None
     console.print(f"cv fold {fold} of 0..{n_folds - 1}: {run.path}")
+    options = {
+        "console": console,
+        "stop_after_epochs": stop_after_epochs,
+        "resume_hint": f"lovaszseg cv --resume {folder.path}",
+    }
     if run.last_path.is_file():
-        return train(resume=run.path, console=console, stop_after_epochs=stop_after_epochs)
-    fold_config = _fold_config(folder, config, fold)
-    return train(fold_config, run_dir=run.path, overwrite=True, console=console, stop_after_epochs=stop_after_epochs)
+        return train(resume=run.path, **options)
+    return train(_fold_config(folder, config, fold), run_dir=run.path, overwrite=True, **options)
 
 
 @contextmanager
@@ -194,7 +201,7 @@ def _out_of_fold(
     rows.append({"fold": OUT_OF_FOLD, "images": images, **oof_scorer.compute()})
     tuning = None
     if spec.binary:
-        names = model_names(resolve_members(folder.path))
+        names = model_names(resolve_members(folder.path), folder.path)
         tuning = tune_postprocessing(
             oof_scorer.image_counts(),
             tuning_metric(config.train.monitor, spec),
@@ -203,8 +210,8 @@ def _out_of_fold(
             models=names,
         )
         save_tuning(folder.path, tuning)
-        rows.append({"fold": POSTPROCESSED, "images": images, **tuning.after, **asdict(tuning.chosen)})
-    folder.write_results(rows, {"settings": settings, "rows": rows, "tuning": asdict(tuning) if tuning else None})
+        rows.append({"fold": POSTPROCESSED, "images": images, **tuning.after, **tuning.chosen.values()})
+    folder.write_results(rows, {"settings": settings, "rows": rows, "tuning": tuning.as_record() if tuning else None})
     return rows, tuning
 
 
@@ -265,13 +272,14 @@ def cross_validate(
         raise ConfigError(
             "--resume continues a cv with its saved config and split: pass no config, overrides or holdout"
         )
-    base = resolve_config(config, overrides, None) if resume is None else CvFolder.existing(resume).settings()[0]
+    saved = CvFolder.existing(resume).settings() if resume is not None else None
+    base = resolve_config(config, overrides, None) if saved is None else saved[0]
     joined = distributed.joined()
     info = distributed.setup(base.train.device)
     try:
-        folder = _open_on_main(info, base, resume, n_folds, folds, holdout, tta, run_dir, overwrite)
+        folder, settings = _open_on_main(info, base, saved, resume, n_folds, folds, holdout, tta, run_dir, overwrite)
         try:
-            return _run_folds(folder, info, console, stop_after_epochs)
+            return _run_folds(folder, base, settings, info, console, stop_after_epochs)
         finally:
             folder.run.release()
     finally:
@@ -282,6 +290,7 @@ def cross_validate(
 def _open_on_main(
     info: distributed.DistInfo,
     config: Config,
+    saved: tuple[Config, dict[str, Any]] | None,
     resume: Path | None,
     n_folds: int | None,
     folds: Sequence[int] | None,
@@ -289,32 +298,34 @@ def _open_on_main(
     tta: str,
     run_dir: Path | None,
     overwrite: bool,
-) -> CvFolder:
-    """Rank 0 creates (or reopens) and locks the cv folder; every rank learns its path."""
-    folder, error = None, None
-    if info.is_main:
-        try:
-            if resume is not None:
-                folder = _open_resume(resume, None if folds is None else list(folds), n_folds)
-            else:
-                k = n_folds or 5
-                settings = {"n_folds": k, "folds": sorted(folds) if folds is not None else list(range(k))}
-                settings |= {"holdout": holdout, "seed": int(config.data.options.get("seed", 0)), "tta": tta}
-                _check_settings(k, settings["folds"], holdout, tta)
-                folder = _open_new(config, settings, run_dir, overwrite)
-        except LovaszsegError as caught:
-            error = caught
-    path, error = distributed.broadcast_object((folder.path if folder else None, error), info)
-    if error is not None:
-        raise error
-    return folder or CvFolder(path)
+) -> tuple[CvFolder, dict[str, Any]]:
+    """Rank 0 creates (or reopens) and locks the cv folder; every rank learns its path and settings."""
+    chosen: list[dict[str, Any]] = []
+
+    def open_folder() -> CvFolder:
+        if resume is not None and saved is not None:
+            chosen.append(saved[1])
+            return _open_resume(CvFolder(resume), config, saved[1], None if folds is None else list(folds), n_folds)
+        k = n_folds or 5
+        settings = {"n_folds": k, "folds": sorted(folds) if folds is not None else list(range(k))}
+        settings |= {"holdout": holdout, "seed": int(config.data.options.get("seed", 0)), "tta": tta}
+        _check_settings(k, settings["folds"], holdout, tta)
+        chosen.append(settings)
+        return _open_new(config, settings, run_dir, overwrite)
+
+    folder = distributed.open_on_main(info, open_folder, CvFolder)
+    return folder, distributed.broadcast_object(chosen[0] if chosen else None, info)
 
 
 def _run_folds(
-    folder: CvFolder, info: distributed.DistInfo, console: Console, stop_after_epochs: int | None
+    folder: CvFolder,
+    config: Config,
+    settings: dict[str, Any],
+    info: distributed.DistInfo,
+    console: Console,
+    stop_after_epochs: int | None,
 ) -> CvResult:
     """Train every fold not finished yet, then (rank 0) the out-of-fold predictions, metrics and tuning."""
-    config, settings = folder.settings()
     result = CvResult(folder.path, list(settings["folds"]))
     for fold in settings["folds"]:
         notes = console if info.is_main else Console(file=io.StringIO())

@@ -3,60 +3,113 @@
 Each function takes a run folder or a model file, a cv folder, an ensemble folder, or several of them
 with optional weights (see :func:`~lovaszseg.inference.ensemble.load_predictor`), so the CLI commands
 ``eval``, ``predict`` and ``submit`` are thin wrappers and a notebook can call the same functions.
-Binary predictions go through a :class:`~lovaszseg.scoring.postprocess.PostProcessing` (threshold and
-min-area); ``"auto"`` takes the values tuned for the predictor (out of fold for a cv folder, on the
-validation split for a run). What a model takes and returns comes from its dataset's
-:class:`~lovaszseg.data.spec.DatasetSpec`, never from the dataset's name. Their loops show their
-progress (:class:`~lovaszseg.training.reporting.LoopProgress`) as training does, every
-``output.progress_seconds`` of the run's config where no bar can be drawn.
+Binary predictions go through a :class:`~lovaszseg.scoring.postprocess.PostProcessing` (the
+threshold, then the min-area rule); ``"auto"`` takes a step's value tuned for the predictor (out of
+fold for a cv folder, on the validation split for a run). What a model takes and returns comes from
+its dataset's :class:`~lovaszseg.data.spec.DatasetSpec`, never from the dataset's name. Their loops
+show their progress (:class:`~lovaszseg.runtime.progress.LoopProgress`) as training does.
+
+Nothing here imports the training code: a run folder another process is still training is scored
+without writing into it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
 from rich.console import Console
 from torch.utils.data import DataLoader
 
-from lovaszseg.data.io import atomic_write, list_stems, read_lines
+from lovaszseg.data.io import atomic_write, check_writable, list_stems, read_lines
 from lovaszseg.data.overlay import save_overlay
 from lovaszseg.data.tgs import TGS_ORIGINAL_SIZE
 from lovaszseg.data.voc import save_palette_png
-from lovaszseg.errors import ConfigError, DataError
+from lovaszseg.errors import ConfigError, DataError, RunFolderError
 from lovaszseg.inference.ensemble import Predictor, Sources, load_predictor
 from lovaszseg.inference.predict import predict_folder, predict_probabilities
 from lovaszseg.inference.submission import write_submission
-from lovaszseg.inference.tta import NO_TTA, Tta
+from lovaszseg.inference.tta import NO_TTA, Tta, check_tta
 from lovaszseg.rle import read_rle_csv
 from lovaszseg.runtime.distributed import resolve_device
 from lovaszseg.runtime.progress import LoopProgress
-from lovaszseg.scoring.catalogue import metric_names, tuning_metric
+from lovaszseg.scoring.catalogue import metric_names, postprocess_key, postprocessed_key, tuning_metric
 from lovaszseg.scoring.engine import Scorer, evaluate
 from lovaszseg.scoring.evidence import ImageRecorder
-from lovaszseg.scoring.postprocess import ImageCounts, PostProcessing, evaluate_postprocessing, tune_postprocessing
+from lovaszseg.scoring.postprocess import (
+    AUTO,
+    PostProcessing,
+    Tuning,
+    evaluate_postprocessing,
+    resolve,
+    tune_postprocessing,
+)
 from lovaszseg.storage.cv_folder import HOLDOUT, OUT_OF_FOLD
 from lovaszseg.storage.run_folder import EVAL_FILE, RunFolder
-from lovaszseg.thresholds import DEFAULT_THRESHOLD
 
-__all__ = ["check_min_area", "check_threshold", "evaluate_run", "predict_run", "submit_run"]
+__all__ = ["Evaluation", "evaluate_run", "predict_run", "submit_run"]
 
 Auto = Literal["auto"]
 
 
-def check_threshold(value: float) -> float:
-    """A probability threshold, which must lie in [0, 1] (outside it every mask is full or empty).
+@dataclass(frozen=True, eq=False)  # compared as the mapping of its metrics
+class Evaluation(Mapping[str, float]):
+    """What :func:`evaluate_run` scored: the metrics (it reads as their mapping) and on what.
 
-    Raises:
-        ConfigError: the value is not a number in [0, 1].
+    Attributes:
+        metrics: Metric name -> value.
+        split: The split scored (``val``, ``oof`` for a cv folder's out-of-fold predictions, ...).
+        tta: The test-time augmentation of the predictions.
+        model: The model, cv folder or ensemble scored.
+        written: The ``eval.json`` written, or None (a list of sources, or a folder another process writes).
     """
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-        raise ConfigError(f"threshold must be a probability in [0, 1], got {value!r}")
-    return float(value)
+
+    metrics: dict[str, float]
+    split: str
+    tta: str
+    model: str
+    written: Path | None = None
+
+    def __getitem__(self, name: str) -> float:
+        return self.metrics[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.metrics)
+
+    def __len__(self) -> int:
+        return len(self.metrics)
+
+
+@contextmanager
+def _writable_home(predictor: Predictor, console: Console) -> Iterator[Path | None]:
+    """The predictor's folder, locked for writing its results while the block runs; None when it has
+    none, or when another process writes it (a run still training): then nothing is written into it."""
+    if predictor.home is None or not predictor.home.is_dir():
+        yield None
+        return
+    folder = RunFolder(predictor.home)
+    try:
+        folder.lock()
+    except RunFolderError:
+        console.print(
+            f"note: {predictor.home} is being written by another process (PID {folder.writer_pid()}): it is "
+            "still training; scored without writing eval.json or postprocess.json into it",
+            soft_wrap=True,
+            markup=False,
+            highlight=False,
+        )
+        yield None
+        return
+    try:
+        yield predictor.home
+    finally:
+        folder.release()
 
 
 def _predict_images(
@@ -71,14 +124,13 @@ def _predict_images(
 ) -> Iterator[tuple[Path, np.ndarray, np.ndarray]]:
     """Predict a folder with the evaluation preset the model was trained with; its progress counts images."""
     config = loaded.config
-    transform = config.data.transform()
     total = len(list_stems(images_dir))
     interval = config.output.progress_seconds
     with LoopProgress(console or Console(), description, total, unit="image", interval=interval) as bar:
         for prediction in predict_folder(
             loaded.model,
             images_dir,
-            transform,
+            config.data.transform(),
             in_channels=loaded.spec.in_channels,
             device=resolve_device(device),
             tta=tta,
@@ -87,17 +139,6 @@ def _predict_images(
         ):
             yield prediction
             bar.advance(1)  # once the caller has used it: writing its files is part of the work
-
-
-def check_min_area(value: int) -> int:
-    """A min-area in pixels, which must be a non-negative integer.
-
-    Raises:
-        ConfigError: anything else.
-    """
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"min-area must be a non-negative number of pixels, got {value!r}")
-    return value
 
 
 def _dataset_split(predictor: Predictor, split: str) -> str:
@@ -127,23 +168,24 @@ def _check_unseen(predictor: Predictor, ids: list[str], split: str) -> None:
         )
 
 
-def _postprocessed(predictor: Predictor, counts: ImageCounts, split: str, tta: Tta) -> dict[str, float]:
+def _postprocessed_metrics(predictor: Predictor, tuning: Tuning, after: Mapping[str, float]) -> dict[str, float]:
+    """``postprocess_STEP`` for every step of ``tuning.chosen`` and ``NAME_postprocessed`` for every metric."""
+    steps = {postprocess_key(name): float(value) for name, value in tuning.chosen.values().items()}
+    return steps | {postprocessed_key(name): after[name] for name in metric_names(predictor.spec)}
+
+
+def _tune_here(predictor: Predictor, scorer: Scorer, split: str, tta: Tta, home: Path | None) -> dict[str, float]:
     """Metrics after post-processing: the predictor's tuned values when they were tuned on another
-    split (e.g. out of fold), else tuned here, on this split, and kept with the predictor."""
+    split (e.g. out of fold), else tuned here, on this split, and kept in its folder when it may be written."""
     tuning = predictor.tuning()
     if tuning is not None and tuning.split != split:
-        chosen, after = tuning.chosen, evaluate_postprocessing(counts, tuning.chosen)
-    else:
-        metric = tuning_metric(predictor.config.train.monitor, predictor.spec)
-        tuning = tune_postprocessing(counts, metric, split=split, tta=tta, models=predictor.model_names)
+        return _postprocessed_metrics(predictor, tuning, evaluate_postprocessing(scorer.image_counts(), tuning.chosen))
+    metric = tuning_metric(predictor.config.train.monitor, predictor.spec)
+    tuning = tune_postprocessing(scorer.image_counts(), metric, split=split, tta=tta, models=predictor.model_names)
+    if home is not None:
         predictor.save_tuning(tuning)
-        chosen, after = tuning.chosen, tuning.after
-    names = metric_names(predictor.spec)
-    return {
-        "postprocess_threshold": chosen.threshold,
-        "postprocess_min_area": float(chosen.min_area),
-        **{f"{name}_postprocessed": after[name] for name in names},
-    }
+    predictor.tuned = tuning
+    return _postprocessed_metrics(predictor, tuning, tuning.after)
 
 
 def _score_split(
@@ -152,21 +194,23 @@ def _score_split(
     tta: Tta,
     device: str,
     data_root: str | Path | None,
-    console: Console | None,
+    console: Console,
+    home: Path | None,
     recorder: ImageRecorder | None = None,
 ) -> dict[str, float]:
+    """Score a labelled split (binary models: with the post-processing tuned on it or elsewhere)."""
     config, target = predictor.config, resolve_device(device)
-    root = Path(data_root) if data_root else config.data.resolved_root()
-    dataset = config.data.build(_dataset_split(predictor, split), train=False, root=root)
+    dataset = config.data.build(_dataset_split(predictor, split), train=False, root=data_root)
     if "mask" not in dataset[0]:
-        raise DataError(f"split {split!r} of {root} has no masks to evaluate against")
+        raise DataError(
+            f"split {split!r} of {data_root or config.data.resolved_root()} has no masks to evaluate against"
+        )
     _check_unseen(predictor, list(dataset.ids), split)
     loader = DataLoader(dataset, batch_size=config.data.eval_batch_size)
-    model, interval = predictor.model.to(target), config.output.progress_seconds
     scorer = Scorer(predictor.spec, target, keep_images=True)
-    with LoopProgress(console or Console(), f"eval {split}", len(loader), interval=interval) as bar:
+    with LoopProgress(console, f"eval {split}", len(loader), interval=config.output.progress_seconds) as bar:
         metrics = evaluate(
-            model,
+            predictor.model.to(target),
             loader,
             predictor.spec,
             device=target,
@@ -177,7 +221,7 @@ def _score_split(
         )
     if recorder is not None:
         recorder.finish(metrics, scorer.image_counts() if predictor.spec.binary else None)
-    return metrics | (_postprocessed(predictor, scorer.image_counts(), split, tta) if predictor.spec.binary else {})
+    return metrics | (_tune_here(predictor, scorer, split, tta, home) if predictor.spec.binary else {})
 
 
 def _out_of_fold_metrics(predictor: Predictor) -> dict[str, float]:
@@ -185,9 +229,7 @@ def _out_of_fold_metrics(predictor: Predictor) -> dict[str, float]:
     row = next(row for row in predictor.cv.results()["rows"] if row["fold"] == OUT_OF_FOLD)
     metrics = {name: float(value) for name, value in row.items() if name not in ("fold", "images")}
     if (tuning := predictor.tuning()) is not None:
-        metrics["postprocess_threshold"] = tuning.chosen.threshold
-        metrics["postprocess_min_area"] = float(tuning.chosen.min_area)
-        metrics |= {f"{name}_postprocessed": tuning.after[name] for name in metric_names(predictor.spec)}
+        metrics |= _postprocessed_metrics(predictor, tuning, tuning.after)
     return metrics
 
 
@@ -202,16 +244,14 @@ def evaluate_run(
     out: Path | None = None,
     console: Console | None = None,
     recorder: ImageRecorder | None = None,
-) -> dict[str, float]:
+) -> Evaluation:
     """Score a trained model or an ensemble on a labelled split, streaming, and write ``eval.json``.
 
-    The metrics are those of validation during training (:class:`~lovaszseg.scoring.engine.Scorer`):
-    binary models get the TGS metric (``salt_score``, without an ignore index), ``iou`` and
-    ``image_iou`` at the default threshold, and for each the best threshold of the grid and its score;
-    multi-class models ``miou``, ``image_miou`` and ``pixel_acc``. Binary models also get the metrics
-    after post-processing (``NAME_postprocessed``, with ``postprocess_threshold`` and
-    ``postprocess_min_area``): with the values tuned out of fold for a cv folder (or an ensemble made
-    from one), else tuned on this split and kept for ``--threshold auto`` / ``--min-area auto``.
+    The metrics are those of validation during training (:class:`~lovaszseg.scoring.engine.Scorer`, keys
+    from :mod:`lovaszseg.scoring.catalogue`). Binary models also get the metrics after post-processing
+    (``NAME_postprocessed``, with ``postprocess_STEP`` for each step): with the values tuned out of fold
+    for a cv folder (or an ensemble made from one), else tuned on this split and kept for ``auto``.
+    A folder another process is writing (a run still training) is scored but not written into.
 
     Args:
         run_or_checkpoint: Run folder, model file, cv folder, ensemble folder, or a list of them.
@@ -219,7 +259,7 @@ def evaluate_run(
         split: Split to score: ``val`` / ``train`` (the run's own), another split of the dataset (e.g.
             ``all``, a VOC split, a ``.txt`` list of ids), or for a cv folder ``oof`` (the default:
             its out-of-fold predictions) or ``holdout`` (its held-out images). Default ``val``.
-        tta: ``none`` or ``hflip``.
+        tta: ``none`` or a transform of :mod:`lovaszseg.inference.tta` (not for ``oof``: the cv's own).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         data_root: Dataset root, if not the one in the config.
         out: Folder to write ``eval.json`` to (default: the run, cv or ensemble folder; a list of
@@ -229,52 +269,63 @@ def evaluate_run(
             not for a cv folder's out-of-fold metrics, which are not scored again.
 
     Returns:
-        Metric name -> value.
+        :class:`Evaluation`: the metrics, with the split and TTA they were scored with.
 
     Raises:
         CheckpointError, ConfigError, DataError: no such run, a bad option, a split without masks, or a
             split holding images a member of the ensemble trained on.
     """
+    console = console or Console()
+    check_tta(tta)
+    if out is not None:
+        check_writable(out, "--out", folder=True)
     predictor = load_predictor(run_or_checkpoint, weights)
-    if predictor.cv is not None and split in (None, OUT_OF_FOLD):
-        split, tta = OUT_OF_FOLD, predictor.cv.settings()[1]["tta"]
-        metrics = _out_of_fold_metrics(predictor)
-    else:
-        split = split or "val"
-        metrics = _score_split(predictor, split, tta, device, data_root, console, recorder)
-    if (home := out or predictor.home) is not None:
-        RunFolder(home).write_json(EVAL_FILE, {"split": split, "tta": tta, "model": predictor.name, **metrics})
-    return metrics
+    with _writable_home(predictor, console) as home:
+        if predictor.cv is not None and split in (None, OUT_OF_FOLD):
+            split, tta = OUT_OF_FOLD, predictor.cv.settings()[1]["tta"]
+            metrics = _out_of_fold_metrics(predictor)
+        else:
+            split = split or "val"
+            metrics = _score_split(predictor, split, tta, device, data_root, console, home, recorder)
+        written = None
+        if (target := out or home) is not None:
+            record = {"split": split, "tta": tta, "model": predictor.name, **metrics}
+            written = RunFolder(target).write_json(EVAL_FILE, record)
+    return Evaluation(metrics, split, tta, predictor.name, written)
 
 
 def _postprocessing(
     predictor: Predictor,
-    threshold: float | Auto,
-    min_area: int | Auto,
+    requested: Mapping[str, Any],
     tta: Tta,
     device: str,
     console: Console | None,
-) -> PostProcessing:
-    """The post-processing asked for; ``auto`` values come from the predictor's tuning (for a single run
-    without one, or with one tuned on its validation split with another TTA, tuned there first)."""
-    if threshold != "auto" and min_area != "auto":
-        return PostProcessing(check_threshold(threshold), check_min_area(min_area))
+) -> PostProcessing | None:
+    """The post-processing asked for (None for a multi-class model, which takes none).
+
+    ``auto`` values come from the predictor's tuning; a single run without one, or with one tuned on
+    its validation split with another TTA, is tuned there first, with the TTA it will be used with.
+
+    Raises:
+        ConfigError: a binary-only option given for a multi-class model, a bad value, or ``auto``
+            without a tuning.
+    """
+    given = {name: value for name, value in requested.items() if value is not None}
+    if not predictor.spec.binary:
+        if given:
+            options = ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in given.items())
+            raise ConfigError(f"{options}: binary models only; {predictor.name} is multi-class (its masks are argmax)")
+        return None
+    if AUTO not in given.values():
+        return PostProcessing(**given)
     tuning = predictor.tuning()
     single_run = predictor.cv is None and predictor.home is not None and len(predictor.members) == 1
     if single_run and (tuning is None or (tuning.split == "val" and tuning.tta != tta)):
-        _score_split(predictor, "val", tta, device, None, console)  # tuned with the TTA it will be used with
+        console = console or Console()
+        with _writable_home(predictor, console) as home:
+            _score_split(predictor, "val", tta, device, None, console, home)
         tuning = predictor.tuning()
-    if tuning is None:
-        raise ConfigError(
-            f"{predictor.name} has no tuned post-processing for 'auto': tune it with lovaszseg eval "
-            "on a split none of its models trained on (an ensemble of several sources: make it a folder "
-            "with lovaszseg ensemble first)"
-        )
-    if threshold == "auto":
-        threshold = tuning.threshold_alone if min_area == 0 else tuning.chosen.threshold
-    return PostProcessing(
-        check_threshold(threshold), tuning.chosen.min_area if min_area == "auto" else check_min_area(min_area)
-    )
+    return resolve(given, tuning, predictor.name)
 
 
 def predict_run(
@@ -284,8 +335,8 @@ def predict_run(
     *,
     weights: Sequence[float] | None = None,
     tta: Tta = NO_TTA,
-    threshold: float | Auto = DEFAULT_THRESHOLD,
-    min_area: int | Auto = 0,
+    threshold: float | Auto | None = None,
+    min_area: int | Auto | None = None,
     device: str = "auto",
     console: Console | None = None,
 ) -> int:
@@ -299,20 +350,27 @@ def predict_run(
         images_dir: The images.
         out_dir: Where ``masks/`` and ``overlays/`` go.
         weights: One weight per source, for an ensemble.
-        tta: ``none`` or ``hflip``.
-        threshold: Binary models: probability threshold in [0, 1], or ``"auto"`` (tuned).
-        min_area: Binary models: masks with fewer foreground pixels are emptied; ``"auto"`` (tuned).
+        tta: ``none`` or a transform of :mod:`lovaszseg.inference.tta`.
+        threshold: Binary models: probability threshold in [0, 1] (default 0.5), or ``"auto"`` (tuned).
+        min_area: Binary models: masks with fewer foreground pixels are emptied (default 0: none);
+            ``"auto"``: tuned for the threshold used.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         console: Where progress goes.
 
     Returns:
         The number of images predicted.
+
+    Raises:
+        ConfigError: a threshold or min-area for a multi-class model, a bad value, or ``out_dir`` naming a file.
+        OutputError: ``out_dir`` cannot be written.
     """
-    predictor = load_predictor(run_or_checkpoint, weights)
     out_dir = Path(out_dir)
     if out_dir.is_file():
         raise ConfigError(f"output folder {out_dir} is a file")
-    post = _postprocessing(predictor, threshold, min_area, tta, device, console) if predictor.spec.binary else None
+    check_writable(out_dir, "output folder", folder=True)
+    check_tta(tta)
+    predictor = load_predictor(run_or_checkpoint, weights)
+    post = _postprocessing(predictor, {"threshold": threshold, "min_area": min_area}, tta, device, console)
     count = 0
     for path, image, probs in _predict_images(
         predictor, Path(images_dir), tta, device, description="predict", console=console
@@ -330,6 +388,27 @@ def predict_run(
     return count
 
 
+def _expected_ids(images_dir: Path, sample_submission: Path | None) -> list[str] | None:
+    """The ids of ``sample_submission.csv`` (default: beside ``test/``), which must be the test images'.
+
+    Raises:
+        DataError: the sample lists ids with no image, or images it does not list (examples named).
+    """
+    if sample_submission is None and (images_dir.parent.parent / "sample_submission.csv").is_file():
+        sample_submission = images_dir.parent.parent / "sample_submission.csv"
+    if sample_submission is None:
+        return None
+    expected = list(read_rle_csv(Path(sample_submission)))
+    images = set(list_stems(images_dir))
+    missing = [i for i in expected if i not in images]
+    extra = sorted(images - set(expected))
+    problems = [f"{len(missing)} id(s) with no image in {images_dir}, e.g. {', '.join(missing[:3])}"] if missing else []
+    problems += [f"{len(extra)} image(s) it does not list, e.g. {', '.join(extra[:3])}"] if extra else []
+    if problems:
+        raise DataError(f"sample submission {sample_submission} does not match the test images: {'; '.join(problems)}")
+    return expected
+
+
 def submit_run(
     run_or_checkpoint: Sources,
     test_dir: str | Path,
@@ -337,8 +416,8 @@ def submit_run(
     *,
     weights: Sequence[float] | None = None,
     tta: Tta = NO_TTA,
-    threshold: float | Auto = DEFAULT_THRESHOLD,
-    min_area: int | Auto = 0,
+    threshold: float | Auto | None = None,
+    min_area: int | Auto | None = None,
     sample_submission: str | Path | None = None,
     device: str = "auto",
     console: Console | None = None,
@@ -348,7 +427,8 @@ def submit_run(
     Images stream through the model (or every member of an ensemble) in batches and masks are
     encoded as they are predicted, so memory does not grow with the number of images; every image
     must be 101x101 (the competition's size) and the file is validated before it is written or
-    replaces anything.
+    replaces anything. The test images and the sample submission's ids are compared before anything
+    is predicted.
 
     Args:
         run_or_checkpoint: Run folder, model file, cv folder, ensemble folder, or a list of them, of a
@@ -356,10 +436,11 @@ def submit_run(
         test_dir: The test images, or a folder holding ``images/`` (Kaggle's ``test/``).
         out: CSV to write.
         weights: One weight per source, for an ensemble.
-        tta: ``none`` or ``hflip``.
-        threshold: Probability threshold in [0, 1], or ``"auto"``: the tuned one (out of fold for a cv
-            folder; on the validation split for a run, tuned first if it has not been).
-        min_area: Predicted masks with fewer pixels are submitted empty; ``"auto"``: the tuned one.
+        tta: ``none`` or a transform of :mod:`lovaszseg.inference.tta`.
+        threshold: Probability threshold in [0, 1] (default 0.5), or ``"auto"``: the tuned one (out of
+            fold for a cv folder; on the validation split for a run, tuned first if it has not been).
+        min_area: Predicted masks with fewer pixels are submitted empty (default 0); ``"auto"``: the
+            one tuned for the threshold used.
         sample_submission: Kaggle's ``sample_submission.csv``: the file must then hold exactly its ids,
             in its order. By default the one beside ``test_dir`` (``test/../sample_submission.csv``).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
@@ -369,21 +450,23 @@ def submit_run(
         ``(path of the CSV, post-processing used)``.
 
     Raises:
-        ConfigError: a multi-class model, a threshold outside [0, 1], a negative min-area, ``auto``
-            without a tuning, or ``out`` naming a folder.
+        ConfigError: a multi-class model, a bad threshold or min-area, ``auto`` without a tuning, or
+            ``out`` naming a folder.
         DataError: an image that is not 101x101 (named), ids that do not match the sample submission.
+        OutputError: ``out`` cannot be written.
     """
     out, test_dir = Path(out), Path(test_dir)
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; name the CSV file to write")
+    check_writable(out, "--out")
+    check_tta(tta)
+    images_dir = test_dir / "images" if (test_dir / "images").is_dir() else test_dir
+    expected = _expected_ids(images_dir, Path(sample_submission) if sample_submission else None)
     predictor = load_predictor(run_or_checkpoint, weights)
     if not predictor.spec.binary:
         raise ConfigError("submit writes binary RLE masks; this model is multi-class")
-    post = _postprocessing(predictor, threshold, min_area, tta, device, console)
-    images_dir = test_dir / "images" if (test_dir / "images").is_dir() else test_dir
-    if sample_submission is None and (images_dir.parent.parent / "sample_submission.csv").is_file():
-        sample_submission = images_dir.parent.parent / "sample_submission.csv"
-    expected = list(read_rle_csv(Path(sample_submission))) if sample_submission else None
+    post = _postprocessing(predictor, {"threshold": threshold, "min_area": min_area}, tta, device, console)
+    assert post is not None  # a binary model's
 
     def masks() -> Iterator[tuple[str, np.ndarray]]:
         predictions = _predict_images(predictor, images_dir, tta, device, description="submit", console=console)

@@ -13,10 +13,12 @@ import importlib
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
-
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from lovaszseg.errors import ConfigError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = ["NO_TTA", "Tta", "TtaTransform", "check_tta", "register", "tta_names", "tta_transforms"]
 

@@ -1,6 +1,11 @@
 """Horizontal flip: the one TTA transform that is physically valid on seismic (TGS) images."""
 
-from torch import Tensor
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 from lovaszseg.inference.tta import TtaTransform, register
 

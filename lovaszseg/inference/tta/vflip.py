@@ -1,6 +1,11 @@
 """Vertical flip: for data without a preferred up and down (aerial, microscopy, medical folders)."""
 
-from torch import Tensor
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 from lovaszseg.inference.tta import TtaTransform, register
 
