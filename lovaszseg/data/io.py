@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import os
 import re
 import secrets
@@ -370,6 +371,10 @@ def read_csv_column(path: Path, key: str, value: str) -> dict[str, str]:
     return table
 
 
+# Errors of writing a file: the disk or quota is full, the file too large, the file system read-only or failing.
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
+
+
 def _create_temporary(path: Path) -> tuple[int, Path]:
     """Create a new temporary file beside ``path``, open for writing, with the mode the umask gives."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
@@ -398,24 +403,44 @@ def atomic_write(path: Path, mode: str = "w", **open_kwargs: object) -> Iterator
 
     Yields:
         The open temporary file.
+
+    Raises:
+        OutputError: the folder or file cannot be created, written (a full disk: also from inside the
+            block) or renamed into place; the previous file at ``path`` is kept.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = _create_temporary(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = _create_temporary(path)
+    except OSError as error:
+        raise _output_error(path, error) from error
     try:
         handle = os.fdopen(fd, mode, **open_kwargs)
     except BaseException:
         os.close(fd)
         temporary.unlink(missing_ok=True)
         raise
+    inside = False  # while the caller's block runs, only a failing write is the destination's fault
     try:
         with handle:
+            inside = True
             yield handle
+            inside = False
         if path.exists():  # a replaced file keeps its mode; a new one has the umask's
             os.chmod(temporary, stat.S_IMODE(path.stat().st_mode))
         os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        if inside and error.errno not in _WRITE_ERRNOS:
+            raise  # the caller's own file error (e.g. reading another file), not the destination's
+        raise _output_error(path, error) from error
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def _output_error(path: Path, error: OSError) -> OutputError:
+    """One line naming the file that cannot be written and the system's reason."""
+    return OutputError(f"cannot write {path}: {error.strerror or error}")
 
 
 def check_writable(path: Path, what: str, *, folder: bool = False) -> None:

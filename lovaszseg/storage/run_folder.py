@@ -32,7 +32,7 @@ from torch import nn
 from lovaszseg.config import CONFIG_METADATA_KEY, Config, load_config
 from lovaszseg.data.io import atomic_write, remove_stale_temporaries
 from lovaszseg.data.spec import DatasetSpec
-from lovaszseg.errors import CheckpointError, RunFolderError
+from lovaszseg.errors import CheckpointError, OutputError, RunFolderError
 from lovaszseg.storage.checkpoint import checkpoint_bytes, load_checkpoint, save_checkpoint
 from lovaszseg.storage.summary import append_summary, plot_curves, read_summary
 
@@ -222,9 +222,13 @@ class RunFolder:
 
         Raises:
             RunFolderError: another live process holds it; the message gives its PID.
+            OutputError: the folder cannot be created or written (the message says why).
         """
-        self.path.mkdir(parents=True, exist_ok=True)
-        handle = (self.path / LOCK_FILE).open("a+", encoding="utf-8")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            handle = (self.path / LOCK_FILE).open("a+", encoding="utf-8")
+        except OSError as error:
+            raise OutputError(f"cannot create run folder {self.path}: {error.strerror or error}") from error
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
