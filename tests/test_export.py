@@ -195,7 +195,7 @@ def test_unusable_formats_and_outs_are_refused_before_loading(
 @pytest.mark.parametrize(
     ("where", "reason"),
     [
-        ("/proc/lovaszseg-export-test/out", r"/proc does not take new folders"),
+        ("/proc/lovaszseg-export-test/out", r"/proc is on a kernel file system that takes no new files"),
         ("a-file/out", r"a-file is not a folder"),
     ],
 )
@@ -214,7 +214,7 @@ def test_an_unwritable_out_is_one_error_line_and_exit_2(run: Path) -> None:
     out = "/proc/lovaszseg-export-test/model.onnx"
     result = runner.invoke(app, ["export", str(run), "--format", "onnx", "--out", out])
     assert result.exit_code == 2
-    assert result.output.splitlines() == [f"error: cannot write --out {out}: /proc does not take new folders"]
+    assert result.output.splitlines() == [f"error: cannot write --out {out}: /proc is on a kernel file system that takes no new files"]
 
 
 def test_the_formats_are_the_registered_ones_and_the_help_lists_them() -> None:
