@@ -98,3 +98,25 @@ class FirstColumns(nn.Module):
         logits = torch.full((images.shape[0], 1, *images.shape[-2:]), -4.0)
         logits[..., :16] = 4.0
         return logits
+
+
+@pytest.fixture
+def full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``atomic_write``'s temporary files sit on a full disk: the system fails their writes with ENOSPC.
+
+    Their descriptor is pointed at ``/dev/full``, so the real write calls fail as on a full disk.
+    """
+    import lovaszseg.data.io
+
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full")
+    create = lovaszseg.data.io._create_temporary
+
+    def on_full_disk(path: Path) -> tuple[int, Path]:
+        fd, temporary = create(path)
+        full = os.open("/dev/full", os.O_WRONLY)
+        os.dup2(full, fd)
+        os.close(full)
+        return fd, temporary
+
+    monkeypatch.setattr(lovaszseg.data.io, "_create_temporary", on_full_disk)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from lovaszseg.errors import CheckpointError
+from lovaszseg.errors import CheckpointError, OutputError
 from lovaszseg.storage.checkpoint import capture_rng, checkpoint_bytes, load_checkpoint, restore_rng, save_checkpoint
 
 
@@ -51,19 +53,35 @@ class _Payload:
     """Any object that is not a tensor or plain data: weights_only loading must refuse it."""
 
 
-def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_rename_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "last.pt"
     save_checkpoint(path, {"model": {"w": torch.zeros(2)}, "config": {}})
 
     def crash_before_rename(source: str, target: str) -> None:  # the data is written, the rename never happens
-        raise OSError("killed")
+        raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(os, "replace", crash_before_rename)
-    with pytest.raises(OSError, match="killed"):
+    with pytest.raises(OutputError, match=rf"^cannot write {re.escape(str(path))}: Input/output error$"):
         save_checkpoint(path, {"model": {"w": torch.ones(2)}, "config": {}})
     monkeypatch.undo()
     assert torch.equal(load_checkpoint(path)["model"]["w"], torch.zeros(2))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+@pytest.mark.parametrize("serialised", [False, True], ids=["dict", "bytes"])
+@pytest.mark.parametrize("size", [2, 100_000], ids=["small", "larger_than_the_buffer"])
+def test_a_full_disk_names_the_checkpoint_and_keeps_the_previous_one_byte_for_byte(
+    tmp_path: Path, request: pytest.FixtureRequest, serialised: bool, size: int
+) -> None:
+    path = tmp_path / "stage1_last.pt"
+    save_checkpoint(path, {"model": {"w": torch.zeros(2)}, "epoch": 1})
+    before = path.read_bytes()
+    request.getfixturevalue("full_disk")
+    state = {"model": {"w": torch.ones(size)}, "epoch": 2}
+    with pytest.raises(OutputError, match=rf"^cannot write {re.escape(str(path))}: No space left on device$"):
+        save_checkpoint(path, checkpoint_bytes(state) if serialised else state)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stage1_last.pt"]  # no temporary left
 
 
 def test_serialised_once_equals_saved_directly(tmp_path: Path) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pytest
@@ -16,7 +19,9 @@ from lovaszseg.data.io import (
     atomic_write,
     check_mask_values,
     check_same_size,
+    check_writable,
     list_stems,
+    make_folder,
     read_csv_column,
     read_csv_rows,
     read_image,
@@ -27,7 +32,7 @@ from lovaszseg.data.io import (
     require_dir,
     require_file,
 )
-from lovaszseg.errors import DataError
+from lovaszseg.errors import DataError, OutputError
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (12, 9, 3), dtype=np.uint8)
@@ -266,6 +271,139 @@ def test_atomic_write_replaces_only_on_success(tmp_path: Path) -> None:
         raise RuntimeError("boom")
     assert path.read_text() == "first"
     assert sorted(p.name for p in path.parent.iterdir()) == ["out.txt"]
+
+
+def _write(handle: IO, mode: str, size: int, flush: bool) -> None:
+    handle.write("x" * size if mode == "w" else b"x" * size)
+    if flush:
+        handle.flush()
+
+
+@pytest.mark.usefixtures("full_disk")
+@pytest.mark.parametrize("mode", ["w", "wb"])
+@pytest.mark.parametrize(
+    ("size", "flush"),
+    [(10, False), (10, True), (100_000, False)],
+    ids=["buffered_until_the_block_ends", "flushed_in_the_block", "larger_than_the_buffer"],
+)
+def test_atomic_write_on_a_full_disk_names_the_file_and_keeps_the_old_one(
+    tmp_path: Path, mode: str, size: int, flush: bool
+) -> None:
+    path = tmp_path / "out.csv"
+    path.write_bytes(b"old\n")
+    full = pytest.raises(OutputError, match=rf"^cannot write {re.escape(str(path))}: No space left on device$")
+    with full, atomic_write(path, mode) as handle:
+        _write(handle, mode, size, flush)
+    assert path.read_bytes() == b"old\n"
+    assert sorted(tmp_path.iterdir()) == [path]  # no temporary left
+
+
+@pytest.mark.parametrize(
+    ("where", "reason"),
+    [
+        (lambda tmp: Path("/proc/lovaszseg-test/out.csv"), "/proc is on a kernel file system that takes no new files"),
+        (lambda tmp: Path("/proc/lovaszseg-test.csv"), "/proc is on a kernel file system that takes no new files"),
+        (lambda tmp: tmp / "file" / "sub" / "out.csv", "{tmp}/file is not a folder"),
+        (lambda tmp: tmp / "file" / "out.csv", "{tmp}/file is not a folder"),
+        (lambda tmp: tmp / "folder", "Is a directory"),  # the rename onto a folder fails
+    ],
+    ids=["folder_under_proc", "file_in_proc", "file_above_the_folder", "file_as_the_folder", "folder_as_the_file"],
+)
+def test_atomic_write_where_nothing_can_be_written_names_the_file_and_why(
+    tmp_path: Path, where: Callable[[Path], Path], reason: str
+) -> None:
+    (tmp_path / "file").write_text("kept")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "inside").write_text("kept")
+    path = where(tmp_path)
+    message = rf"^cannot write {re.escape(str(path))}: {re.escape(reason.format(tmp=tmp_path))}$"
+    with pytest.raises(OutputError, match=message), atomic_write(path) as handle:
+        handle.write("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder"]
+    assert (tmp_path / "file").read_text() == "kept" and (tmp_path / "folder" / "inside").read_text() == "kept"
+
+
+def _read_another_file(tmp_path: Path) -> None:
+    (tmp_path / "missing.txt").read_text()
+
+
+def _raise(error: BaseException) -> Callable[[Path], None]:
+    def block(tmp_path: Path) -> None:
+        raise error
+
+    return block
+
+
+@pytest.mark.parametrize("disk", ["room", "full_disk"])
+@pytest.mark.parametrize(
+    ("block", "expected"),
+    [
+        (_raise(ValueError("the caller's value")), ValueError),
+        (_read_another_file, FileNotFoundError),
+        (_raise(OSError(errno.ENOSPC, "No space left on device")), OSError),  # another file's full disk
+        (_raise(KeyboardInterrupt()), KeyboardInterrupt),
+    ],
+    ids=["value_error", "reading_another_file", "another_files_os_error", "keyboard_interrupt"],
+)
+def test_atomic_write_passes_the_callers_own_errors_through_unchanged(
+    tmp_path: Path, request: pytest.FixtureRequest, disk: str, block: Callable[[Path], None], expected: type
+) -> None:
+    if disk == "full_disk":  # the unflushed bytes of the dropped temporary must not replace the caller's error
+        request.getfixturevalue("full_disk")
+    path = tmp_path / "out.txt"
+    path.write_text("old")
+    with pytest.raises(expected) as caught, atomic_write(path) as handle:
+        handle.write("new")
+        block(tmp_path)
+    assert type(caught.value) is expected and not isinstance(caught.value, OutputError)
+    assert path.read_text() == "old" and sorted(tmp_path.iterdir()) == [path]
+
+
+@pytest.mark.parametrize(("mode", "options"), [("a", {}), ("r+", {}), ("wb", {"newline": ""})])
+def test_atomic_write_refuses_other_modes_and_leaves_nothing(tmp_path: Path, mode: str, options: dict) -> None:
+    with pytest.raises(ValueError, match="atomic_write takes mode 'w'"), atomic_write(tmp_path / "x", mode, **options):
+        pass
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("options", "text", "expected"),
+    [({}, "a\nb", b"a\nb"), ({"newline": "\r\n"}, "a\nb", b"a\r\nb"), ({"encoding": "latin-1"}, "é", b"\xe9")],
+)
+def test_atomic_write_text_options_act_as_in_open(tmp_path: Path, options: dict, text: str, expected: bytes) -> None:
+    with atomic_write(tmp_path / "t.txt", **options) as handle:
+        handle.write(text)
+    assert (tmp_path / "t.txt").read_bytes() == expected
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda tmp: Path("/proc/lovaszseg-test/run"), "/proc is on a kernel file system that takes no new files"),
+        (lambda tmp: tmp / "file" / "run", "{tmp}/file is not a folder"),
+        (lambda tmp: tmp / "file", "{tmp}/file is not a folder"),
+    ],
+    ids=["under_proc", "under_a_file", "a_file"],
+)
+@pytest.mark.parametrize("check", ["make_folder", "check_writable"])
+def test_a_folder_that_cannot_be_made_is_refused_with_the_reason(
+    tmp_path: Path, make: Callable[[Path], Path], reason: str, check: str
+) -> None:
+    (tmp_path / "file").write_text("kept")
+    folder, why = make(tmp_path), re.escape(reason.format(tmp=tmp_path))
+    if check == "make_folder":
+        with pytest.raises(OutputError, match=rf"^cannot create run folder {re.escape(str(folder))}: {why}$"):
+            make_folder(folder, "run folder")
+    else:
+        with pytest.raises(OutputError, match=rf"^cannot write --out {re.escape(str(folder))}: {why}$"):
+            check_writable(folder, "--out", folder=True)
+    assert (tmp_path / "file").read_text() == "kept"
+
+
+def test_make_folder_creates_the_parents_and_accepts_an_existing_folder(tmp_path: Path) -> None:
+    assert make_folder(tmp_path / "a" / "b", "run folder") == tmp_path / "a" / "b"
+    assert (tmp_path / "a" / "b").is_dir()
+    assert make_folder(tmp_path / "a" / "b", "run folder") == tmp_path / "a" / "b"
 
 
 @pytest.fixture

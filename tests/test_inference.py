@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from lovaszseg.data import TGSSalt, build_transform, describe_dataset
 from lovaszseg.data.io import read_mask
 from lovaszseg.data.overlay import save_overlay
 from lovaszseg.data.transforms import tgs_transforms
-from lovaszseg.errors import ConfigError, DataError
+from lovaszseg.errors import ConfigError, DataError, OutputError
 from lovaszseg.inference.predict import predict_folder, predict_probabilities
 from lovaszseg.inference.submission import write_submission
 from lovaszseg.models import build_model
@@ -172,6 +173,22 @@ def test_a_failed_submission_leaves_the_previous_file_untouched(tmp_path: Path) 
     with pytest.raises(DataError, match="'b' is 2x3"):
         write_submission(iter(_masks(("a", (3, 3)), ("b", (2, 3)))), path, shape=(3, 3))
     assert path.read_text() == "id,rle_mask\nold,1 1\n" and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+@pytest.mark.usefixtures("full_disk")
+@pytest.mark.parametrize("ordered", [False, True], ids=["prediction_order", "expected_order"])
+@pytest.mark.parametrize("count", [2, 3000], ids=["few_rows", "rows_beyond_the_buffer"])
+def test_a_submission_on_a_full_disk_names_the_csv_and_keeps_the_previous_one(
+    tmp_path: Path, ordered: bool, count: int
+) -> None:
+    path = tmp_path / "submission.csv"
+    path.write_bytes(b"id,rle_mask\r\nold,1 1\r\n")
+    ids = [f"id{i}" for i in range(count)]
+    masks = ((sample_id, np.eye(3, dtype=bool)) for sample_id in ids)
+    with pytest.raises(OutputError, match=rf"^cannot write {re.escape(str(path))}: No space left on device$"):
+        write_submission(masks, path, shape=(3, 3), expected_ids=ids[::-1] if ordered else None)
+    assert path.read_bytes() == b"id,rle_mask\r\nold,1 1\r\n"
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left
 
 
 def test_submission_to_a_folder_is_refused(tmp_path: Path) -> None:

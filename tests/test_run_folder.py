@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
 from lovaszseg.config import load_config
-from lovaszseg.errors import CheckpointError, RunFolderError
+from lovaszseg.errors import CheckpointError, OutputError, RunFolderError
 from lovaszseg.models import build_model
 from lovaszseg.storage.checkpoint import load_checkpoint, save_checkpoint
 from lovaszseg.storage.run_folder import CONFIG_FILE, LOCK_FILE, RunFolder, load_model
@@ -176,3 +180,69 @@ def test_lock_is_released_when_the_writer_ends(tmp_path: Path) -> None:
     folder.lock()
     folder.release()
     assert time.perf_counter() - started < 60
+
+
+def _under_proc(tmp_path: Path) -> tuple[Path, str]:
+    return Path("/proc/lovaszseg-test/run"), "/proc is on a kernel file system that takes no new files"
+
+
+def _under_a_file(tmp_path: Path) -> tuple[Path, str]:
+    (tmp_path / "file").write_text("kept")
+    return tmp_path / "file" / "run", f"{tmp_path / 'file'} is not a folder"
+
+
+def _a_file(tmp_path: Path) -> tuple[Path, str]:
+    (tmp_path / "file").write_text("kept")
+    return tmp_path / "file", f"{tmp_path / 'file'} is not a folder"
+
+
+def _open(entry: str, folder: Path) -> RunFolder:
+    """Open ``folder`` for writing through ``entry`` (``*_default``: as the default run folder)."""
+    if entry == "lock":
+        run = RunFolder(folder)
+        run.lock()
+        return run
+    if entry.startswith("claim"):
+        return RunFolder.claim(folder if entry == "claim" else None, folder, overwrite=False)
+    config = load_config({**_CONFIG.model_dump(), "output": {"runs_dir": str(folder.parent), "name": folder.name}})
+    return RunFolder.create(config, folder if entry == "create" else None)
+
+
+@pytest.mark.parametrize("where", [_under_proc, _under_a_file, _a_file], ids=["under_proc", "under_a_file", "a_file"])
+@pytest.mark.parametrize("entry", ["lock", "claim", "claim_default", "create", "create_default"])
+def test_a_run_folder_that_cannot_be_created_is_an_output_error_naming_it(
+    tmp_path: Path, where: Callable[[Path], tuple[Path, str]], entry: str
+) -> None:
+    folder, reason = where(tmp_path)
+    with pytest.raises(OutputError, match=rf"^cannot create run folder {re.escape(str(folder))}: {re.escape(reason)}$"):
+        _open(entry, folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ([] if where is _under_proc else ["file"])
+
+
+@pytest.mark.usefixtures("full_disk")
+def test_a_config_that_cannot_be_written_releases_the_folder(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with pytest.raises(OutputError, match=rf"^cannot write {re.escape(str(run / CONFIG_FILE))}: No space left"):
+        RunFolder.create(_CONFIG, run)
+    assert sorted(p.name for p in run.iterdir()) == [LOCK_FILE]  # no config, no temporary
+    folder = RunFolder(run)
+    folder.lock()  # the failed create let go of the lock
+    folder.release()
+
+
+def test_a_folder_that_cannot_be_emptied_is_an_output_error_and_released(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "run"
+    (run / "tensorboard").mkdir(parents=True)
+
+    def refuse(path: Path) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(shutil, "rmtree", refuse)
+    with pytest.raises(OutputError, match=rf"^cannot empty run folder {re.escape(str(run))}: Permission denied$"):
+        RunFolder.claim(run, tmp_path / "default", overwrite=True)
+    monkeypatch.undo()
+    folder = RunFolder(run)
+    folder.lock()
+    folder.release()

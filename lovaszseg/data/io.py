@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import csv
-import errno
+import io
 import os
 import re
 import secrets
 import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -27,6 +27,7 @@ __all__ = [
     "check_same_size",
     "check_writable",
     "list_stems",
+    "make_folder",
     "read_csv_column",
     "read_csv_rows",
     "read_id_list",
@@ -371,10 +372,6 @@ def read_csv_column(path: Path, key: str, value: str) -> dict[str, str]:
     return table
 
 
-# Errors of writing a file: the disk or quota is full, the file too large, the file system read-only or failing.
-_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
-
-
 def _create_temporary(path: Path) -> tuple[int, Path]:
     """Create a new temporary file beside ``path``, open for writing, with the mode the umask gives."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
@@ -388,59 +385,146 @@ def _create_temporary(path: Path) -> tuple[int, Path]:
             continue
 
 
+class _TemporaryFile(io.FileIO):
+    """The raw file under ``atomic_write``'s handle: its own write and close failures name the destination.
+
+    Every byte the handle writes, including what its buffers flush at ``flush`` and ``close``, goes
+    through this ``write``; so a full disk becomes an ``OutputError`` for ``destination``, while an
+    ``OSError`` from the caller's other files in the ``with`` block stays what it is.
+    """
+
+    def __init__(self, fd: int, destination: Path) -> None:
+        super().__init__(fd, "wb", closefd=True)
+        self.destination = destination
+
+    def write(self, data: bytes) -> int | None:  # type: ignore[override]  # bytes-like, as FileIO takes
+        try:
+            return super().write(data)
+        except OSError as error:
+            raise _output_error(self.destination, error) from error
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError as error:  # e.g. a network file system that reports a full disk only here
+            raise _output_error(self.destination, error) from error
+
+
+def _open_temporary(fd: int, destination: Path, mode: str, open_kwargs: dict[str, Any]) -> IO:
+    """The buffered (and, for ``"w"``, text) handle over ``fd``, as ``open`` would stack it; closes ``fd``
+    when the handle cannot be made."""
+    raw = _TemporaryFile(fd, destination)
+    try:
+        if mode == "wb" and not open_kwargs:
+            return io.BufferedWriter(raw)
+        if mode == "w":
+            return io.TextIOWrapper(io.BufferedWriter(raw), **open_kwargs)
+        raise ValueError(f"atomic_write takes mode 'w' (with text options) or 'wb', got {mode!r} with {open_kwargs}")
+    except BaseException:
+        raw.close()
+        raise
+
+
 @contextmanager
-def atomic_write(path: Path, mode: str = "w", **open_kwargs: object) -> Iterator[IO]:
+def atomic_write(path: Path, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]:
     """Open a temporary file beside ``path`` and rename it onto ``path`` only if the block succeeds.
 
     A new file gets the mode a plain ``open`` gives (``0o666`` less the umask); a replaced file keeps
-    its mode. A process killed inside the block leaves the temporary file behind
-    (see ``remove_stale_temporaries``).
+    its mode. Whatever goes wrong, the previous file at ``path`` is kept and the temporary file removed;
+    only a process killed inside the block leaves it behind (see ``remove_stale_temporaries``).
+
+    The system errors of this function's own operations become ``OutputError``: creating the folder and
+    the temporary file, the handle's writes (also those its buffers flush at ``flush`` or when the block
+    ends), and the rename. Any other exception from the block, an ``OSError`` from reading or writing
+    another file included, passes through unchanged: it is not the destination's fault. Bytes written
+    to ``handle.fileno()`` directly bypass the handle and are not converted.
 
     Args:
         path: Destination file; its folder is created if needed.
         mode: ``"w"`` (text) or ``"wb"`` (binary).
-        **open_kwargs: Passed to ``open`` (e.g. ``newline=""``).
+        **open_kwargs: Text options of ``open`` (``encoding``, ``errors``, ``newline``; e.g. ``newline=""``).
 
     Yields:
         The open temporary file.
 
     Raises:
-        OutputError: the folder or file cannot be created, written (a full disk: also from inside the
-            block) or renamed into place; the previous file at ``path`` is kept.
+        OutputError: the folder or temporary file cannot be created, written (e.g. a full disk) or renamed
+            onto ``path``; the message names ``path`` and the system's reason.
+        ValueError: an unknown ``mode``, or text options with ``"wb"``.
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, temporary = _create_temporary(path)
     except OSError as error:
-        raise _output_error(path, error) from error
+        raise _output_error(path, error, _folder_reason(path.parent)) from error
     try:
-        handle = os.fdopen(fd, mode, **open_kwargs)
+        handle = _open_temporary(fd, path, mode, open_kwargs)
+        try:
+            yield handle
+        except BaseException:
+            with suppress(OutputError):  # the temporary is dropped: bytes its buffers cannot flush do not matter
+                handle.close()
+            raise
+        handle.close()
+        _move_into_place(temporary, path)
     except BaseException:
-        os.close(fd)
         temporary.unlink(missing_ok=True)
         raise
-    inside = False  # while the caller's block runs, only a failing write is the destination's fault
+
+
+def _move_into_place(temporary: Path, path: Path) -> None:
+    """Rename ``temporary`` onto ``path``, giving it the mode of the file it replaces."""
     try:
-        with handle:
-            inside = True
-            yield handle
-            inside = False
         if path.exists():  # a replaced file keeps its mode; a new one has the umask's
             os.chmod(temporary, stat.S_IMODE(path.stat().st_mode))
         os.replace(temporary, path)
     except OSError as error:
-        temporary.unlink(missing_ok=True)
-        if inside and error.errno not in _WRITE_ERRNOS:
-            raise  # the caller's own file error (e.g. reading another file), not the destination's
         raise _output_error(path, error) from error
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
-def _output_error(path: Path, error: OSError) -> OutputError:
-    """One line naming the file that cannot be written and the system's reason."""
-    return OutputError(f"cannot write {path}: {error.strerror or error}")
+def _output_error(path: Path, error: OSError, reason: str | None = None) -> OutputError:
+    """One line naming the file that cannot be written and why (``reason``, else the system's)."""
+    return OutputError(f"cannot write {path}: {reason or error.strerror or error}")
+
+
+def _folder_reason(folder: Path) -> str | None:
+    """Why ``folder`` cannot be made or take new files, where the system's reason would mislead: a file in
+    the way (it says "File exists") or a kernel file system ("No such file or directory"); None otherwise
+    (a reason such as "Read-only file system" or "Permission denied" says it well)."""
+    ancestor = _nearest_existing(folder)
+    if not ancestor.is_dir():
+        return f"{ancestor} is not a folder"
+    if _is_pseudo_filesystem(ancestor):
+        return f"{ancestor} is on a kernel file system that takes no new files"
+    return None
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def make_folder(path: Path, what: str) -> Path:
+    """Create ``path`` (and its parents) if needed, or say in one line why it cannot be.
+
+    Args:
+        path: Folder to create.
+        what: What it is, for the message (e.g. ``run folder``).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        OutputError: a file is in the way, the path lies on a kernel file system (/proc, /sys), or the
+            system refuses (no permission, a read-only file system); the message names ``path`` and why.
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"cannot create {what} {path}: {_folder_reason(path) or error.strerror or error}") from error
+    return path
 
 
 def check_writable(path: Path, what: str, *, folder: bool = False) -> None:
@@ -455,19 +539,13 @@ def check_writable(path: Path, what: str, *, folder: bool = False) -> None:
         folder: ``path`` is a folder that files will be written into.
 
     Raises:
-        OutputError: the path's parent is a file, or the folder cannot be written, with the reason.
+        OutputError: the path's parent is a file, lies on a kernel file system (/proc, /sys), or cannot be
+            written, with the reason.
     """
     target = path if folder else path.parent
-    ancestor = target
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    reason = None
-    if not ancestor.is_dir():
-        reason = f"{ancestor} is not a folder"
-    elif not os.access(ancestor, os.W_OK | os.X_OK):
+    reason = _folder_reason(target)
+    if reason is None and not os.access(ancestor := _nearest_existing(target), os.W_OK | os.X_OK):
         reason = f"no permission to write in {ancestor}"
-    elif _is_pseudo_filesystem(ancestor):
-        reason = f"{ancestor} is on a kernel file system that takes no new files"
     if reason is not None:
         raise OutputError(f"cannot write {what} {path}: {reason}")
 

@@ -43,6 +43,7 @@ def write_submission(
     Raises:
         DataError: a mask of another size, an id given twice, or runs that fail validation.
         ConfigError: ``path`` is a folder.
+        OutputError: ``path`` cannot be written (e.g. a full disk); the previous file there is kept.
     """
     if path.is_dir():
         raise ConfigError(f"submission path {path} is a folder; name the CSV file to write")

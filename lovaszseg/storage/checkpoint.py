@@ -24,9 +24,18 @@ def checkpoint_bytes(state: dict[str, Any]) -> bytes:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any] | bytes) -> None:
-    """Write ``state`` (or its :func:`checkpoint_bytes`) through a temporary file: a crash never tears it."""
+    """Write ``state`` (or its :func:`checkpoint_bytes`) through a temporary file: a crash never tears it.
+
+    Args:
+        path: The checkpoint file.
+        state: The checkpoint dict, or its bytes.
+
+    Raises:
+        OutputError: the file cannot be written (e.g. a full disk); the previous ``path`` is kept.
+    """
+    data = state if isinstance(state, bytes) else checkpoint_bytes(state)
     with atomic_write(path, "wb") as handle:
-        handle.write(state if isinstance(state, bytes) else checkpoint_bytes(state))
+        handle.write(data)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from lovaszseg.config import CONFIG_METADATA_KEY, Config, load_config
-from lovaszseg.data.io import atomic_write, remove_stale_temporaries
+from lovaszseg.data.io import atomic_write, make_folder, remove_stale_temporaries
 from lovaszseg.data.spec import DatasetSpec
 from lovaszseg.errors import CheckpointError, OutputError, RunFolderError
 from lovaszseg.storage.checkpoint import checkpoint_bytes, load_checkpoint, save_checkpoint
@@ -134,10 +134,16 @@ class RunFolder:
         Raises:
             RunFolderError: an explicit ``path`` holds files and ``overwrite`` is not set, or another
                 process is writing the folder.
+            OutputError: the folder cannot be created, or ``config.yaml`` written (a full disk); the message
+                names the path and the reason.
         """
         folder = cls.claim(path, config.default_run_dir(), overwrite=overwrite)
-        with atomic_write(folder.config_path) as handle:
-            handle.write(config.to_yaml())
+        try:
+            with atomic_write(folder.config_path) as handle:
+                handle.write(config.to_yaml())
+        except BaseException:
+            folder.release()
+            raise
         return folder
 
     @classmethod
@@ -152,6 +158,7 @@ class RunFolder:
         Raises:
             RunFolderError: an explicit ``path`` holds files and ``overwrite`` is not set, or another
                 process is writing the folder.
+            OutputError: the folder cannot be created or emptied; the message names it and the reason.
         """
         if path is not None:
             folder = cls(path)
@@ -164,11 +171,15 @@ class RunFolder:
                 )
         else:
             folder = cls._first_free(default, overwrite)
-        for entry in folder._contents():
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
+        try:
+            for entry in folder._contents():
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+        except OSError as error:
+            folder.release()
+            raise OutputError(f"cannot empty run folder {folder.path}: {error.strerror or error}") from error
         return folder
 
     @classmethod
@@ -222,13 +233,14 @@ class RunFolder:
 
         Raises:
             RunFolderError: another live process holds it; the message gives its PID.
-            OutputError: the folder cannot be created or written (the message says why).
+            OutputError: the folder cannot be created or its ``.lock`` written; the message names the
+                folder and the reason.
         """
+        make_folder(self.path, "run folder")
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
             handle = (self.path / LOCK_FILE).open("a+", encoding="utf-8")
         except OSError as error:
-            raise OutputError(f"cannot create run folder {self.path}: {error.strerror or error}") from error
+            raise OutputError(f"cannot write run folder {self.path}: {error.strerror or error}") from error
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -239,10 +251,14 @@ class RunFolder:
                 f"run folder {self.path} is being written by another process (PID {holder}); "
                 "wait for it to end or stop it first"
             ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+        except OSError as error:  # e.g. a full disk
+            handle.close()
+            raise OutputError(f"cannot write run folder {self.path}: {error.strerror or error}") from error
         self._lock = handle
         remove_stale_temporaries(self.path)
 
