@@ -41,6 +41,10 @@ class MinArea(Rule):
         return f"min-area {self.value} px"
 
     @classmethod
+    def empties_per_column(cls, counts: ImageCounts, rules: list[Rule]) -> np.ndarray:
+        return counts.predicted < np.asarray([rule.value for rule in rules])[None, :]
+
+    @classmethod
     def tune(cls, counts: ImageCounts, metric: str) -> list[Rule]:
         """For every threshold, the min-area that empties the best number of smallest predictions.
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -85,10 +84,6 @@ class PostProcessing:
 
     def __repr__(self) -> str:
         return f"PostProcessing({', '.join(f'{name}={value!r}' for name, value in self.values().items())})"
-
-    @classmethod
-    def from_values(cls, values: Mapping[str, Any]) -> PostProcessing:
-        return cls(**values)
 
 
 def evaluate_postprocessing(counts: ImageCounts, chosen: PostProcessing) -> dict[str, float]:

@@ -66,6 +66,12 @@ class Rule(Step):
         """Which predictions ``[N, T]`` the rule empties, at every threshold of the grid."""
 
     @classmethod
+    def empties_per_column(cls, counts: ImageCounts, rules: list[Rule]) -> np.ndarray:
+        """Which predictions ``[N, T]`` are emptied when threshold column ``k`` has its own rule ``rules[k]``
+        (a rule with a vectorised form overrides this loop over the columns)."""
+        return np.stack([rule.empties(counts)[:, k] for k, rule in enumerate(rules)], axis=1)
+
+    @classmethod
     @abstractmethod
     def tune(cls, counts: ImageCounts, metric: str) -> list[Rule]:
         """The rule that maximises ``metric`` at each threshold column ``[T]`` (ties: the one emptying least)."""

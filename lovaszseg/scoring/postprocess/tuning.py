@@ -15,8 +15,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
 from lovaszseg.data.io import atomic_write
 from lovaszseg.errors import ConfigError, DataError
 from lovaszseg.scoring.postprocess.counts import ImageCounts, grid_index, metric_at_thresholds
@@ -102,10 +100,10 @@ def tune_postprocessing(
         ConfigError: an unknown metric or step, a fixed threshold off the grid, or no images.
     """
     fixed = dict(fixed or {})
-    PostProcessing(**fixed)  # unknown steps and bad values fail here
+    given = PostProcessing(**fixed)  # unknown steps and bad values fail here
     if not len(counts):
         raise ConfigError("no images to tune post-processing on")
-    alone = metric_at_thresholds(counts.emptied(PostProcessing(**fixed).empties(counts)), metric)
+    alone = metric_at_thresholds(counts.emptied(given.empties(counts)), metric)
     current, by_threshold = counts, {}
     for rule in rule_classes():
         if rule.name in fixed:
@@ -113,8 +111,7 @@ def tune_postprocessing(
         else:
             chosen_rules = rule.tune(current, metric)
             by_threshold[rule.name] = [r.value for r in chosen_rules]
-        emptied = np.stack([r.empties(current)[:, k] for k, r in enumerate(chosen_rules)], axis=1)
-        current = current.emptied(emptied)
+        current = current.emptied(rule.empties_per_column(current, chosen_rules))
     values = metric_at_thresholds(current, metric)
     columns = [grid_index(fixed["threshold"])] if "threshold" in fixed else range(len(THRESHOLD_GRID))
     column = max(columns, key=lambda k: (values[k], -k))  # the first maximum: the lowest threshold on ties
