@@ -46,6 +46,11 @@ seconds for a quiet second). A repeat still under load after that is flagged ``*
 of the medians; up to ``--extra`` further repeats replace such repeats. The load average (``uptime``)
 is printed at the start and the end.
 
+Speed (``--only speed``): the training and ``submit`` images/s of each ``train.amp`` /
+``train.channels_last`` / ``train.compile`` setting (``SPEED_SETTINGS``), each as a ratio to the bare
+fp32 loop measured in the same repeats (``--speed-repeats``, ``--speed-s1``, ``--speed-s2``); the CPU's
+native bf16 support is printed with it.
+
 CLI: wall time of ``lovaszseg --help`` and ``lovaszseg train --help`` (the ``lovaszseg`` entry point
 next to this Python), against ``python -c pass`` and ``python -c "import torch"`` for reference.
 """
@@ -273,7 +278,10 @@ def _bare_model() -> torch.nn.Module:
 # Training
 
 
-def lovaszseg_config(root: Path, folds_csv: Path, runs_dir: Path, batch: int, steps: int) -> object:
+def lovaszseg_config(
+    root: Path, folds_csv: Path, runs_dir: Path, batch: int, steps: int, train: dict | None = None
+) -> object:
+    """The benchmark's config; ``train`` adds ``train.*`` settings (``amp``, ``channels_last``, ``compile``)."""
     from lovaszseg.config import load_config
 
     return load_config(
@@ -287,16 +295,18 @@ def lovaszseg_config(root: Path, folds_csv: Path, runs_dir: Path, batch: int, st
                 "options": {"fold": 0, "folds_csv": str(folds_csv), "pad_size": PAD, "hflip": 0.5},
             },
             "stages": [{"name": "bce", "loss": "bce", "epochs": 1, "optimizer": "adam", "lr": LR, "schedule": "none"}],
-            "train": {"seed": 0, "device": "cpu", "max_steps_per_epoch": steps},
+            "train": {"seed": 0, "device": "cpu", "max_steps_per_epoch": steps, **(train or {})},
             "output": {"runs_dir": str(runs_dir), "name": "bench"},
         }
     )
 
 
-def time_lovaszseg_train(root: Path, folds_csv: Path, run_dir: Path, batch: int, steps: int) -> float:
+def time_lovaszseg_train(
+    root: Path, folds_csv: Path, run_dir: Path, batch: int, steps: int, settings: dict | None = None
+) -> float:
     from lovaszseg.training import train
 
-    config = lovaszseg_config(root, folds_csv, run_dir.parent, batch, steps)
+    config = lovaszseg_config(root, folds_csv, run_dir.parent, batch, steps, settings)
     log = io.StringIO()
     start = time.perf_counter()
     with contextlib.redirect_stdout(log):  # rich's Console writes to sys.stdout: not a terminal, no bar
@@ -614,6 +624,129 @@ def bench_infer(args: argparse.Namespace, work: Path, run: Path, guard: Guard) -
 
 
 # --------------------------------------------------------------------------------------------------
+# Speed settings: amp, channels-last and torch.compile against the bare fp32 loop
+
+# name -> train.* settings; "recommended" is what docs/benchmarks.md recommends for a CPU.
+SPEED_SETTINGS: dict[str, dict] = {
+    "fp32": {},
+    "bf16": {"amp": "bf16"},
+    "channels-last": {"channels_last": True},
+    "bf16 + channels-last": {"amp": "bf16", "channels_last": True},
+    "compiled (fp32, channels-last)": {"channels_last": True, "compile": True},
+    "recommended (amp auto, channels-last)": {"amp": "auto", "channels_last": True},
+}
+
+
+def _speed_train(args: argparse.Namespace, work: Path, guard: Guard, names: list[str]) -> tuple[list[str], Path]:
+    """Training images/s of each setting ((S2 - S1) steps, as ``bench_train``) over the bare fp32 loop's."""
+    root, batch, s1, s2 = args.data, args.batch, args.speed_s1, args.speed_s2
+    folds_csv = work / "folds.csv"
+    train_ids, _ = write_folds_csv(root, folds_csv, args.val_size)
+    dataset = BareTGS(root, train_ids, tgs_transforms(train=True, pad_size=PAD, hflip=0.5))
+    runs = work / "speed-runs"
+    for settings in SPEED_SETTINGS.values():  # warm-up, untimed: kernels, the compiler's caches, the page cache
+        time_lovaszseg_train(root, folds_csv, runs / "warm", batch, 2, settings)
+    time_bare_train(dataset, batch, 0, 2, seed=0)
+    speeds: dict[str, list[float]] = {name: [] for name in ["bare fp32 loop", *names]}
+    flagged = 0
+    for repeat in range(args.speed_repeats):
+        label = f"speed repeat {repeat + 1}"
+        bare, _, clean = guard.run(lambda r=repeat: time_bare_train(dataset, batch, s1, s2, seed=r), label)
+        flagged += not clean
+        speeds["bare fp32 loop"].append((s2 - s1) * batch / bare)
+        for name in names:
+            settings = SPEED_SETTINGS[name]
+            t1, _, clean1 = guard.run(
+                lambda st=settings: time_lovaszseg_train(root, folds_csv, runs / "s1", batch, s1, st), label
+            )
+            t2, _, clean2 = guard.run(
+                lambda st=settings: time_lovaszseg_train(root, folds_csv, runs / "s2", batch, s2, st), label
+            )
+            flagged += not (clean1 and clean2)
+            speeds[name].append((s2 - s1) * batch / (t2 - t1))
+        shown = ", ".join(f"{name} {values[-1]:.1f}" for name, values in speeds.items())
+        print(f"  {label} (images/s): {shown}", flush=True)
+    bare_m = _median(speeds["bare fp32 loop"])
+    lines = [
+        f"Training speed: batch {batch}, steps S1 = {s1}, S2 = {s2}, images/s = (S2 - S1) * batch / (t(S2) - t(S1)) "
+        f"of lovaszseg's train(); median of {args.speed_repeats} repeats, settings interleaved; "
+        f"{flagged} measurement(s) under background load\n",
+        "| setting (`train.*`) | images/s (median) | per repeat | / bare fp32 loop |",
+        "|---|---:|---|---:|",
+    ]
+    for name, values in speeds.items():
+        lines.append(f"| {name} | {_median(values):.1f} | {_fmt_list(values)} | **{_median(values) / bare_m:.2f}** |")
+    run = runs / "fp32-model"
+    time_lovaszseg_train(root, folds_csv, run, batch, s2)  # the model inference predicts with
+    return lines, run
+
+
+def _speed_infer(args: argparse.Namespace, work: Path, run: Path, guard: Guard, names: list[str]) -> list[str]:
+    """``submit_run`` images/s of each setting, with and without hflip, over the bare fp32 submit loop's."""
+    from lovaszseg.runtime.acceleration import AccelerationOverride
+    from lovaszseg.workflows.runs import submit_run
+
+    test_dir, order = make_test_dir(args.data, work, args.test_images)
+    images_dir, count = test_dir / "images", len(order)
+
+    def submit(tta: str, settings: dict) -> float:
+        override = AccelerationOverride(
+            amp=settings.get("amp", "none"),
+            channels_last=settings.get("channels_last", False),
+            compile=settings.get("compile", False),
+        )
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            submit_run(run, test_dir, work / "speed.csv", tta=tta, acceleration=override)
+        return count / (time.perf_counter() - start)
+
+    def bare(tta: str) -> float:
+        start = time.perf_counter()
+        bare_inference(run, images_dir, args.submit_batch, tta, None, work / "bare.csv", order, Phases())
+        return count / (time.perf_counter() - start)
+
+    lines = [
+        f"Inference speed: `submit_run` on {count} test images (wall time of the whole call: loading, "
+        f"compiling where asked, predicting, RLE), against the bare fp32 submit loop (batch {args.submit_batch}); "
+        f"median of {args.speed_repeats} repeats\n",
+        "| setting (`--amp`, `--channels-last`, `--compile`) | tta | images/s (median) | per repeat | / bare fp32 |",
+        "|---|---|---:|---|---:|",
+    ]
+    for tta in ("none", "hflip"):
+        for settings in SPEED_SETTINGS.values():  # warm-up, untimed
+            submit(tta, settings)
+        speeds: dict[str, list[float]] = {name: [] for name in ["bare fp32 loop", *names]}
+        for repeat in range(args.speed_repeats):
+            label = f"speed inference, tta {tta}, repeat {repeat + 1}"
+            speeds["bare fp32 loop"].append(guard.run(lambda t=tta: bare(t), label)[0])
+            for name in names:
+                speeds[name].append(guard.run(lambda t=tta, n=name: submit(t, SPEED_SETTINGS[n]), label)[0])
+        bare_m = _median(speeds["bare fp32 loop"])
+        for name, values in speeds.items():
+            lines.append(
+                f"| {name} | {tta} | {_median(values):.1f} | {_fmt_list(values)} | **{_median(values) / bare_m:.2f}** |"
+            )
+        print(f"  inference, tta {tta}: done", flush=True)
+    return lines
+
+
+def bench_speed(args: argparse.Namespace, work: Path, guard: Guard) -> list[str]:
+    from lovaszseg.runtime.accelerated import native_bf16
+
+    names = [n.strip() for n in args.settings.split(",")] if args.settings else list(SPEED_SETTINGS)
+    if unknown := [n for n in names if n not in SPEED_SETTINGS]:
+        raise SystemExit(f"unknown --settings {unknown}; choose from {list(SPEED_SETTINGS)}")
+    capability = torch.backends.cpu.get_cpu_capability()
+    header = [
+        f"CPU capability {capability} (ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY', 'unset')}), "
+        f"native bf16 (AVX-512 BF16 or AMX): {native_bf16(torch.device('cpu'))}; amp auto is "
+        f"{'bf16' if native_bf16(torch.device('cpu')) else 'fp32'} here\n",
+    ]
+    train_lines, run = _speed_train(args, work, guard, names)
+    return [*header, *train_lines, "", *_speed_infer(args, work, run, guard, names)]
+
+
+# --------------------------------------------------------------------------------------------------
 # CLI start-up
 
 
@@ -681,7 +814,11 @@ def main() -> None:
         "--submit-batch", type=int, default=16, help="bare submit loop's batch: submit_run's (64 before the redesign)"
     )
     parser.add_argument("--cli-repeats", type=int, default=7, help="runs of each CLI command")
-    parser.add_argument("--only", default="train,infer,cli", help="comma-separated sections: train, infer, cli")
+    parser.add_argument("--only", default="train,infer,cli", help="comma-separated sections: train, infer, cli, speed")
+    parser.add_argument("--settings", default="", help="speed: comma-separated setting names (default: all)")
+    parser.add_argument("--speed-repeats", type=int, default=3, help="speed: repeats of each setting")
+    parser.add_argument("--speed-s1", type=int, default=3, help="speed: steps of the short training run")
+    parser.add_argument("--speed-s2", type=int, default=11, help="speed: steps of the long training run")
     parser.add_argument(
         "--max-foreign", type=float, default=0.2, help="cores other processes may use during a measurement"
     )
@@ -727,6 +864,9 @@ def main() -> None:
                 run = work / "runs" / "s2"
                 time_lovaszseg_train(args.data, folds_csv, run, args.batch, args.s2)
             lines = bench_infer(args, work, run, guard)
+            print("\n".join(["", *lines]) + "\n", flush=True)
+        if "speed" in sections:
+            lines = bench_speed(args, work, guard)
             print("\n".join(["", *lines]) + "\n", flush=True)
         if "cli" in sections:
             lines = bench_cli(args, guard)

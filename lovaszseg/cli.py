@@ -18,6 +18,7 @@ from rich.console import Console
 from lovaszseg.errors import LovaszsegError
 from lovaszseg.inference.export import describe_formats
 from lovaszseg.inference.tta import tta_names
+from lovaszseg.runtime.acceleration import AMP_MODES, AccelerationOverride
 from lovaszseg.thresholds import DEFAULT_THRESHOLD
 
 console = Console()
@@ -150,6 +151,24 @@ MIN_AREA_HELP = (
     "threshold used)."
 )
 
+# The models' own train.amp / channels_last / compile, changed for this call only.
+AMP_OPTION = typer.Option(
+    None,
+    "--amp",
+    help=f"Mixed precision: {', '.join(AMP_MODES)} (auto: bf16 where the device computes it natively, "
+    "else float32). Default: each model's train.amp.",
+)
+CHANNELS_LAST_OPTION = typer.Option(
+    None, "--channels-last/--no-channels-last", help="Channels-last memory. Default: each model's train.channels_last."
+)
+COMPILE_OPTION = typer.Option(
+    None, "--compile/--no-compile", help="torch.compile the models. Default: each model's train.compile."
+)
+
+
+def _acceleration(amp: str | None, channels_last: bool | None, compile_model: bool | None) -> AccelerationOverride:
+    return _user_errors(AccelerationOverride, amp, channels_last, compile_model)  # an unknown --amp is one line
+
 
 def _parse_weights(text: str | None) -> list[float] | None:
     if text is None:
@@ -257,6 +276,9 @@ def eval_command(
     weights: str | None = typer.Option(None, help=WEIGHTS_HELP),
     tta: str = typer.Option("none", help=TTA_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
+    amp: str | None = AMP_OPTION,
+    channels_last: bool | None = CHANNELS_LAST_OPTION,
+    compile_model: bool | None = COMPILE_OPTION,
     data_root: Path | None = typer.Option(None, help="Dataset root, if not the one in the run's config."),
 ) -> None:
     """Score a model or an ensemble; prints a table and writes eval.json.
@@ -276,6 +298,7 @@ def eval_command(
         split=split,
         tta=tta,
         device=device,
+        acceleration=_acceleration(amp, channels_last, compile_model),
         data_root=data_root,
         console=console,
     )
@@ -297,6 +320,9 @@ def predict_command(
     threshold: str | None = typer.Option(None, help=THRESHOLD_HELP),
     min_area: str | None = typer.Option(None, help=MIN_AREA_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
+    amp: str | None = AMP_OPTION,
+    channels_last: bool | None = CHANNELS_LAST_OPTION,
+    compile_model: bool | None = COMPILE_OPTION,
 ) -> None:
     """Predict masks (VOC palette PNGs for multi-class models) and image+mask overlays."""
     from lovaszseg.workflows.runs import predict_run
@@ -311,6 +337,7 @@ def predict_command(
         threshold=_parse_auto("threshold", threshold, float),
         min_area=_parse_auto("min-area", min_area, int),
         device=device,
+        acceleration=_acceleration(amp, channels_last, compile_model),
         console=console,
     )
     console.print(f"wrote {count} masks to {out_dir / 'masks'} and overlays to {out_dir / 'overlays'}")
@@ -329,6 +356,9 @@ def submit_command(
         None, help="Kaggle's sample_submission.csv (default: the one beside TEST_DIR): ids must match it."
     ),
     device: str = typer.Option("auto", help=DEVICE_HELP),
+    amp: str | None = AMP_OPTION,
+    channels_last: bool | None = CHANNELS_LAST_OPTION,
+    compile_model: bool | None = COMPILE_OPTION,
 ) -> None:
     """Write a Kaggle TGS Salt submission: id,rle_mask for every test image, masks at 101x101.
 
@@ -348,6 +378,7 @@ def submit_command(
         min_area=_parse_auto("min-area", min_area, int),
         sample_submission=sample_submission,
         device=device,
+        acceleration=_acceleration(amp, channels_last, compile_model),
         console=console,
     )
     console.print(f"wrote {path} (threshold {used.threshold:.2f}, min-area {used.min_area})")

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from lovaszseg.data import DATASET_NAMES, DatasetSpec, build_dataset, build_transform, dataset_options, describe_dataset
 from lovaszseg.errors import ConfigError
 from lovaszseg.losses import LossSpec, build_loss
+from lovaszseg.runtime.acceleration import Acceleration, Amp
 
 if TYPE_CHECKING:
     import albumentations as A
@@ -170,7 +171,13 @@ class TrainConfig(_Strict):
 
     seed: int = Field(0, ge=0, le=MAX_SEED)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: Literal["none", "bf16", "fp16"] = "none"
+    # Mixed precision of forward passes (training, validation and inference): none (float32), bf16,
+    # fp16 (CUDA), or auto (bf16 where the device computes it natively, else float32).
+    amp: Amp = "none"
+    # Weights and batches in channels-last (NHWC) memory: faster convolutions on CPUs and tensor cores.
+    channels_last: bool = False
+    # torch.compile the model for training and inference (uncompiled, with a warning, where it cannot be).
+    compile: bool = False
     grad_clip: float | None = Field(None, gt=0)
     # Validation metric that picks best.pt: salt_score, iou, image_iou (binary); miou, image_miou.
     monitor: str | None = None
@@ -181,6 +188,10 @@ class TrainConfig(_Strict):
     divergence_factor: float | None = Field(1000.0, gt=1)
     # DDP only: needed when some parameters get no gradient (e.g. smp encoders with encoder_depth < 5).
     find_unused_parameters: bool = False
+
+    def acceleration(self) -> Acceleration:
+        """How the model's forward passes run: what training uses and inference starts from."""
+        return Acceleration(self.amp, self.channels_last, self.compile)
 
 
 class OutputConfig(_Strict):

@@ -96,11 +96,13 @@ def output_stride(model: nn.Module) -> int:
     """The factor input heights and widths must be divisible by (1 when the model takes any size).
 
     Args:
-        model: An smp model.
+        model: An smp model (or a wrapper holding it as ``.module``).
 
     Returns:
         32 for a depth-5 smp encoder, 8 for depth 3, 16 for a dilated DeepLabV3+ encoder, ...
     """
+    while isinstance(getattr(model, "module", None), nn.Module):  # an AcceleratedModel or DDP: the model inside
+        model = model.module
     if not getattr(model, "requires_divisible_input_shape", True):
         return 1
     encoder = getattr(model, "encoder", None)

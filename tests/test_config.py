@@ -54,7 +54,7 @@ def test_round_trip_through_a_plain_dict() -> None:
         (["model.encodr=resnet18"], r"model\.encodr: unknown key; allowed here: arch, encoder"),
         (["stages.0.epochs=zero"], r"stages\.0\.epochs: Input should be a valid integer"),
         (["stages.0.epochs=0"], r"stages\.0\.epochs: Input should be greater than or equal to 1"),
-        (["train.amp=fp8"], r"train\.amp: .*'none', 'bf16' or 'fp16', got 'fp8'"),
+        (["train.amp=fp8"], r"train\.amp: .*'none', 'bf16', 'fp16' or 'auto', got 'fp8'"),
         (["stages.0.loss=lovasz"], r"stages\.0\.loss: .*unknown loss 'lovasz'"),
         (["data.options.bogus=1"], r"data\.options: .*unknown option\(s\) \['bogus'\]"),
         (["stages.5.lr=0.1"], r"stages\.5 is not an index of a list of 2"),

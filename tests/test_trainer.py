@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import signal
@@ -11,13 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_salt_config
+from rich.console import Console
 
 import lovaszseg.training.trainer as engine_train
 from lovaszseg.config import load_config
 from lovaszseg.errors import ConfigError, RunFolderError, TrainingError
+from lovaszseg.runtime.acceleration import AccelerationOverride
 from lovaszseg.storage import load_model
 from lovaszseg.storage.checkpoint import load_checkpoint
 from lovaszseg.training import train
+from lovaszseg.workflows.runs import evaluate_run
 
 
 def _loss_with_hook(hook: Callable[[int, torch.Tensor], torch.Tensor]) -> Callable[..., Callable]:
@@ -264,22 +268,30 @@ def test_resume_after_early_stopping_goes_on_with_the_next_stage(
     assert [row["stage"] for row in resumed.history] == ["1-a", "1-a", "2-b"] and resumed.completed
 
 
-def test_bf16_autocast_with_gradient_clipping_trains_on_cpu(tiny_salt: Path, tmp_path: Path) -> None:
+def test_bf16_channels_last_with_gradient_clipping_trains_on_cpu(tiny_salt: Path, tmp_path: Path) -> None:
     config = _config(
         tiny_salt,
         tmp_path,
         stages=[{"name": "bce", "loss": "bce", "epochs": 1, "lr": 0.01}],
-        train={"seed": 0, "device": "cpu", "amp": "bf16", "grad_clip": 0.5},
+        train={"seed": 0, "device": "cpu", "amp": "bf16", "channels_last": True, "grad_clip": 0.5},
     )
     result = train(config)
     row = result.history[0]
     assert 0.0 < float(row["train_loss"]) < 2.0 and 0.0 <= float(row["iou"]) <= 1.0
-    assert load_checkpoint(result.run_dir / "last.pt")["model"]["segmentation_head.0.weight"].dtype == torch.float32
+    weights = load_checkpoint(result.run_dir / "last.pt")["model"]
+    assert weights["segmentation_head.0.weight"].dtype == torch.float32
+    # Validation ran the run's own settings: eval of the same weights with them scores the same.
+    quiet = Console(file=io.StringIO())
+    evaluation = evaluate_run(result.run_dir / "last.pt", device="cpu", console=quiet)
+    assert evaluation["iou"] == pytest.approx(float(row["iou"]), abs=1e-6)
+    overridden = AccelerationOverride(amp="none", channels_last=False)
+    plain = evaluate_run(result.run_dir / "last.pt", device="cpu", acceleration=overridden, console=quiet)
+    assert plain["iou"] == pytest.approx(evaluation["iou"], abs=0.05)  # float32: close, not necessarily equal
 
 
 def test_fp16_on_cpu_is_refused_before_the_run_folder_is_made(tiny_salt: Path, tmp_path: Path) -> None:
     config = _config(tiny_salt, tmp_path, train={"seed": 0, "device": "cpu", "amp": "fp16"})
-    with pytest.raises(ConfigError, match=r"train\.amp=fp16 needs a CUDA device"):
+    with pytest.raises(ConfigError, match=r"amp fp16 \(train\.amp or --amp\) needs a CUDA device, not cpu"):
         train(config)
     assert not (tmp_path / "tiny").exists()
 

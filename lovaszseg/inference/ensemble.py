@@ -33,6 +33,8 @@ from lovaszseg.data.io import atomic_write
 from lovaszseg.data.spec import DatasetSpec
 from lovaszseg.errors import CheckpointError, ConfigError, RunFolderError
 from lovaszseg.models import probabilities
+from lovaszseg.runtime.accelerated import accelerate
+from lovaszseg.runtime.acceleration import AccelerationOverride
 from lovaszseg.scoring.postprocess import POSTPROCESS_FILE, Tuning, load_tuning, save_tuning
 from lovaszseg.storage.cv_folder import CvFolder
 from lovaszseg.storage.run_folder import RunFolder, load_model
@@ -261,12 +263,20 @@ def _home(sources: Sources) -> tuple[Path | None, CvFolder | None]:
     return source, CvFolder(source) if CvFolder.is_cv_folder(source) else None
 
 
-def load_predictor(sources: Sources, weights: Sequence[float] | None = None) -> Predictor:
+def load_predictor(
+    sources: Sources,
+    weights: Sequence[float] | None = None,
+    acceleration: AccelerationOverride = AccelerationOverride(),
+) -> Predictor:
     """Load one model or an ensemble from run folders, model files, cv folders and ensemble folders.
+
+    Every member runs with its own run's ``train.amp``, ``train.channels_last`` and ``train.compile``,
+    changed by ``acceleration``.
 
     Args:
         sources: One source or several (see :func:`resolve_members`).
         weights: One weight per source.
+        acceleration: Per-call changes to the members' acceleration (e.g. ``--amp bf16``).
 
     Returns:
         :class:`Predictor`: the model alone when there is one member, else an :class:`Ensemble`.
@@ -280,7 +290,8 @@ def load_predictor(sources: Sources, weights: Sequence[float] | None = None) -> 
     described = [(m, lm.config, lm.spec) for m, lm in zip(members, loaded, strict=True)]
     for other in described[1:]:
         _check_agree(described[0], other)
-    model = loaded[0].model if len(loaded) == 1 else Ensemble([lm.model for lm in loaded], [m.weight for m in members])
+    models = [accelerate(lm.model, acceleration.apply(lm.config.train.acceleration())) for lm in loaded]
+    model = models[0] if len(models) == 1 else Ensemble(models, [m.weight for m in members])
     home, cv = _home(sources)
     configs = [lm.config for lm in loaded]
     return Predictor(model.eval(), loaded[0].config, loaded[0].spec, members, home, cv, configs)

@@ -9,7 +9,6 @@ processes before any ratio is taken makes a DDP evaluation equal a single-proces
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import numpy as np
@@ -167,7 +166,6 @@ def evaluate(
     device: torch.device,
     predict: Callable[[nn.Module, Tensor], Tensor] | None = None,
     loss_fn: nn.Module | None = None,
-    autocast: AbstractContextManager | None = None,
     progress: Callable[[int], None] | None = None,
     scorer: Scorer | None = None,
     on_predictions: Callable[[Sequence[str], Tensor, Tensor], None] | None = None,
@@ -186,7 +184,6 @@ def evaluate(
             ensemble (``lovaszseg.inference.predict_probabilities``); default the model's own sigmoid
             or softmax. Not with ``loss_fn``, whose probabilities are those of the logits it scores.
         loss_fn: When given, ``val_loss`` is the mean batch loss of the logits.
-        autocast: Mixed-precision context of the forward passes.
         progress: Called with each batch's number of images once it is predicted (e.g. ``LoopProgress.advance``).
         scorer: The scorer to fill (e.g. one keeping per-image counts); default a new one.
         on_predictions: Called with the ids, probabilities and masks of the images as scored (cropped
@@ -201,9 +198,8 @@ def evaluate(
     scorer, losses = scorer or Scorer(spec, device), MeanMeter(device)
     for batch in loader:
         images, masks = batch["image"].to(device), batch["mask"].to(device)
-        with autocast or nullcontext():
-            logits = model(images).float() if loss_fn is not None or predict is None else None
-            probs = probabilities(logits) if logits is not None else predict(model, images)
+        logits = model(images).float() if loss_fn is not None or predict is None else None
+        probs = probabilities(logits) if logits is not None else predict(model, images)
         if progress is not None:
             progress(len(images))
         if loss_fn is not None:

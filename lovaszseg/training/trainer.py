@@ -14,7 +14,6 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from lovaszseg.errors import CheckpointError, ConfigError, TrainingError
 from lovaszseg.losses import build_loss
 from lovaszseg.models import build_model, check_input_size
 from lovaszseg.runtime import distributed
+from lovaszseg.runtime.accelerated import accelerate, amp_dtype, to_memory_format
 from lovaszseg.runtime.interrupt import StopRequest
 from lovaszseg.runtime.progress import LoopProgress
 from lovaszseg.scoring.catalogue import metric_names
@@ -96,6 +96,7 @@ class Stage:
         ema: The moving average of the weights (``ema`` stages), which validation scores and
             checkpoints hold as their ``"model"``; never wrapped in DDP.
         epoch_lr: The learning rate of the current epoch's first step (``summary.csv``'s ``lr``).
+        validated: What validation runs: the validated weights with the run's acceleration.
     """
 
     index: int
@@ -105,6 +106,7 @@ class Stage:
     scheduler: Scheduler
     ema: AveragedModel | None = None
     epoch_lr: float = 0.0
+    validated: nn.Module | None = None
 
     @property
     def label(self) -> str:
@@ -131,14 +133,6 @@ def _seed_worker(worker_id: int) -> None:
 def _epoch_seed(seed: int, stage: int, epoch: int) -> int:
     # Every epoch reseeds from (seed, stage, epoch): a resumed run replays exactly the same randomness.
     return seed * 1_000_003 + stage * 10_007 + epoch
-
-
-def _autocast(amp: str, device: torch.device) -> AbstractContextManager:
-    if amp == "none":
-        return nullcontext()
-    if amp == "fp16" and device.type != "cuda":
-        raise ConfigError("train.amp=fp16 needs a CUDA device; on CPU use train.amp=bf16 or none")
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 def _improved(value: float, best: float | None, mode: str) -> bool:
@@ -273,13 +267,16 @@ class Trainer:
             source = _load_init_weights(model, init_from, config.model)
             if info.is_main:
                 self.console.print(f"model: starting from the weights in {source}")
-        self.model = model.to(info.device)
         for dataset, split in ((self.train_set, config.data.train_split), (self.val_set, config.data.val_split)):
             height, width = dataset[0]["image"].shape[-2:]
             check_input_size(model, height, width, f"the first image of {config.data.name} split {split!r}")
-        self.ddp_model = distributed.wrap_model(self.model, info, config.train.find_unused_parameters)
-        self.scaler = torch.amp.GradScaler(info.device.type, enabled=config.train.amp == "fp16")
-        self.autocast = _autocast(config.train.amp, info.device)
+        self.acceleration = config.train.acceleration()
+        dtype = amp_dtype(self.acceleration, info.device)  # fp16 on a CPU is refused here, before any folder
+        self.model = to_memory_format(model.to(info.device), self.acceleration)  # before DDP sees the weights
+        ddp_model = distributed.wrap_model(self.model, info, config.train.find_unused_parameters)
+        # Forward passes in mixed precision (float32 logits out) and channels-last batches, maybe compiled.
+        self.accelerated = accelerate(ddp_model, self.acceleration, convert=False)
+        self.scaler = torch.amp.GradScaler(info.device.type, enabled=dtype == torch.float16)
 
     # The run ------------------------------------------------------------------------------------------
     def open_folder(self, resume: Path | None, run_dir: Path | None, overwrite: bool) -> RunFolder:
@@ -348,6 +345,7 @@ class Trainer:
         else:
             self._enter_stage(folder, stage, progress)
         stage.ema = self._build_ema(config, checkpoint)
+        stage.validated = accelerate(self._validated_model(stage), self.acceleration)
         return stage
 
     def _enter_stage(self, folder: RunFolder, stage: Stage, progress: Progress) -> None:
@@ -395,7 +393,7 @@ class Trainer:
     # One epoch ----------------------------------------------------------------------------------------
     def train_epoch(self, stage: Stage, epoch: int, folder: RunFolder, progress: Progress) -> float | None:
         """One pass over the training data; its mean loss over all ranks, or None if stopped midway."""
-        self.ddp_model.train()
+        self.accelerated.train()
         steps = self.steps_per_epoch
         stage.epoch_lr = stage.optimizer.param_groups[0]["lr"]
         description = f"{stage.label} {epoch + 1}/{stage.config.epochs}"
@@ -419,9 +417,7 @@ class Trainer:
     ) -> float:
         """Forward, loss check, backward and optimiser step on one batch; returns the loss."""
         images, masks = batch["image"].to(self.info.device), batch["mask"].to(self.info.device)
-        with self.autocast:
-            logits = self.ddp_model(images)
-        loss = stage.loss_fn(logits.float(), masks)
+        loss = stage.loss_fn(self.accelerated(images), masks)
         value = float(loss.detach())
         self._check_loss(value, stage, progress, where, folder)
         stage.optimizer.zero_grad(set_to_none=True)
@@ -466,12 +462,11 @@ class Trainer:
             )
         with self._progress(f"{stage.label} {epoch + 1}/{stage.config.epochs} val", len(self.val_loader)) as bar:
             return evaluate(
-                self._validated_model(stage),
+                stage.validated,
                 self.val_loader,
                 self.spec,
                 device=self.info.device,
                 loss_fn=stage.loss_fn,
-                autocast=self.autocast,
                 progress=bar.advance,
             )
 

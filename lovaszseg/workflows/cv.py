@@ -36,6 +36,7 @@ from lovaszseg.inference.ensemble import model_names, resolve_members
 from lovaszseg.inference.predict import predict_probabilities
 from lovaszseg.inference.tta import NO_TTA, Tta, check_tta
 from lovaszseg.runtime import distributed
+from lovaszseg.runtime.accelerated import accelerate
 from lovaszseg.runtime.progress import LoopProgress
 from lovaszseg.scoring.catalogue import metric_names, tuning_metric
 from lovaszseg.scoring.engine import Scorer, evaluate
@@ -185,7 +186,7 @@ def _out_of_fold(
             loader = DataLoader(dataset, batch_size=config.data.eval_batch_size)
             interval = config.output.progress_seconds
             with LoopProgress(console, f"out-of-fold {fold}", len(dataset), unit="image", interval=interval) as bar:
-                model = loaded.model.to(device)
+                model = accelerate(loaded.model.to(device), loaded.config.train.acceleration())
                 metrics = evaluate(
                     model,
                     loader,

@@ -37,6 +37,7 @@ from lovaszseg.inference.predict import predict_folder, predict_probabilities
 from lovaszseg.inference.submission import write_submission
 from lovaszseg.inference.tta import NO_TTA, Tta, check_tta
 from lovaszseg.rle import read_rle_csv
+from lovaszseg.runtime.acceleration import AccelerationOverride
 from lovaszseg.runtime.distributed import resolve_device
 from lovaszseg.runtime.progress import LoopProgress
 from lovaszseg.scoring.catalogue import metric_names, postprocess_key, postprocessed_key, tuning_metric
@@ -240,6 +241,7 @@ def evaluate_run(
     split: str | None = None,
     tta: Tta = NO_TTA,
     device: str = "auto",
+    acceleration: AccelerationOverride = AccelerationOverride(),
     data_root: str | Path | None = None,
     out: Path | None = None,
     console: Console | None = None,
@@ -261,6 +263,8 @@ def evaluate_run(
             its out-of-fold predictions) or ``holdout`` (its held-out images). Default ``val``.
         tta: ``none`` or a transform of :mod:`lovaszseg.inference.tta` (not for ``oof``: the cv's own).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        acceleration: Changes to each model's own ``train.amp``, ``train.channels_last`` and
+            ``train.compile`` (``--amp``, ``--channels-last``, ``--compile``).
         data_root: Dataset root, if not the one in the config.
         out: Folder to write ``eval.json`` to (default: the run, cv or ensemble folder; a list of
             several sources writes none).
@@ -279,7 +283,7 @@ def evaluate_run(
     check_tta(tta)
     if out is not None:
         check_writable(out, "--out", folder=True)
-    predictor = load_predictor(run_or_checkpoint, weights)
+    predictor = load_predictor(run_or_checkpoint, weights, acceleration)
     with _writable_home(predictor, console) as home:
         if predictor.cv is not None and split in (None, OUT_OF_FOLD):
             split, tta = OUT_OF_FOLD, predictor.cv.settings()[1]["tta"]
@@ -338,6 +342,7 @@ def predict_run(
     threshold: float | Auto | None = None,
     min_area: int | Auto | None = None,
     device: str = "auto",
+    acceleration: AccelerationOverride = AccelerationOverride(),
     console: Console | None = None,
 ) -> int:
     """Predict every image of a folder: ``OUT/masks/STEM.png`` and ``OUT/overlays/STEM.png``.
@@ -355,6 +360,8 @@ def predict_run(
         min_area: Binary models: masks with fewer foreground pixels are emptied (default 0: none);
             ``"auto"``: tuned for the threshold used.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        acceleration: Changes to each model's own ``train.amp``, ``train.channels_last`` and
+            ``train.compile`` (``--amp``, ``--channels-last``, ``--compile``).
         console: Where progress goes.
 
     Returns:
@@ -369,7 +376,7 @@ def predict_run(
         raise ConfigError(f"output folder {out_dir} is a file")
     check_writable(out_dir, "output folder", folder=True)
     check_tta(tta)
-    predictor = load_predictor(run_or_checkpoint, weights)
+    predictor = load_predictor(run_or_checkpoint, weights, acceleration)
     post = _postprocessing(predictor, {"threshold": threshold, "min_area": min_area}, tta, device, console)
     count = 0
     for path, image, probs in _predict_images(
@@ -420,6 +427,7 @@ def submit_run(
     min_area: int | Auto | None = None,
     sample_submission: str | Path | None = None,
     device: str = "auto",
+    acceleration: AccelerationOverride = AccelerationOverride(),
     console: Console | None = None,
 ) -> tuple[Path, PostProcessing]:
     """Write a Kaggle TGS Salt submission (``id,rle_mask``) for every image of a test folder.
@@ -444,6 +452,8 @@ def submit_run(
         sample_submission: Kaggle's ``sample_submission.csv``: the file must then hold exactly its ids,
             in its order. By default the one beside ``test_dir`` (``test/../sample_submission.csv``).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        acceleration: Changes to each model's own ``train.amp``, ``train.channels_last`` and
+            ``train.compile`` (``--amp``, ``--channels-last``, ``--compile``).
         console: Where progress goes (default: a new rich console).
 
     Returns:
@@ -462,7 +472,7 @@ def submit_run(
     check_tta(tta)
     images_dir = test_dir / "images" if (test_dir / "images").is_dir() else test_dir
     expected = _expected_ids(images_dir, Path(sample_submission) if sample_submission else None)
-    predictor = load_predictor(run_or_checkpoint, weights)
+    predictor = load_predictor(run_or_checkpoint, weights, acceleration)
     if not predictor.spec.binary:
         raise ConfigError("submit writes binary RLE masks; this model is multi-class")
     post = _postprocessing(predictor, {"threshold": threshold, "min_area": min_area}, tta, device, console)
