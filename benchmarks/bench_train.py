@@ -80,6 +80,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 import lovaszseg
+from lovaszseg.data.folds import CvSplit
 from lovaszseg.data.transforms import tgs_transforms
 
 MODEL = {
@@ -236,14 +237,9 @@ def write_folds_csv(root: Path, path: Path, val_size: int) -> tuple[list[str], l
     ids = _train_ids(root)
     step = max(1, len(ids) // val_size)
     val = set(ids[::step][:val_size])
-    train_ids, val_ids = [], []
-    with path.open("w", newline="") as handle:
-        handle.write("id,fold\n")
-        for index, sample_id in enumerate(ids):
-            fold = 0 if sample_id in val else 1 + index % 4
-            (val_ids if fold == 0 else train_ids).append(sample_id)
-            handle.write(f"{sample_id},{fold}\n")
-    return train_ids, val_ids
+    split = CvSplit({i: 0 if i in val else 1 + index % 4 for index, i in enumerate(ids)}, [], 5)
+    lovaszseg.data.folds.write_folds_csv(path, split)  # the CSV every TGS folds_csv option reads
+    return split.train_ids(0), split.val_ids(0)
 
 
 class BareTGS(Dataset):

@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import DataLoader
 
+from lovaszseg.data.folds import HOLDOUT
 from lovaszseg.inference.ensemble import load_predictor
 from lovaszseg.inference.predict import predict_probabilities
 from lovaszseg.scoring.engine import Scorer, evaluate
 from lovaszseg.scoring.postprocess import PostProcessing, image_scores
-from lovaszseg.storage.cv_folder import HOLDOUT, CvFolder
+from lovaszseg.storage.cv_folder import CvFolder
 
 
 def model_scores(source: Path, holdout: Path, tta: str, chosen: PostProcessing) -> np.ndarray:

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lovaszseg.data import DATASET_NAMES, DatasetSpec, build_dataset, build_transform, dataset_options, describe_dataset
+from lovaszseg.data import DatasetSpec, build_dataset, build_transform, dataset_options, describe_dataset
+from lovaszseg.data.registry import registration
 from lovaszseg.errors import ConfigError
 from lovaszseg.losses import LossSpec, build_loss
 from lovaszseg.runtime.acceleration import Acceleration, Amp
@@ -71,7 +72,7 @@ class ModelConfig(_Strict):
 class DataConfig(_Strict):
     """Dataset by name (see ``lovaszseg.data.build_dataset``); ``root: null`` is the built-in demo salt data."""
 
-    name: Literal["tgs", "voc", "voc_binary", "folder"] = "tgs"
+    name: str = "tgs"  # a registered dataset (lovaszseg.data.DATASET_NAMES)
     root: str | None = None
     train_split: str = "train"
     val_split: str = "val"
@@ -81,11 +82,19 @@ class DataConfig(_Strict):
     # Dataset and transform-preset options, e.g. {fold: 0, pad_size: 128, resize: 202}.
     options: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        registration(name)  # raises ConfigError naming the registered datasets
+        return name
+
     @field_validator("options")
     @classmethod
     def _known_options(cls, options: dict[str, Any], info: Any) -> dict[str, Any]:
-        name = info.data.get("name", "tgs")
-        allowed = set(dataset_options(name)) if name in DATASET_NAMES else set()
+        if "name" not in info.data:  # an unknown name: that error is the one reported
+            return options
+        name = info.data["name"]
+        allowed = set(dataset_options(name))
         if unknown := sorted(set(options) - allowed):
             raise ValueError(f"unknown option(s) {unknown} for dataset {name!r}; allowed: {sorted(allowed)}")
         return options

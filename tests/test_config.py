@@ -57,6 +57,7 @@ def test_round_trip_through_a_plain_dict() -> None:
         (["train.amp=fp8"], r"train\.amp: .*'none', 'bf16', 'fp16' or 'auto', got 'fp8'"),
         (["stages.0.loss=lovasz"], r"stages\.0\.loss: .*unknown loss 'lovasz'"),
         (["data.options.bogus=1"], r"data\.options: .*unknown option\(s\) \['bogus'\]"),
+        (["data.name=coco"], r"data\.name: .*unknown dataset 'coco'; expected one of tgs, voc, voc_binary, folder"),
         (["stages.5.lr=0.1"], r"stages\.5 is not an index of a list of 2"),
         (["epochs"], "is not of the form key.path=value"),
         (["stages.0.lr.x=1"], r"stages\.0\.lr is a value, not a section"),

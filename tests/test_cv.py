@@ -213,7 +213,11 @@ def test_cv_of_multiclass_voc_data_keeps_every_class_probability(tiny_voc: Path,
         ({"n_folds": 1}, ConfigError, "at least 2"),
         ({"n_folds": 3, "folds": [3]}, ConfigError, r"folds to train must be in 0..2, got \[3\]"),
         ({"n_folds": 3, "tta": "rot45"}, ConfigError, "tta must be one of"),
-        ({"n_folds": 3, "holdout": 22}, ConfigError, "24 labelled images cannot hold 22 out and fill 3 folds"),
+        (
+            {"n_folds": 3, "holdout": 22},
+            ConfigError,
+            r"n_folds must be an integer in \[2, 2\] \(the 24 labelled images less the 22 held out\), got 3",
+        ),
     ],
 )
 def test_bad_cv_settings_fail_before_any_folder_exists(

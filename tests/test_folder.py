@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 import lovaszseg.data.folder as folder_module
+from lovaszseg.data import describe_dataset
 from lovaszseg.data.folder import FolderDataset
 from lovaszseg.data.transforms import crop_to_original
 from lovaszseg.data.voc import save_palette_png
@@ -46,7 +47,9 @@ def test_binary_masks(tmp_path: Path, stored: tuple[int, ...], ignore_index: int
     mask = np.array(stored, dtype=np.uint8).repeat(8 * 16).reshape(-1, 16)  # rows of each value
     _make_folder(tmp_path, {"a": mask})
     dataset = FolderDataset(tmp_path, num_classes=2, ignore_index=ignore_index)
-    assert (dataset.task, dataset.num_classes, dataset.ignore_index) == ("binary", 1, ignore_index)
+    spec = dataset.spec
+    assert (spec.task, spec.num_classes, spec.ignore_index) == ("binary", 1, ignore_index)
+    assert spec == describe_dataset("folder", {"num_classes": 2, "ignore_index": ignore_index})
     out = crop_to_original(dataset[0]["mask"], mask.shape).numpy()
     assert dataset[0]["mask"].dtype == torch.int64
     assert set(np.unique(out).tolist()) == expected
@@ -59,7 +62,7 @@ def test_multiclass_grayscale_jpeg_images(tmp_path: Path) -> None:
     mask[0] = 255
     _make_folder(tmp_path, {"x": mask, "y": mask}, image_suffix=".jpg", channels=1)
     dataset = FolderDataset(tmp_path, num_classes=4, ignore_index=255, in_channels=1)
-    assert (dataset.task, dataset.num_classes, dataset.in_channels) == ("multiclass", 4, 1)
+    assert (dataset.spec.task, dataset.spec.num_classes, dataset.spec.in_channels) == ("multiclass", 4, 1)
     sample = dataset[1]
     assert sample["id"] == "y" and sample["image"].shape == (1, 64, 32)
     np.testing.assert_array_equal(crop_to_original(sample["mask"], (40, 12)).numpy(), mask)

@@ -1,15 +1,33 @@
-"""Cross-validation splits: stratified folds, a held-out test set, id-list splits every dataset reads."""
+"""The one fold system: stratified folds, a held-out test set, the ``id,fold`` CSV, id-list splits."""
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from lovaszseg.data import build_dataset
-from lovaszseg.data.folds import CvSplit, make_cv_split, write_id_list
+from lovaszseg.data import TGSSalt, build_dataset
+from lovaszseg.data.folds import (
+    HOLDOUT,
+    CvSplit,
+    make_cv_split,
+    read_folds_csv,
+    stratified_split,
+    write_folds_csv,
+    write_id_list,
+)
 from lovaszseg.errors import ConfigError, DataError
+from lovaszseg.storage.cv_folder import FOLDS_FILE, CvFolder
+
+# sha256 of the sorted ``id,fold`` rows (``holdout`` for held-out ids) of the 3000 real TGS training
+# images in ../shared, 5 folds stratified by coverage, seed 0: computed before the two fold systems
+# became one, so the assignment every earlier run and cv folder used stays exactly the same.
+REAL_FOLDS_SHA256 = {
+    0: "056cdf2de2cde7fba083fba52ba7cbad546e1949a3ee692c0677dab9fb8fa9ed",
+    300: "a6e81284df32299912274709125f0cf05150870454f52508cf2166ed41d5c377",
+}
 
 
 class _Keyed:
@@ -55,18 +73,74 @@ def test_the_same_seed_gives_the_same_split_and_another_seed_another() -> None:
     assert make_cv_split(dataset, 5, 3, 4).folds != make_cv_split(dataset, 5, 4, 4).folds
 
 
+def test_the_core_is_a_function_of_ids_and_keys() -> None:
+    keys = {f"id{i:03d}": float(i % 3) for i in range(30)}
+    split = stratified_split(list(keys), list(keys.values()), 3, seed=2, holdout=3)
+    assert split == make_cv_split(_Keyed(keys), 3, seed=2, holdout=3)
+    assert Counter(keys[i] for i in split.holdout) == {0.0: 1, 1.0: 1, 2.0: 1}
+    with pytest.raises(ValueError, match="30 ids but 29 stratum keys"):
+        stratified_split(list(keys), list(keys.values())[:-1], 3, seed=2)
+
+
 @pytest.mark.parametrize(
-    ("n_folds", "holdout", "message"),
+    ("n_folds", "seed", "holdout", "message"),
     [
-        (1, 0, "at least 2, got 1"),
-        (True, 0, "at least 2"),
-        (5, -1, "holdout must be a non-negative"),
-        (5, 8, "10 labelled images cannot hold 8 out and fill 5 folds"),
+        (1, 0, 0, r"n_folds must be an integer in \[2, 10\] \(the 10 labelled images\), got 1"),
+        (11, 0, 0, r"n_folds must be an integer in \[2, 10\] \(the 10 labelled images\), got 11"),
+        (True, 0, 0, r"n_folds must be an integer in \[2, 10\] .*got True"),
+        (5, 0, -1, "holdout must be a non-negative number of images, got -1"),
+        (5, 0, 8, r"n_folds must be an integer in \[2, 2\] \(the 10 labelled images less the 8 held out\), got 5"),
+        (2, 0, 9, "the 10 labelled images less the 9 held out cannot fill 2 folds"),
+        (5, -1, 0, "seed must be a non-negative integer, got -1"),
+        (5, 1.5, 0, "seed must be a non-negative integer, got 1.5"),
     ],
 )
-def test_impossible_splits_are_config_errors(n_folds: int, holdout: int, message: str) -> None:
+def test_impossible_splits_are_config_errors(n_folds: int, seed: int, holdout: int, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        make_cv_split(_Keyed({f"{i}": 0.0 for i in range(10)}), n_folds, 0, holdout)
+        make_cv_split(_Keyed({f"{i}": 0.0 for i in range(10)}), n_folds, seed, holdout)
+
+
+@pytest.mark.parametrize("holdout", [0, 2])
+def test_folds_csv_round_trip(tmp_path: Path, holdout: int) -> None:
+    split = make_cv_split(_Keyed({f"id{i:02d}": float(i % 2) for i in range(12)}), 3, seed=0, holdout=holdout)
+    path = write_folds_csv(tmp_path / "folds.csv", split)
+    rows = path.read_text().splitlines()
+    assert rows[0] == "id,fold" and rows[1:] == sorted(rows[1:])  # sorted by id
+    assert sum(row.endswith(f",{HOLDOUT}") for row in rows) == holdout
+    assert read_folds_csv(path) == split
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("id,fold\nid000,-1\n", "fold '-1' of id id000 is neither a non-negative integer nor 'holdout'"),
+        ("id,fold\nid000,one\n", "fold 'one' of id id000"),
+        ("id,fold\nid000,1\nid000,2\n", "has id 'id000' more than once"),
+        ("id,fold\n", "has no rows"),
+        (f"id,fold\nid000,{HOLDOUT}\n", "has no rows with a fold number"),
+        ("id\nid000\n", "lacks column"),
+    ],
+)
+def test_read_folds_csv_errors(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "folds.csv"
+    path.write_text(text)
+    with pytest.raises(DataError, match=message):
+        read_folds_csv(path)
+
+
+def test_a_cv_folders_folds_csv_is_a_tgs_folds_csv(tiny_salt: Path, tmp_path: Path) -> None:
+    pool = TGSSalt(tiny_salt, "all")
+    split = make_cv_split(pool, 3, seed=0, holdout=4)
+    folder = CvFolder(tmp_path / "cv")
+    folder.write_split(split)
+    assert folder.split() == split
+    for fold in range(3):
+        val = TGSSalt(tiny_salt, "val", fold=fold, folds_csv=tmp_path / "cv" / FOLDS_FILE)
+        train = TGSSalt(tiny_salt, "train", fold=fold, folds_csv=tmp_path / "cv" / FOLDS_FILE)
+        assert val.ids == split.val_ids(fold) and train.ids == split.train_ids(fold)
+        assert not (set(val.ids) | set(train.ids)) & set(split.holdout)  # held out of both
+    # Without a holdout, the train/val splits are the cross-validation folds of the same seed.
+    assert TGSSalt(tiny_salt, "val", fold=1, n_folds=3).ids == make_cv_split(pool, 3, seed=0).val_ids(1)
 
 
 def test_tgs_folds_are_stratified_by_coverage_and_id_lists_are_tgs_splits(tiny_salt: Path, tmp_path: Path) -> None:
@@ -103,6 +177,14 @@ def test_voc_and_folder_folds_are_seeded_random_splits(tiny_voc: Path) -> None:
     split = make_cv_split(pool, 3, seed=0, holdout=0)
     _check_partition(split, pool.ids)
     assert {pool.fold_key(i) for i in pool.ids} == {0.0}
+
+
+@pytest.mark.parametrize("holdout", sorted(REAL_FOLDS_SHA256))
+def test_real_tgs_fold_assignment_is_pinned(shared_dir: Path, holdout: int) -> None:
+    split = make_cv_split(build_dataset("tgs", shared_dir / "tgs", "all", train=False), 5, seed=0, holdout=holdout)
+    rows = sorted([*split.folds.items(), *((i, HOLDOUT) for i in split.holdout)])
+    text = "".join(f"{sample_id},{fold}\n" for sample_id, fold in rows)
+    assert hashlib.sha256(text.encode()).hexdigest() == REAL_FOLDS_SHA256[holdout]
 
 
 def test_real_tgs_five_folds_with_300_held_out(shared_dir: Path) -> None:

@@ -28,7 +28,16 @@ from lovaszseg.scoring.postprocess import (
 )
 from lovaszseg.thresholds import THRESHOLD_GRID
 
-SALT = DatasetSpec("tgs", "binary", 1, 1, None, (101, 101), None, ("image", "mask", "id"))
+SALT = DatasetSpec(
+    name="tgs",
+    task="binary",
+    in_channels=1,
+    num_classes=1,
+    ignore_index=None,
+    original_size=(101, 101),
+    resize=None,
+    sample_keys=("image", "mask", "id"),
+)
 
 
 def _random_counts(seed: int, images: int = 50) -> ImageCounts:

@@ -14,15 +14,10 @@ import torch
 from PIL import Image
 
 import lovaszseg.data.tgs as tgs_module
+from lovaszseg.data import describe_dataset
+from lovaszseg.data.folds import CvSplit, make_cv_split, write_folds_csv
 from lovaszseg.data.io import read_mask
-from lovaszseg.data.tgs import (
-    COVERAGE_CLASSES,
-    TGSSalt,
-    coverage_class,
-    make_folds,
-    read_folds,
-    write_folds,
-)
+from lovaszseg.data.tgs import COVERAGE_CLASSES, TGSSalt, coverage_class
 from lovaszseg.data.transforms import TGS_MEAN, TGS_STD, crop_to_original
 from lovaszseg.errors import ConfigError, DataError
 from lovaszseg.rle import decode, encode
@@ -38,9 +33,14 @@ def tgs_root(shared_dir: Path) -> Path:
     return shared_dir / "tgs"
 
 
+def _folds(root: Path, n_folds: int = 5, seed: int = 0, stratify: str = "coverage") -> dict[str, int]:
+    """``{id: fold}`` of every training id, as cross-validation and the train/val splits deal them."""
+    return make_cv_split(TGSSalt(root, "all", stratify=stratify), n_folds, seed).folds
+
+
 @pytest.fixture(scope="module")
 def folds(tgs_root: Path) -> dict[str, int]:
-    return make_folds(tgs_root, n_folds=5, seed=0, stratify="coverage")
+    return _folds(tgs_root)
 
 
 @pytest.mark.parametrize(
@@ -80,8 +80,9 @@ def test_real_sample_contract(tgs_root: Path) -> None:
     assert sample["image"].shape == (1, 128, 128) and sample["image"].dtype == torch.float32
     assert sample["mask"].shape == (128, 128) and set(sample["mask"].unique().tolist()) <= {0, 1}
     assert sample["depth"].shape == ()
-    assert (dataset.task, dataset.num_classes, dataset.in_channels, dataset.ignore_index) == ("binary", 1, 1, None)
-    assert dataset.original_size == (101, 101)
+    spec = dataset.spec
+    assert (spec.task, spec.num_classes, spec.in_channels, spec.ignore_index) == ("binary", 1, 1, None)
+    assert spec.original_size == (101, 101) and spec == describe_dataset("tgs")
     image = np.array(Image.open(tgs_root / "train" / "images" / f"{sample['id']}.png"))
     restored = crop_to_original(sample["image"], (101, 101))[0] * TGS_STD[0] + TGS_MEAN[0]
     torch.testing.assert_close(restored * 255, torch.from_numpy(image[..., 0]).float(), atol=1e-3, rtol=0)
@@ -98,13 +99,15 @@ def test_real_folds_cover_all_ids_once_and_are_stratified(tgs_root: Path, folds:
         assert np.all(np.abs(in_fold - np.array(COVERAGE_COUNTS) / 5) <= 1), (fold, in_fold)
 
 
-def test_real_folds_are_deterministic(tgs_root: Path, folds: dict[str, int]) -> None:
-    assert make_folds(tgs_root, n_folds=5, seed=0) == folds
-    assert make_folds(tgs_root, n_folds=5, seed=1) != folds
+def test_real_folds_are_deterministic_and_are_the_train_val_splits(tgs_root: Path, folds: dict[str, int]) -> None:
+    assert _folds(tgs_root, seed=0) == folds
+    assert _folds(tgs_root, seed=1) != folds
+    val, train = TGSSalt(tgs_root, "val", fold=3), TGSSalt(tgs_root, "train", fold=3)
+    assert val.ids == [i for i, f in folds.items() if f == 3] and train.ids == [i for i, f in folds.items() if f != 3]
 
 
 def test_real_depth_folds_are_balanced(tgs_root: Path) -> None:
-    depth_folds = make_folds(tgs_root, n_folds=5, seed=0, stratify="depth")
+    depth_folds = _folds(tgs_root, stratify="depth")
     with (tgs_root / "depths.csv").open() as handle:
         depths = {row["id"]: float(row["z"]) for row in csv.DictReader(handle)}
     values = np.array([depths[i] for i in depth_folds])
@@ -115,9 +118,7 @@ def test_real_depth_folds_are_balanced(tgs_root: Path) -> None:
 
 
 def test_real_train_val_partition_from_folds_csv(tgs_root: Path, folds: dict[str, int], tmp_path: Path) -> None:
-    path = tmp_path / "folds.csv"
-    write_folds(path, folds)
-    assert read_folds(path) == folds
+    path = write_folds_csv(tmp_path / "folds.csv", CvSplit(folds, [], 5))
     val = TGSSalt(tgs_root, "val", fold=2, folds_csv=path)
     train = TGSSalt(tgs_root, "train", fold=2, folds_csv=path)
     assert val.ids == [i for i, f in folds.items() if f == 2]
@@ -187,10 +188,12 @@ def test_test_split_without_sample_submission_is_sorted(tmp_path: Path) -> None:
     assert dataset.ids == ["t0", "t1"] and "mask" not in dataset[1]
 
 
-def test_generated_depth_folds_deal_sorted_depths_round_robin(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fold", [0, 1, 2])
+def test_generated_depth_folds_deal_sorted_depths_round_robin(tmp_path: Path, fold: int) -> None:
     _make_tgs(tmp_path, n=6)
-    folds = make_folds(tmp_path, n_folds=3, stratify="depth")
-    assert folds == {f"id{k:03d}": k % 3 for k in range(6)}
+    expected = [f"id{k:03d}" for k in range(6) if k % 3 == fold]
+    assert TGSSalt(tmp_path, "val", fold=fold, n_folds=3, stratify="depth").ids == expected
+    assert _folds(tmp_path, n_folds=3, stratify="depth") == {f"id{k:03d}": k % 3 for k in range(6)}
 
 
 def _damage(root: Path, what: str) -> None:
@@ -245,19 +248,11 @@ def test_generated_layout_errors(tmp_path: Path, damage: str, kwargs: dict, erro
         TGSSalt(tmp_path, **kwargs)
 
 
-@pytest.mark.parametrize(
-    ("damage", "kwargs", "error", "message"),
-    [
-        ("no_train_images", {}, DataError, r"TGS training images folder .*train.images holds no \.png images"),
-        ("", {"n_folds": 7}, ConfigError, r"n_folds must be an integer in \[2, 6\]"),
-        ("", {"stratify": "size"}, ConfigError, "stratify must be 'coverage' or 'depth'"),
-    ],
-)
-def test_make_folds_errors(tmp_path: Path, damage: str, kwargs: dict, error: type, message: str) -> None:
+@pytest.mark.parametrize("split", ["all", "test", "train"])
+def test_stratify_is_checked_for_every_split(tmp_path: Path, split: str) -> None:
     _make_tgs(tmp_path)
-    _damage(tmp_path, damage)
-    with pytest.raises(error, match=message):
-        make_folds(tmp_path, **kwargs)
+    with pytest.raises(ConfigError, match="stratify must be 'coverage' or 'depth', got 'size'"):
+        TGSSalt(tmp_path, split, stratify="size")
 
 
 @pytest.mark.parametrize("missing", ["", "train/images"])
@@ -326,14 +321,6 @@ def test_bad_masks_and_images_fail_at_build_time(tmp_path: Path, what: str, mess
     _break_id003(tmp_path, what)
     with pytest.raises(DataError, match=message):
         TGSSalt(tmp_path, n_folds=3, **kwargs)
-
-
-@pytest.mark.parametrize(("what", "message"), BROKEN_ID003)
-def test_coverage_folds_check_every_mask(tmp_path: Path, what: str, message: str) -> None:
-    _make_tgs(tmp_path)
-    _break_id003(tmp_path, what)
-    with pytest.raises(DataError, match=message):
-        make_folds(tmp_path, n_folds=3)
 
 
 def test_depth_folds_check_only_the_split(tmp_path: Path) -> None:
@@ -431,22 +418,11 @@ def test_a_corrupt_image_fails_when_read(tmp_path: Path) -> None:
         dataset[0]
 
 
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [("id,fold\nid000,-1\n", "fold '-1' of id id000"), ("id,fold\n", "has no rows"), ("id\nid000\n", "lacks column")],
-)
-def test_read_folds_errors(tmp_path: Path, text: str, message: str) -> None:
-    path = tmp_path / "folds.csv"
-    path.write_text(text)
-    with pytest.raises(DataError, match=message):
-        read_folds(path)
-
-
 def test_folds_csv_must_cover_every_id_and_hold_the_fold(tmp_path: Path) -> None:
     _make_tgs(tmp_path)
-    write_folds(tmp_path / "folds.csv", {"id000": 0, "id001": 1, "other": 1})
-    with pytest.raises(DataError, match=r"has no fold for 4 id\(s\), e.g. id002"):
+    write_folds_csv(tmp_path / "folds.csv", CvSplit({"id000": 0, "id001": 1, "other": 1}, ["id002"], 2))
+    with pytest.raises(DataError, match=r"has no fold for 3 id\(s\), e.g. id003"):
         TGSSalt(tmp_path, "val", folds_csv=tmp_path / "folds.csv")
-    write_folds(tmp_path / "folds.csv", {f"id{k:03d}": k % 2 for k in range(6)})
+    write_folds_csv(tmp_path / "folds.csv", CvSplit({f"id{k:03d}": k % 2 for k in range(6)}, [], 2))
     with pytest.raises(ConfigError, match=r"fold must be an integer in \[0, 1\] \(folds of .*folds.csv\), got 2"):
         TGSSalt(tmp_path, "val", fold=2, folds_csv=tmp_path / "folds.csv")

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from lovaszseg.data import describe_dataset
 from lovaszseg.data.transforms import crop_to_original, voc_transforms
 from lovaszseg.data.voc import (
     VOC_CLASSES,
@@ -64,7 +65,9 @@ def test_root_can_be_any_level(voc_root: Path, relative: str) -> None:
 def test_real_pairs_load_with_class_ids_and_void(voc_root: Path, split: str, count: int) -> None:
     dataset = VOCSegmentation(voc_root, split)
     assert len(dataset) == count
-    assert (dataset.task, dataset.num_classes, dataset.ignore_index, dataset.in_channels) == ("multiclass", 21, 255, 3)
+    spec = dataset.spec
+    assert (spec.task, spec.num_classes, spec.ignore_index, spec.in_channels) == ("multiclass", 21, 255, 3)
+    assert spec == describe_dataset("voc")
     for index, sample_id in enumerate(dataset.ids):
         sample = dataset[index]
         assert sample["id"] == sample_id and sample["mask"].dtype == torch.int64
@@ -90,7 +93,9 @@ def test_real_train_transform_keeps_255_in_padding(voc_root: Path) -> None:
 
 def test_real_binary_view(voc_root: Path) -> None:
     dataset = VOCSegmentation(voc_root, "trainval", binary=True)
-    assert (dataset.task, dataset.num_classes, dataset.ignore_index) == ("binary", 1, 255)
+    spec = dataset.spec
+    assert (spec.task, spec.num_classes, spec.ignore_index) == ("binary", 1, 255)
+    assert spec == describe_dataset("voc_binary")
     sample = dataset[0]
     raw = read_voc_mask(dataset.mask_dir / f"{sample['id']}.png")
     mask = crop_to_original(sample["mask"], raw.shape).numpy()

@@ -7,9 +7,9 @@ Masks hold class ids (any single-channel PNG, including palette PNGs). Binary da
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +25,8 @@ from lovaszseg.data.io import (
     read_mask,
     require_dir,
 )
+from lovaszseg.data.registry import own_options, register_dataset
+from lovaszseg.data.spec import DatasetSpec
 from lovaszseg.data.transforms import folder_transforms
 from lovaszseg.errors import ConfigError, DataError
 
@@ -34,22 +36,42 @@ FOLDER_SPLITS = ("all", "train", "val")
 _BINARY_FOREGROUND_ALIAS = 255
 
 
+@register_dataset("folder", transforms=folder_transforms)
 class FolderDataset(Dataset):
-    """Samples ``{"image": [C,H,W] float32, "mask": [H,W] int64, "id": str}`` from an image/mask folder pair.
+    """Samples ``{"image": [C,H,W] float32, "mask": [H,W] int64, "id": str, "size": [2]}`` from a folder pair.
 
     Splits: ``"all"``; ``"train"``/``"val"``, a deterministic random hold-out of ``val_fraction`` of
     the ids drawn with ``seed``; or the path of a ``.txt`` file listing ids, one per line.
 
     Attributes:
         ids: Sample ids (file stems), sorted (file order for a ``.txt`` split).
-        task: ``"binary"`` when ``num_classes == 2``, else ``"multiclass"``.
-        num_classes: Model output channels: 1 for binary, else the number of classes.
-        ignore_index: The ignore value, or None.
-        in_channels: 1 (grayscale) or 3 (RGB).
-        original_size: None.
+        spec: What the dataset is (:meth:`describe`): binary (one output channel) when
+            ``num_classes == 2``, else ``num_classes`` classes; ``in_channels``, ``ignore_index``.
     """
 
-    original_size: tuple[int, int] | None = None
+    @classmethod
+    def describe(cls, options: Mapping[str, Any]) -> DatasetSpec:
+        """The spec of an image/mask folder: binary for 2 classes, else multi-class.
+
+        Args:
+            options: The resolved dataset and ``folder_transforms`` options (``num_classes``,
+                ``in_channels``, ``ignore_index``, ``size``, ...).
+
+        Returns:
+            The :class:`DatasetSpec`.
+        """
+        classes, size = options["num_classes"], options["size"]
+        binary = classes == 2
+        return DatasetSpec(
+            name="folder",
+            task="binary" if binary else "multiclass",
+            in_channels=options["in_channels"],
+            num_classes=1 if binary else classes,
+            ignore_index=options["ignore_index"],
+            original_size=None,
+            resize=(size, size) if size else None,
+            sample_keys=("image", "mask", "id", "size"),
+        )
 
     def __init__(
         self,
@@ -99,10 +121,16 @@ class FolderDataset(Dataset):
         if in_channels not in (1, 3):
             raise ConfigError(f"in_channels must be 1 or 3, got {in_channels!r}")
         self.root = require_dir(Path(root), "dataset root")
-        self.task: Literal["binary", "multiclass"] = "binary" if num_classes == 2 else "multiclass"
-        self.num_classes = 1 if num_classes == 2 else num_classes
-        self.ignore_index = ignore_index
-        self.in_channels = in_channels
+        self.spec = self.describe(
+            own_options(
+                folder_transforms,
+                num_classes=num_classes,
+                ignore_index=ignore_index,
+                in_channels=in_channels,
+                val_fraction=val_fraction,
+                seed=seed,
+            )
+        )
         self.transform = (
             transform
             if transform is not None
@@ -110,7 +138,7 @@ class FolderDataset(Dataset):
         )
         self._allowed = set(range(num_classes)) | ({ignore_index} if ignore_index is not None else set())
         # Binary masks saved as 0/255 are common; 255 reads as foreground unless it is the ignore value.
-        self._foreground_alias = self.task == "binary" and ignore_index != _BINARY_FOREGROUND_ALIAS
+        self._foreground_alias = self.spec.binary and ignore_index != _BINARY_FOREGROUND_ALIAS
         if self._foreground_alias:
             self._allowed.add(_BINARY_FOREGROUND_ALIAS)
         self._images = list_stems(require_dir(self.root / "images", "images"))
@@ -156,7 +184,7 @@ class FolderDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample_id = self.ids[index]
         image_path, mask_path = self._images[sample_id], self._masks[sample_id]
-        image = read_image(image_path, channels=self.in_channels)
+        image = read_image(image_path, channels=self.spec.in_channels)
         mask = read_mask(mask_path)
         # Values were checked at build time; the sizes again, at no cost, in case a file changed since.
         check_same_size(image, mask, image_path, mask_path)

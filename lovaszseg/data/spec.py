@@ -1,8 +1,9 @@
 """What a dataset is, as the model, losses, metrics and submission need to know it, without reading files.
 
-A :class:`DatasetSpec` is built once from a config's ``data`` section by
-:func:`lovaszseg.data.describe_dataset`; the trainer, evaluation, inference and submission read it
-instead of knowing dataset names.
+Each dataset class declares its own: its ``describe`` classmethod builds one, by keyword, from the
+dataset's resolved options. :func:`lovaszseg.data.describe_dataset` gives it for a config's ``data``
+section, and a dataset instance holds it as ``dataset.spec``. The trainer, evaluation, inference and
+submission read it instead of knowing dataset names.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ __all__ = ["DatasetSpec", "Task"]
 Task = Literal["binary", "multiclass"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DatasetSpec:
     """The facts about a dataset that everything downstream of it relies on.
 
     Attributes:
-        name: Registry name (``tgs``, ``voc``, ``voc_binary``, ``folder``).
+        name: Registered name (``tgs``, ``voc``, ``voc_binary``, ``folder``, ...).
         task: ``"binary"`` (one logit channel, sigmoid) or ``"multiclass"`` (softmax over classes).
         in_channels: Image channels the model takes (1 grayscale, 3 RGB).
         num_classes: Model output channels: 1 for binary tasks, else the number of classes.

@@ -18,13 +18,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from lovaszseg.data.transforms import TGS_SIZE
 from lovaszseg.data.voc import save_palette_png
 from lovaszseg.errors import ConfigError, DataError
 from lovaszseg.rle import encode
 
 __all__ = ["SALT_COVERAGE_BINS", "ensure_demo_salt", "synth_salt", "synth_voc"]
 
-SALT_SIZE = 101
 # Share of non-empty real TGS masks per salt-coverage decile (measured on the 3000 masks in ../shared):
 # small bodies are common, the rest spread evenly. 39% of real masks are empty.
 SALT_COVERAGE_BINS = np.array([0.235, 0.117, 0.093, 0.077, 0.094, 0.086, 0.070, 0.060, 0.058, 0.110])
@@ -175,9 +175,9 @@ def synth_salt(
             if has_salt:
                 decile = rng.choice(10, p=SALT_COVERAGE_BINS / SALT_COVERAGE_BINS.sum())
                 coverage = min(1.0, (decile + rng.uniform(0.02, 1.0)) / 10)
-                mask = _salt_mask(rng, SALT_SIZE, coverage)
+                mask = _salt_mask(rng, TGS_SIZE, coverage)
             else:
-                mask = np.zeros((SALT_SIZE, SALT_SIZE), dtype=bool)
+                mask = np.zeros((TGS_SIZE, TGS_SIZE), dtype=bool)
             image = _salt_image(rng, mask)
             depth_rows.append([sample_id, depth])
             if index < n_train:

@@ -15,9 +15,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lovaszseg.data.folds import stratified_order
+from lovaszseg.data.folds import (
+    CvSplit,
+    check_fold,
+    check_split_options,
+    read_folds_csv,
+    stratified_split,
+)
 from lovaszseg.data.io import (
-    atomic_write,
     check_mask_values,
     list_stems,
     read_csv_column,
@@ -29,6 +34,8 @@ from lovaszseg.data.io import (
     require_dir,
     require_file,
 )
+from lovaszseg.data.registry import own_options, register_dataset
+from lovaszseg.data.spec import DatasetSpec
 from lovaszseg.data.transforms import TGS_SIZE, tgs_transforms
 from lovaszseg.errors import ConfigError, DataError
 from lovaszseg.rle import decode
@@ -38,9 +45,6 @@ __all__ = [
     "TGS_ORIGINAL_SIZE",
     "TGSSalt",
     "coverage_class",
-    "make_folds",
-    "read_folds",
-    "write_folds",
 ]
 
 TGS_ORIGINAL_SIZE: tuple[int, int] = (TGS_SIZE, TGS_SIZE)
@@ -147,26 +151,9 @@ def _read_depths(root: Path) -> dict[str, float]:
     return depths
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_fold_options(n_folds: int, seed: int, stratify: str, n_ids: int, folder: Path) -> None:
-    if n_ids < 2:
-        raise DataError(f"TGS training images folder {folder} holds {n_ids} image; folds need at least 2")
-    if not _is_int(n_folds) or not 2 <= n_folds <= n_ids:
-        raise ConfigError(
-            f"n_folds must be an integer in [2, {n_ids}] (the number of training images), got {n_folds!r}"
-        )
-    if not _is_int(seed) or seed < 0:
-        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+def _check_stratify(stratify: str) -> None:
     if stratify not in ("coverage", "depth"):
         raise ConfigError(f"stratify must be 'coverage' or 'depth', got {stratify!r}")
-
-
-def _check_fold(fold: int, n_folds: int, source: str) -> None:
-    if not _is_int(fold) or not 0 <= fold < n_folds:
-        raise ConfigError(f"fold must be an integer in [0, {n_folds - 1}]{source}, got {fold!r}")
 
 
 def _depth_keys(root: Path, ids: list[str]) -> list[float]:
@@ -176,110 +163,47 @@ def _depth_keys(root: Path, ids: list[str]) -> list[float]:
     return [depths[i] for i in ids]
 
 
-def _deal_folds(ids: list[str], keys: list[float], n_folds: int, seed: int) -> dict[str, int]:
-    """Order ids by stratum key, ties broken by a seeded permutation, and deal them to folds round-robin."""
-    order = stratified_order(keys, seed)
-    folds = {ids[j]: rank % n_folds for rank, j in enumerate(order)}
-    return dict(sorted(folds.items()))
+def _fold_part(cv_split: CvSplit, ids: list[str], fold: int, val: bool) -> list[str]:
+    """The ids (in ``ids`` order) of fold ``fold`` (``val``) or of every other fold; held-out ids in neither."""
+    return [i for i in ids if i in cv_split.folds and (cv_split.folds[i] == fold) == val]
 
 
-def make_folds(
-    root: str | Path,
-    n_folds: int = 5,
-    seed: int = 0,
-    stratify: Literal["coverage", "depth"] = "coverage",
-) -> dict[str, int]:
-    """Deterministic stratified K-fold assignment of every training id.
-
-    Ids are ordered by stratum (salt coverage class, see ``coverage_class``, or depth), ties broken
-    by a permutation drawn from ``seed``, and dealt to folds round-robin. Every fold thus holds each
-    stratum's ids to within one, and fold sizes differ by at most one. Same data and seed, same folds.
-
-    Args:
-        root: TGS Salt root folder.
-        n_folds: Number of folds, at least 2.
-        seed: Seed of the tie-breaking permutation.
-        stratify: ``"coverage"`` (reads every mask) or ``"depth"`` (reads ``depths.csv``).
-
-    Returns:
-        ``{id: fold}`` for every training id, sorted by id, folds in ``0..n_folds-1``.
-
-    Raises:
-        ConfigError: bad ``n_folds``, ``seed`` or ``stratify``.
-        DataError: missing or empty folder, missing file, or a mask or depth missing or unusable (with
-            ``"coverage"`` every mask is checked as in ``TGSSalt``).
-    """
-    root = Path(root)
-    image_dir = root / "train" / "images"
-    images = _list_images(image_dir, "TGS training images")
-    _check_fold_options(n_folds, seed, stratify, len(images), image_dir)
-    ids = list(images)
-    if stratify == "coverage":
-        masks = _TrainMasks(root, images)
-        keys: list[float] = [masks.coverage(i) for i in ids]
-    else:
-        keys = _depth_keys(root, ids)
-    return _deal_folds(ids, keys, n_folds, seed)
-
-
-def write_folds(path: str | Path, folds: Mapping[str, int]) -> None:
-    """Write ``{id: fold}`` to a CSV with columns ``id,fold`` (atomically).
-
-    Args:
-        path: Destination CSV.
-        folds: Fold of each id.
-    """
-    with atomic_write(Path(path), "w", newline="", encoding="utf-8") as handle:
-        handle.write("id,fold\n")
-        handle.writelines(f"{sample_id},{fold}\n" for sample_id, fold in folds.items())
-
-
-def read_folds(path: str | Path) -> dict[str, int]:
-    """Read a CSV written by ``write_folds``.
-
-    Args:
-        path: CSV with columns ``id,fold``.
-
-    Returns:
-        ``{id: fold}`` in file order.
-
-    Raises:
-        DataError: the file does not exist, a fold is not a non-negative integer, an id repeats, or the
-            file is empty.
-    """
-    path = Path(path)
-    folds: dict[str, int] = {}
-    for sample_id, fold in read_csv_column(path, "id", "fold").items():
-        if not fold.isdigit():
-            raise DataError(f"folds CSV {path}: fold {fold!r} of id {sample_id} is not a non-negative integer")
-        folds[sample_id] = int(fold)
-    if not folds:
-        raise DataError(f"folds CSV {path} has no rows")
-    return folds
-
-
+@register_dataset("tgs", transforms=tgs_transforms)
 class TGSSalt(Dataset):
     """TGS Salt samples: ``{"image": [1,H,W] float32, "mask": [H,W] int64 0/1, "id": str, "depth": float32}``.
 
     Splits: ``"train"``/``"val"`` are all folds but ``fold`` / fold ``fold`` of a stratified K-fold
-    split (from ``folds_csv`` when given, else ``make_folds(root, n_folds, seed, stratify)``);
-    ``"all"`` is every training id; ``"test"`` is the test images without masks, in
+    split (:func:`lovaszseg.data.folds.stratified_split` of the ids by ``stratify``, or the split in
+    ``folds_csv``); ``"all"`` is every training id; ``"test"`` is the test images without masks, in
     ``sample_submission.csv`` order when present, else sorted by id.
 
     Attributes:
         ids: Sample ids in order.
-        task: ``"binary"``.
-        num_classes: 1 (one logit channel).
-        ignore_index: None.
-        in_channels: 1.
-        original_size: ``(101, 101)``; crop predictions back with ``crop_to_original``.
+        spec: What the dataset is (:meth:`describe`): binary, one channel, original size ``(101, 101)``
+            (crop predictions back with ``crop_to_original``).
     """
 
-    task: Literal["binary", "multiclass"] = "binary"
-    num_classes = 1
-    ignore_index: int | None = None
-    in_channels = 1
-    original_size: tuple[int, int] | None = TGS_ORIGINAL_SIZE
+    @classmethod
+    def describe(cls, options: Mapping[str, Any]) -> DatasetSpec:
+        """The spec of TGS Salt: a binary task on 101x101 grayscale images, resized if ``resize`` says so.
+
+        Args:
+            options: The resolved dataset and ``tgs_transforms`` options.
+
+        Returns:
+            The :class:`DatasetSpec`.
+        """
+        resize = options["resize"]
+        return DatasetSpec(
+            name="tgs",
+            task="binary",
+            in_channels=1,
+            num_classes=1,
+            ignore_index=None,
+            original_size=TGS_ORIGINAL_SIZE,
+            resize=(resize, resize) if resize else None,
+            sample_keys=("image", "mask", "id", "depth"),
+        )
 
     def __init__(
         self,
@@ -306,9 +230,11 @@ class TGSSalt(Dataset):
             fold: Validation fold for ``"train"``/``"val"``.
             n_folds: Number of folds when computing them (ignored with ``folds_csv``).
             seed: Fold seed when computing them (ignored with ``folds_csv``).
-            stratify: ``"coverage"`` or ``"depth"`` when computing folds.
-            folds_csv: CSV ``id,fold`` to use instead of computing folds; it must give a fold for every
-                training id present (ids not present are ignored).
+            stratify: What folds are stratified by, ``"coverage"`` or ``"depth"`` (also ``fold_key``'s).
+            folds_csv: CSV ``id,fold`` to use instead of computing folds (see
+                :func:`lovaszseg.data.folds.write_folds_csv`; a cv folder's ``folds.csv`` is one): it must
+                give a fold, or ``holdout``, for every training id present (ids not present are ignored);
+                held-out ids are in neither ``"train"`` nor ``"val"``.
             transform: Albumentations pipeline producing tensors; default ``tgs_transforms(train=False)``.
 
         Raises:
@@ -320,7 +246,11 @@ class TGSSalt(Dataset):
         is_list = Path(split).suffix == ".txt"
         if split not in TGS_SPLITS and not is_list:
             raise ConfigError(f"unknown TGS split {split!r}; expected one of {', '.join(TGS_SPLITS)} or a .txt file")
+        _check_stratify(stratify)
         self.split, self.stratify = str(split), stratify
+        self.spec = self.describe(
+            own_options(tgs_transforms, fold=fold, n_folds=n_folds, seed=seed, stratify=stratify, folds_csv=folds_csv)
+        )
         self.transform = transform if transform is not None else tgs_transforms(train=False)
         self._masks: _TrainMasks | None = None
         if split == "test":
@@ -371,17 +301,22 @@ class TGSSalt(Dataset):
         folds_csv: str | Path | None,
     ) -> list[str]:
         if folds_csv is None:
-            _check_fold_options(n_folds, seed, stratify, len(self.ids), self.root / "train" / "images")
-            _check_fold(fold, n_folds, "")  # before any mask is read
+            if len(self.ids) < 2:
+                raise DataError(
+                    f"TGS training images folder {self.root / 'train' / 'images'} holds {len(self.ids)} image; "
+                    "folds need at least 2"
+                )
+            check_split_options(len(self.ids), n_folds, seed)  # before any mask is read
+            check_fold(fold, n_folds)
             keys = [masks.coverage(i) for i in self.ids] if stratify == "coverage" else _depth_keys(self.root, self.ids)
-            folds = _deal_folds(self.ids, keys, n_folds, seed)
+            cv_split = stratified_split(self.ids, keys, n_folds, seed)
         else:
-            folds = read_folds(folds_csv)
-            if missing := [i for i in self.ids if i not in folds]:
+            cv_split = read_folds_csv(folds_csv)
+            held = set(cv_split.holdout)
+            if missing := [i for i in self.ids if i not in cv_split.folds and i not in held]:
                 raise DataError(f"folds CSV {folds_csv} has no fold for {_ids_with_examples(missing)}")
-            _check_fold(fold, max(folds.values()) + 1, f" (folds of {folds_csv})")
-        keep_val = split == "val"
-        return [i for i in self.ids if (folds[i] == fold) == keep_val]
+            check_fold(fold, cv_split.n_folds, f" (folds of {folds_csv})")
+        return _fold_part(cv_split, self.ids, fold, split == "val")
 
     def fold_key(self, sample_id: str) -> float:
         """What cross-validation folds are stratified by: the salt coverage class, or the depth."""

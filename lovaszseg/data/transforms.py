@@ -46,7 +46,7 @@ GRAY_STD: tuple[float, ...] = (0.226,)
 # Pixel mean/std of the 3000 TGS Salt training images in ../shared (values / 255).
 TGS_MEAN: tuple[float, ...] = (0.473,)
 TGS_STD: tuple[float, ...] = (0.161,)
-TGS_SIZE = 101
+TGS_SIZE = 101  # the side of every TGS Salt image and mask, defined here once
 VOC_IGNORE_INDEX = 255
 
 

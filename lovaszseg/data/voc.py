@@ -6,9 +6,9 @@ read as palette indices, never through RGB, so the stored index is the class id.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -23,6 +23,8 @@ from lovaszseg.data.io import (
     read_mask,
     require_dir,
 )
+from lovaszseg.data.registry import own_options, register_dataset
+from lovaszseg.data.spec import DatasetSpec
 from lovaszseg.data.transforms import VOC_IGNORE_INDEX, voc_transforms
 from lovaszseg.errors import ConfigError, DataError
 
@@ -206,25 +208,45 @@ def save_palette_png(mask: np.ndarray, path: str | Path) -> None:
         image.save(handle, format="PNG")
 
 
+# Decorators apply bottom-up: ``voc`` registers first.
+@register_dataset("voc_binary", transforms=voc_transforms, fixed={"binary": True})
+@register_dataset("voc", transforms=voc_transforms, fixed={"binary": False})
 class VOCSegmentation(Dataset):
     """Pascal VOC 2012 samples: ``{"image": [3,H,W] float32, "mask": [H,W] int64, "id": str}``.
 
-    Multi-class (21 classes) by default; ``binary=True`` gives the foreground/background view
-    (``binary_view``) for the paper's binary Lovász-hinge setting. Void (255) is kept as the ignore
-    index through every transform.
+    Multi-class (21 classes) by default (``voc``); ``binary=True`` (``voc_binary``) gives the
+    foreground/background view (``binary_view``) for the paper's binary Lovász-hinge setting. Void
+    (255) is kept as the ignore index through every transform.
 
     Attributes:
         ids: Sample ids in split order.
-        task: ``"multiclass"``, or ``"binary"`` with ``binary=True``.
-        num_classes: 21, or 1 with ``binary=True``.
-        ignore_index: 255.
-        in_channels: 3.
-        original_size: None (images differ in size).
+        spec: What the dataset is (:meth:`describe`): 21 classes or binary, RGB, ignore index 255, no
+            fixed original size (images differ in size).
     """
 
-    ignore_index: int | None = VOC_IGNORE_INDEX
-    in_channels = 3
-    original_size: tuple[int, int] | None = None
+    @classmethod
+    def describe(cls, options: Mapping[str, Any]) -> DatasetSpec:
+        """The spec of ``voc`` (21 classes) or, with ``options["binary"]``, ``voc_binary``.
+
+        Args:
+            options: The resolved dataset and ``voc_transforms`` options.
+
+        Returns:
+            The :class:`DatasetSpec`.
+        """
+        binary = options["binary"]
+        return DatasetSpec(
+            name="voc_binary" if binary else "voc",
+            task="binary" if binary else "multiclass",
+            in_channels=3,
+            num_classes=1 if binary else len(VOC_CLASSES),
+            ignore_index=VOC_IGNORE_INDEX,
+            original_size=None,
+            resize=None,
+            sample_keys=("image", "mask", "id"),
+            class_names=None if binary else VOC_CLASSES,
+            labelled_split="trainval",
+        )
 
     def __init__(
         self,
@@ -251,8 +273,7 @@ class VOCSegmentation(Dataset):
         self.voc_dir = resolve_voc_root(root)
         self.ids = read_split(self.voc_dir, split)
         self.binary = binary
-        self.task: Literal["binary", "multiclass"] = "binary" if binary else "multiclass"
-        self.num_classes = 1 if binary else len(VOC_CLASSES)
+        self.spec = self.describe(own_options(voc_transforms, binary=binary, mask_dir=mask_dir))
         self.transform = transform if transform is not None else voc_transforms(train=False)
         self.image_dir = require_dir(self.voc_dir / "JPEGImages", "VOC image")
         self.mask_dir = require_dir(self.voc_dir / mask_dir, "VOC mask")

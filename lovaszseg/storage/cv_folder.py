@@ -1,7 +1,8 @@
 """The cv folder: a K-fold cross-validation's layout, every file name of it defined here.
 
 - ``cv.yaml``: the resolved base config and the cv settings (folds, holdout, TTA), saved once;
-- ``folds.csv``: ``id,fold`` of every labelled image (``holdout`` for the held-out ones);
+- ``folds.csv``: ``id,fold`` of every labelled image (``holdout`` for the held-out ones), written and
+  read by :mod:`lovaszseg.data.folds` (TGS's ``folds_csv`` option takes it as is);
 - ``splits/``: ``fold-K-train.txt`` / ``fold-K-val.txt`` / ``holdout.txt``, the id lists each fold's
   run trains and validates on (any dataset reads them as its split);
 - ``fold-K/``: fold K's ordinary run folder (resumable, exportable, usable alone);
@@ -21,9 +22,9 @@ from typing import Any
 import yaml
 
 from lovaszseg.config import Config, load_config
-from lovaszseg.data.folds import CvSplit, write_id_list
-from lovaszseg.data.io import atomic_write, read_csv_column
-from lovaszseg.errors import CheckpointError, DataError
+from lovaszseg.data.folds import HOLDOUT, CvSplit, read_folds_csv, write_folds_csv, write_id_list
+from lovaszseg.data.io import atomic_write
+from lovaszseg.errors import CheckpointError
 from lovaszseg.storage.run_folder import RunFolder
 
 __all__ = [
@@ -31,7 +32,6 @@ __all__ = [
     "CV_RESULTS_FILE",
     "CV_TABLE_FILE",
     "FOLDS_FILE",
-    "HOLDOUT",
     "OOF_FILE",
     "OUT_OF_FOLD",
     "POSTPROCESSED",
@@ -44,7 +44,6 @@ SPLITS_DIR = "splits"
 OOF_FILE = "oof.npz"
 CV_TABLE_FILE = "cv.csv"
 CV_RESULTS_FILE = "cv.json"
-HOLDOUT = "holdout"  # the fold name of held-out images, and the split name that evaluates them
 OUT_OF_FOLD = "oof"  # the row of cv.csv scoring every out-of-fold prediction, and the split name of eval
 POSTPROCESSED = "oof, tuned"  # the row of cv.csv after the post-processing tuned on them
 
@@ -114,24 +113,20 @@ class CvFolder:
 
     def write_split(self, split: CvSplit) -> None:
         """``folds.csv`` and the id lists of every fold and of the held-out images."""
-        with atomic_write(self.path / FOLDS_FILE) as handle:
-            handle.write("id,fold\n")
-            rows = sorted([*split.folds.items(), *((i, HOLDOUT) for i in split.holdout)])
-            handle.writelines(f"{sample_id},{fold}\n" for sample_id, fold in rows)
+        write_folds_csv(self.path / FOLDS_FILE, split)
         for fold in range(split.n_folds):
             write_id_list(self.split_path(fold, "train"), split.train_ids(fold))
             write_id_list(self.split_path(fold, "val"), split.val_ids(fold))
         if split.holdout:
             write_id_list(self.split_path(HOLDOUT), split.holdout)
 
-    def split(self, n_folds: int) -> CvSplit:
-        """The split saved in ``folds.csv``."""
-        rows = read_csv_column(self.path / FOLDS_FILE, "id", "fold")
-        try:
-            folds = {i: int(fold) for i, fold in rows.items() if fold != HOLDOUT}
-        except ValueError as error:
-            raise DataError(f"{self.path / FOLDS_FILE}: {error}") from error
-        return CvSplit(folds, sorted(i for i, fold in rows.items() if fold == HOLDOUT), n_folds)
+    def split(self) -> CvSplit:
+        """The split saved in ``folds.csv``.
+
+        Raises:
+            DataError: ``folds.csv`` is missing or unusable (see :func:`lovaszseg.data.folds.read_folds_csv`).
+        """
+        return read_folds_csv(self.path / FOLDS_FILE)
 
     # Models and results -------------------------------------------------------------------------------
     def model_files(self) -> list[Path]:

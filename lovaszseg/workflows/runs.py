@@ -27,6 +27,7 @@ from PIL import Image
 from rich.console import Console
 from torch.utils.data import DataLoader
 
+from lovaszseg.data.folds import HOLDOUT
 from lovaszseg.data.io import atomic_write, check_writable, list_stems, read_lines
 from lovaszseg.data.overlay import save_overlay
 from lovaszseg.data.tgs import TGS_ORIGINAL_SIZE
@@ -51,7 +52,7 @@ from lovaszseg.scoring.postprocess import (
     resolve,
     tune_postprocessing,
 )
-from lovaszseg.storage.cv_folder import HOLDOUT, OUT_OF_FOLD
+from lovaszseg.storage.cv_folder import OUT_OF_FOLD
 from lovaszseg.storage.run_folder import EVAL_FILE, RunFolder
 
 __all__ = ["Evaluation", "evaluate_run", "predict_run", "submit_run"]
