@@ -9,12 +9,11 @@ bootstrap differences can be recomputed from the comparison folder alone:
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 from rich.console import Console
 
-from lovaszseg.workflows.compare import comparison_tables, load_comparison, summarise
+from lovaszseg.workflows.compare import comparison_tables, load_comparison, summarise, write_rows_csv
 
 
 def main() -> None:
@@ -28,10 +27,7 @@ def main() -> None:
     for table in comparison_tables(summary, args.baseline):
         Console(width=200).print(table)
     if args.out:
-        with args.out.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(dict.fromkeys(k for line in summary for k in line)))
-            writer.writeheader()
-            writer.writerows(summary)
+        write_rows_csv(args.out, summary)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ __all__ = [
     "load_comparison",
     "parse_entry",
     "summarise",
+    "write_rows_csv",
 ]
 
 COMPARE_FILE = "compare.csv"
@@ -267,15 +268,16 @@ def compare(
     if not rows:
         return CompareResult(out_dir, rows, [], stop_signal)
     summary = summarise(rows, statistics, baseline)
-    _write_csv(out_dir / COMPARE_FILE, rows)
-    _write_csv(out_dir / SUMMARY_FILE, summary)
+    write_rows_csv(out_dir / COMPARE_FILE, rows)
+    write_rows_csv(out_dir / SUMMARY_FILE, summary)
     _plot(histories, rows, summary, out_dir / "compare.png")
     for table in comparison_tables(summary, baseline):
         console.print(table)
     return CompareResult(out_dir, rows, summary, stop_signal)
 
 
-def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+def write_rows_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Rows as a CSV (columns in order of first appearance), atomically: ``compare.csv`` and its summaries."""
     columns = list(dict.fromkeys(key for row in rows for key in row))
     with atomic_write(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
