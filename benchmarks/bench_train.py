@@ -640,8 +640,8 @@ def _speed_train(args: argparse.Namespace, work: Path, guard: Guard, names: list
     train_ids, _ = write_folds_csv(root, folds_csv, args.val_size)
     dataset = BareTGS(root, train_ids, tgs_transforms(train=True, pad_size=PAD, hflip=0.5))
     runs = work / "speed-runs"
-    for settings in SPEED_SETTINGS.values():  # warm-up, untimed: kernels, the compiler's caches, the page cache
-        time_lovaszseg_train(root, folds_csv, runs / "warm", batch, 2, settings)
+    for name in names:  # warm-up, untimed: kernels, the compiler's caches, the page cache
+        time_lovaszseg_train(root, folds_csv, runs / "warm", batch, 2, SPEED_SETTINGS[name])
     time_bare_train(dataset, batch, 0, 2, seed=0)
     speeds: dict[str, list[float]] = {name: [] for name in ["bare fp32 loop", *names]}
     flagged = 0
@@ -709,8 +709,8 @@ def _speed_infer(args: argparse.Namespace, work: Path, run: Path, guard: Guard, 
         "|---|---|---:|---|---:|",
     ]
     for tta in ("none", "hflip"):
-        for settings in SPEED_SETTINGS.values():  # warm-up, untimed
-            submit(tta, settings)
+        for name in names:  # warm-up, untimed
+            submit(tta, SPEED_SETTINGS[name])
         speeds: dict[str, list[float]] = {name: [] for name in ["bare fp32 loop", *names]}
         for repeat in range(args.speed_repeats):
             label = f"speed inference, tta {tta}, repeat {repeat + 1}"

@@ -96,6 +96,23 @@ def test_predict_writes_masks_and_overlays(salt_run: Path, tiny_salt: Path, tmp_
     assert set(np.unique(np.asarray(Image.open(masks[0])))) <= {0, 255}
 
 
+def test_predict_with_bf16_and_channels_last_agrees_with_float32(
+    salt_run: Path, tiny_salt: Path, tmp_path: Path
+) -> None:
+    images = str(tiny_salt / "test" / "images")
+    fast = runner.invoke(
+        app, ["predict", str(salt_run), images, str(tmp_path / "fast"), "--amp", "bf16", "--channels-last"]
+    )
+    plain = runner.invoke(app, ["predict", str(salt_run), images, str(tmp_path / "plain")])
+    assert fast.exit_code == 0 and plain.exit_code == 0, fast.output + plain.output
+    masks = {
+        kind: np.stack([np.asarray(Image.open(p)) for p in sorted((tmp_path / kind / "masks").glob("*.png"))])
+        for kind in ("fast", "plain")
+    }
+    assert masks["fast"].shape == (6, 101, 101)
+    assert np.mean(masks["fast"] != masks["plain"]) < 0.01  # bf16 moves only pixels near the threshold
+
+
 def test_submit_on_the_real_tgs_test_images(salt_run: Path, shared_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "submission.csv"
     result = runner.invoke(
@@ -139,6 +156,11 @@ def test_submit_with_auto_threshold_and_safetensors_export(salt_run: Path, tiny_
         (["submit", "{run}", "{test}", "--out", "{tmp}"], "--out {tmp} is a folder; name the CSV file to write"),
         (["predict", "{run}", "{tmp}", "{tmp}/out"], "no images (png, jpg, ...) in {tmp}"),
         (["predict", "{run}", "{test}/images", "{tmp}/o", "--threshold", "-0.1"], "got -0.1"),
+        (["eval", "{run}", "--amp", "half"], "unknown --amp 'half'; use one of none, bf16, fp16, auto"),
+        (
+            ["submit", "{run}", "{test}", "--out", "{tmp}/s.csv", "--amp", "fp16", "--device", "cpu"],
+            "amp fp16 (train.amp or --amp) needs a CUDA device, not cpu",
+        ),
     ],
 )
 def test_user_errors_are_one_clear_line_and_exit_2(
