@@ -56,9 +56,12 @@ def test_auto_is_bf16_only_where_the_device_has_it_natively(
 def test_native_bf16_reads_the_cpu_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    native_bf16.cache_clear()  # it remembers the answer per device
     assert not native_bf16(CPU)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    native_bf16.cache_clear()
     assert native_bf16(CPU)
+    native_bf16.cache_clear()  # the real flags again for the tests after this one
 
 
 def test_fp16_needs_cuda() -> None:

@@ -3,6 +3,7 @@ torch.compile, float32 output. Imported by training and inference, never by the 
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -18,6 +19,7 @@ __all__ = ["AcceleratedModel", "accelerate", "amp_dtype", "autocast", "native_bf
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+@functools.cache  # asked at every forward pass with amp auto; the hardware does not change
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bf16 in hardware: a CUDA GPU with bf16, or a CPU with AVX-512 BF16 or AMX."""
     if device.type == "cuda":

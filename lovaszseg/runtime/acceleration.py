@@ -25,6 +25,11 @@ Amp = Literal["none", "bf16", "fp16", "auto"]
 AMP_MODES: tuple[str, ...] = get_args(Amp)
 
 
+def _check_amp(amp: str, key: str) -> None:
+    if amp not in AMP_MODES:
+        raise ConfigError(f"unknown {key} {amp!r}; use one of {', '.join(AMP_MODES)}")
+
+
 @dataclass(frozen=True)
 class Acceleration:
     """How a model's forward pass is computed (run by :func:`lovaszseg.runtime.accelerated.accelerate`).
@@ -40,8 +45,7 @@ class Acceleration:
     compile: bool = False
 
     def __post_init__(self) -> None:
-        if self.amp not in AMP_MODES:
-            raise ConfigError(f"unknown amp {self.amp!r}; use one of {', '.join(AMP_MODES)}")
+        _check_amp(self.amp, "amp")
 
 
 @dataclass(frozen=True)
@@ -53,8 +57,8 @@ class AccelerationOverride:
     compile: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.amp is not None and self.amp not in AMP_MODES:
-            raise ConfigError(f"unknown --amp {self.amp!r}; use one of {', '.join(AMP_MODES)}")
+        if self.amp is not None:  # checked as given, before any model is loaded
+            _check_amp(self.amp, "--amp")
 
     def apply(self, base: Acceleration) -> Acceleration:
         """``base`` with every value this override sets."""
