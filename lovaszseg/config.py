@@ -67,6 +67,9 @@ class ModelConfig(_Strict):
     # Whole-model starting weights: a run folder (its exported or best model), a .pt checkpoint or a
     # .safetensors file; encoder_weights are then not loaded (nothing to download).
     init_from: str | None = None
+    # Binary tasks: weight of the BCE of smp's classification head (one logit, "the image has
+    # foreground") beside each stage's segmentation loss; 0 builds no head (lovaszseg.heads).
+    empty_head: float = Field(0.0, ge=0, allow_inf_nan=False)
 
 
 class DataConfig(_Strict):
@@ -151,6 +154,9 @@ class StageConfig(_Strict):
     ema: float | None = Field(None, gt=0, lt=1)
     # Weights a stage after the first starts from: the previous stage's best or last checkpoint.
     init: Literal["best_of_previous", "last_of_previous"] = "best_of_previous"
+    # Whether the segmentation loss counts images without foreground (skip: only the others enter it;
+    # the empty head, if any, still learns from every image).
+    empty_images: Literal["include", "skip"] = "include"
 
     @field_validator("loss")
     @classmethod

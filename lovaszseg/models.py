@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import segmentation_models_pytorch as smp
 from torch import Tensor, nn
@@ -10,16 +11,24 @@ from torch import Tensor, nn
 from lovaszseg.config import ModelConfig
 from lovaszseg.encoder_weights import load_encoder_weights, weights_file
 from lovaszseg.errors import ConfigError
+from lovaszseg.heads import Outputs, split_outputs
 
-__all__ = ["EncoderWeightsError", "build_model", "check_input_size", "output_stride", "probabilities"]
+__all__ = [
+    "EncoderWeightsError",
+    "build_model",
+    "check_input_size",
+    "output_probabilities",
+    "output_stride",
+    "probabilities",
+]
 
 
 class EncoderWeightsError(ConfigError):
     """``model.encoder_weights`` cannot be downloaded here (e.g. offline); the message says how to go on."""
 
 
-# Set by the config (in_channels and classes from the dataset), or would stop the model returning the
-# plain logits the losses and metrics expect.
+# Set by the config (in_channels and classes from the dataset; aux_params from model.empty_head), or
+# would stop the model returning the logits the losses and metrics expect.
 _RESERVED_OPTIONS = frozenset({"encoder_name", "encoder_weights", "in_channels", "classes", "activation", "aux_params"})
 
 
@@ -36,9 +45,22 @@ def _check_options(config: ModelConfig) -> None:
     # timm ("tu-") encoders take further keyword arguments, so only named smp encoders are checked.
     unknown = [] if config.encoder.startswith("tu-") else sorted(set(config.options) - set(allowed) - set(reserved))
     if reserved or unknown:
+        hint = "; the classification head is model.empty_head" if "aux_params" in reserved else ""
         raise ConfigError(
-            f"model.options {reserved + unknown} not accepted by {model_class.__name__} here; allowed: {allowed}"
+            f"model.options {reserved + unknown} not accepted by {model_class.__name__} here; allowed: {allowed}{hint}"
         )
+
+
+def _aux_params(config: ModelConfig, classes: int) -> dict[str, Any]:
+    """smp's ``aux_params`` of ``model.empty_head``: one logit, "the image has foreground" (binary tasks)."""
+    if not config.empty_head:
+        return {}
+    if classes != 1:
+        raise ConfigError(
+            f"model.empty_head {config.empty_head:g} needs a binary task (one output channel), not {classes} classes; "
+            "set model.empty_head=0"
+        )
+    return {"aux_params": {"classes": 1}}
 
 
 def build_model(config: ModelConfig, in_channels: int, classes: int, *, pretrained: bool = True) -> nn.Module:
@@ -56,10 +78,12 @@ def build_model(config: ModelConfig, in_channels: int, classes: int, *, pretrain
             nothing is downloaded and a weights file is neither read nor required to exist.
 
     Returns:
-        The model, returning logits ``[B, classes, H, W]``.
+        The model, returning logits ``[B, classes, H, W]``; with ``config.empty_head`` smp's
+        ``(masks, labels)``, which :func:`lovaszseg.heads.split_outputs` reads.
 
     Raises:
-        ConfigError: unknown architecture or encoder, bad options, or a weights file that is missing,
+        ConfigError: unknown architecture or encoder, bad options, ``model.empty_head`` on a multi-class
+            task, or a weights file that is missing,
             unreadable or does not fit the encoder (the message lists the keys).
         EncoderWeightsError: the pretrained weights could not be downloaded (a ConfigError; the message
             says the ways out).
@@ -74,6 +98,7 @@ def build_model(config: ModelConfig, in_channels: int, classes: int, *, pretrain
             encoder_weights=None if local is not None else weights,
             in_channels=in_channels,
             classes=classes,
+            **_aux_params(config, classes),
             **config.options,
         )
     except (KeyError, ValueError, TypeError) as error:
@@ -128,6 +153,13 @@ def check_input_size(model: nn.Module, height: int, width: int, source: str) -> 
             f"{source} is {height}x{width}, but this model needs sides divisible by {stride}: "
             f"pad or resize to {padded[0]}x{padded[1]} (e.g. TGS 101x101 -> data.options.pad_size=128)"
         )
+
+
+def output_probabilities(output: Tensor | tuple[Tensor, ...]) -> Outputs:
+    """The probabilities of a model's output: :func:`probabilities` of the masks, the sigmoid of the
+    empty-image head's logit (None without a head)."""
+    outputs = split_outputs(output)
+    return Outputs(probabilities(outputs.masks), None if outputs.empty is None else outputs.empty.float().sigmoid())
 
 
 def probabilities(logits: Tensor) -> Tensor:

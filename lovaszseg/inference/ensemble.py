@@ -32,7 +32,8 @@ from lovaszseg.data import transform_options
 from lovaszseg.data.io import atomic_write
 from lovaszseg.data.spec import DatasetSpec
 from lovaszseg.errors import CheckpointError, ConfigError, RunFolderError
-from lovaszseg.models import probabilities
+from lovaszseg.heads import Outputs
+from lovaszseg.models import output_probabilities
 from lovaszseg.runtime.accelerated import accelerate
 from lovaszseg.runtime.acceleration import AccelerationOverride
 from lovaszseg.scoring.postprocess import POSTPROCESS_FILE, Tuning, load_tuning, save_tuning
@@ -75,7 +76,8 @@ class Ensemble(nn.Module):
 
     Shape:
         - Input: ``[B, in_channels, H, W]``.
-        - Output: ``[B, C, H, W]`` float32 probabilities.
+        - Output: ``[B, C, H, W]`` float32 probabilities; when every member has an empty-image head,
+          :class:`~lovaszseg.heads.Outputs` with the heads' probabilities ``[B]`` averaged alike.
     """
 
     outputs_probabilities = True
@@ -90,11 +92,15 @@ class Ensemble(nn.Module):
         self.members = nn.ModuleList(models)
         self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32) / sum(weights), persistent=False)
 
-    def forward(self, images: Tensor) -> Tensor:
-        total = torch.zeros((), device=images.device)
+    def forward(self, images: Tensor) -> Tensor | Outputs:
+        masks = empty = torch.zeros((), device=images.device)
+        every_head = True
         for weight, member in zip(self.weights, self.members, strict=True):
-            total = total + weight * probabilities(member(images))
-        return total
+            outputs = output_probabilities(member(images))
+            masks = masks + weight * outputs.masks
+            every_head = every_head and outputs.empty is not None
+            empty = empty + weight * outputs.empty if every_head else empty
+        return Outputs(masks, empty) if every_head else masks
 
 
 @dataclass
@@ -138,6 +144,24 @@ class Predictor:
         if self.tuned is not None:
             return self.tuned
         return load_tuning(self.home, self.model_names) if self.home is not None else None
+
+    def require_empty_head(self, option: str) -> None:
+        """Check that every member has an empty-image head, which ``option`` (the gate) reads.
+
+        Raises:
+            ConfigError: members without one (named, with those that have one, if any).
+        """
+        without = [
+            str(m.path) for m, c in zip(self.members, self.member_configs, strict=True) if not c.model.empty_head
+        ]
+        if not without:
+            return
+        with_head = [str(m.path) for m in self.members if str(m.path) not in without]
+        mixed = f"; members with one: {', '.join(with_head)}" if with_head else ""
+        raise ConfigError(
+            f"{option} reads the empty-image head (model.empty_head), which these members lack: "
+            f"{', '.join(without)}{mixed}; leave {option} out or use members that all have one"
+        )
 
     def save_tuning(self, tuning: Tuning) -> None:
         """Keep ``tuning`` in :attr:`home` (the caller holds the folder's lock)."""

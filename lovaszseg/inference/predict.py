@@ -13,37 +13,50 @@ from torch import Tensor, nn
 from lovaszseg.data.io import list_stems, read_image
 from lovaszseg.data.transforms import crop_to_original
 from lovaszseg.errors import DataError
+from lovaszseg.heads import Outputs, split_outputs
 from lovaszseg.inference.tta import NO_TTA, Tta, tta_transforms
-from lovaszseg.models import check_input_size, probabilities
+from lovaszseg.models import check_input_size, output_probabilities, probabilities
 
-__all__ = ["model_probabilities", "predict_folder", "predict_probabilities"]
+__all__ = ["model_outputs", "predict_folder", "predict_outputs", "predict_probabilities"]
+
+
+def predict_outputs(model: nn.Module, images: Tensor, tta: Tta = NO_TTA, *, logits: Tensor | None = None) -> Outputs:
+    """Class probabilities of a batch, and the empty-image head's, averaged over test-time augmentations.
+
+    Args:
+        model: Segmentation model returning logits ``[B, C, H, W]`` (with an empty-image head, smp's
+            ``(masks, labels)``), or probabilities when it says so with ``outputs_probabilities = True``
+            (:class:`~lovaszseg.inference.ensemble.Ensemble`).
+        images: Normalised images ``[B, in_channels, H, W]`` on the model's device.
+        tta: ``"none"`` or a transform of :mod:`lovaszseg.inference.tta` (``"hflip"``: also the mirrored images).
+        logits: The model's mask logits of ``images``, when the caller already has them (saves a forward pass).
+
+    Returns:
+        ``masks`` ``[B, C, H, W]`` float32 (see :func:`probabilities`) and ``empty`` ``[B]``, the head's
+        probability that each image has foreground (None without a head), both averaged over the views.
+    """
+    transforms = tta_transforms(tta)
+    first = model_outputs(model, images) if logits is None else Outputs(probabilities(logits))
+    views = [first]
+    for transform in transforms:
+        view = model_outputs(model, transform.forward(images))
+        views.append(Outputs(transform.inverse(view.masks), view.empty))
+    heads = [view.empty for view in views]
+    empty = None if any(head is None for head in heads) else sum(heads) / len(views)
+    return Outputs(sum(view.masks for view in views) / len(views), empty)
 
 
 def predict_probabilities(
     model: nn.Module, images: Tensor, tta: Tta = NO_TTA, *, logits: Tensor | None = None
 ) -> Tensor:
-    """Class probabilities of a batch, averaged over test-time augmentations.
-
-    Args:
-        model: Segmentation model returning logits ``[B, C, H, W]``, or probabilities when it says so
-            with ``outputs_probabilities = True`` (:class:`~lovaszseg.inference.ensemble.Ensemble`).
-        images: Normalised images ``[B, in_channels, H, W]`` on the model's device.
-        tta: ``"none"`` or a transform of :mod:`lovaszseg.inference.tta` (``"hflip"``: also the mirrored images).
-        logits: The model's logits of ``images``, when the caller already has them (saves a forward pass).
-
-    Returns:
-        ``[B, C, H, W]`` float32: see :func:`probabilities`.
-    """
-    transforms = tta_transforms(tta)
-    probs = model_probabilities(model, images) if logits is None else probabilities(logits)
-    for transform in transforms:
-        probs = probs + transform.inverse(model_probabilities(model, transform.forward(images)))
-    return probs / (1 + len(transforms)) if transforms else probs
+    """The class probabilities ``[B, C, H, W]`` of :func:`predict_outputs` (the masks alone)."""
+    return predict_outputs(model, images, tta, logits=logits).masks
 
 
-def model_probabilities(model: nn.Module, images: Tensor) -> Tensor:
+def model_outputs(model: nn.Module, images: Tensor) -> Outputs:
     """Probabilities of a model returning logits, or of one returning probabilities (an ensemble)."""
-    return model(images).float() if getattr(model, "outputs_probabilities", False) else probabilities(model(images))
+    outputs = split_outputs(model(images)).to_float()
+    return outputs if getattr(model, "outputs_probabilities", False) else output_probabilities(outputs)
 
 
 @torch.no_grad()

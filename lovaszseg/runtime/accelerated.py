@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from lovaszseg.errors import ConfigError
+from lovaszseg.heads import outputs_float
 from lovaszseg.runtime.acceleration import Acceleration
 
 __all__ = ["AcceleratedModel", "accelerate", "amp_dtype", "autocast", "native_bf16", "to_memory_format"]
@@ -99,7 +100,7 @@ class AcceleratedModel(nn.Module):
 
     Shape:
         - Input: ``[B, in_channels, H, W]``.
-        - Output: the module's output, float32.
+        - Output: the module's output, float32 (a tensor, or :class:`~lovaszseg.heads.Outputs`).
     """
 
     def __init__(self, module: nn.Module, acceleration: Acceleration) -> None:
@@ -116,7 +117,7 @@ class AcceleratedModel(nn.Module):
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(self.acceleration, images.device):
             output = run(images)
-        return output.float()
+        return outputs_float(output)
 
 
 def accelerate(model: nn.Module, acceleration: Acceleration, *, convert: bool = True) -> nn.Module:

@@ -7,7 +7,9 @@ The metrics engine, post-processing, evaluation, comparisons and evidence all re
   maximises it (:func:`best_threshold_key`) and its value there (:func:`at_best_threshold_key`); after
   post-processing, its value (:func:`postprocessed_key`) and each step's chosen value
   (:func:`postprocess_key`);
-- multi-class tasks: ``miou`` (VOC), ``image_miou`` (the paper's per-image mIoU) and ``pixel_acc``.
+- multi-class tasks: ``miou`` (VOC), ``image_miou`` (the paper's per-image mIoU) and ``pixel_acc``;
+- models with an empty-image head: ``empty_head_accuracy`` (the head at probability 0.5 against
+  "the image has foreground").
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from lovaszseg.data.spec import DatasetSpec
 
 __all__ = [
     "BINARY_METRICS",
+    "EMPTY_HEAD_ACCURACY",
     "MULTICLASS_METRICS",
     "PER_IMAGE_METRICS",
     "at_best_threshold_key",
@@ -32,6 +35,8 @@ BINARY_METRICS = ("salt_score", "iou", "image_iou")
 MULTICLASS_METRICS = ("miou", "image_miou", "pixel_acc")
 # The binary metrics that are means of per-image scores (``iou`` is a ratio of sums over images).
 PER_IMAGE_METRICS = ("salt_score", "image_iou")
+# The share of images whose foreground the empty-image head (model.empty_head) calls right.
+EMPTY_HEAD_ACCURACY = "empty_head_accuracy"
 # The TGS metric, whose best-threshold key predates the others' pattern and is kept for run folders' eval.json.
 _SALT = "salt_score"
 

@@ -18,8 +18,9 @@ from torch.utils.data import DataLoader
 
 from lovaszseg.data.spec import DatasetSpec
 from lovaszseg.data.transforms import crop_to_original
-from lovaszseg.models import probabilities
-from lovaszseg.scoring.catalogue import at_best_threshold_key, best_threshold_key, metric_names
+from lovaszseg.heads import Outputs, has_foreground, outputs_float, split_outputs
+from lovaszseg.models import output_probabilities
+from lovaszseg.scoring.catalogue import EMPTY_HEAD_ACCURACY, at_best_threshold_key, best_threshold_key, metric_names
 from lovaszseg.scoring.metrics import (
     DEFAULT_THRESHOLD,
     SALT_IOU_THRESHOLDS,
@@ -73,27 +74,36 @@ class Scorer:
             "truth": torch.zeros((), dtype=torch.int64, device=self.device),
             "image_iou": torch.zeros(grid, dtype=torch.float64, device=self.device),
             "salt_passes": torch.zeros(grid, dtype=torch.int64, device=self.device),
+            # The empty-image head: images it was given for, and those it called right.
+            "head_images": torch.zeros((), dtype=torch.int64, device=self.device),
+            "head_correct": torch.zeros((), dtype=torch.int64, device=self.device),
         }
         self.matrix = ConfusionMatrix(spec.label_classes, spec.ignore_index, device=self.device)
         self.image_mious = MeanMeter(self.device)
 
     @torch.no_grad()
-    def update(self, probs: Tensor, masks: Tensor) -> None:
+    def update(self, probs: Tensor, masks: Tensor, empty: Tensor | None = None) -> None:
         """Add a batch.
 
         Args:
             probs: Class probabilities at the original size (sigmoid for binary tasks), ``[B, C, H, W]``.
             masks: Labels ``[B, H, W]`` (0/1 for binary tasks; ``spec.ignore_index`` where void).
+            empty: The empty-image head's probabilities ``[B]`` that each image has foreground, if any.
         """
         probs, masks = probs.to(self.device), masks.to(self.device)
+        if empty is not None:
+            empty = empty.to(self.device).float()
+            truth = has_foreground(masks, self.spec.ignore_index)
+            self.sums["head_images"] += len(empty)
+            self.sums["head_correct"] += ((empty > 0.5) == truth).sum()
         if self.spec.binary:
-            self._update_binary(probs[:, 0].float(), masks)
+            self._update_binary(probs[:, 0].float(), masks, empty)
         else:
             pred = probs.argmax(1)
             self.matrix.update(pred, masks)
             self.image_mious.update(image_iou(pred, masks, self.spec.num_classes, self.spec.ignore_index))
 
-    def _update_binary(self, probs: Tensor, masks: Tensor) -> None:
+    def _update_binary(self, probs: Tensor, masks: Tensor, empty: Tensor | None) -> None:
         # Every threshold at once: a pixel's bin is the number of thresholds below its probability, so it
         # is foreground at threshold k iff its bin is > k; per-image (bin, truth) histograms give the counts.
         batch, bins = probs.shape[0], len(THRESHOLD_GRID) + 1
@@ -107,7 +117,8 @@ class Scorer:
         truth = counts[..., 1].sum(1)
         ious = _ratio(intersection, area + truth[:, None] - intersection)
         if self.keep_images:
-            self._images.append(ImageCounts(*(t.int().cpu().numpy() for t in (intersection, area, truth))))
+            head = None if empty is None else empty.cpu().numpy().astype(np.float32)
+            self._images.append(ImageCounts(*(t.int().cpu().numpy() for t in (intersection, area, truth)), head))
         self.sums["images"] += batch
         self.sums["intersection"] += intersection.sum(0)
         self.sums["predicted"] += area.sum(0)
@@ -132,7 +143,12 @@ class Scorer:
         self.image_mious.reduce_from_all_processes()
 
     def compute(self) -> dict[str, float]:
-        """Metric name -> value (see the class docstring)."""
+        """Metric name -> value (see the class docstring), with the empty-image head's accuracy when it scored one."""
+        head = int(self.sums["head_images"])
+        accuracy = {EMPTY_HEAD_ACCURACY: int(self.sums["head_correct"]) / head} if head else {}
+        return self._compute() | accuracy
+
+    def _compute(self) -> dict[str, float]:
         if not self.spec.binary:
             return {
                 "miou": self.matrix.mean_iou(),
@@ -164,11 +180,11 @@ def evaluate(
     spec: DatasetSpec,
     *,
     device: torch.device,
-    predict: Callable[[nn.Module, Tensor], Tensor] | None = None,
+    predict: Callable[[nn.Module, Tensor], Tensor | Outputs] | None = None,
     loss_fn: nn.Module | None = None,
     progress: Callable[[int], None] | None = None,
     scorer: Scorer | None = None,
-    on_predictions: Callable[[Sequence[str], Tensor, Tensor], None] | None = None,
+    on_predictions: Callable[[Sequence[str], Tensor, Tensor, Tensor | None], None] | None = None,
     across_processes: bool = True,
 ) -> dict[str, float]:
     """Score a model on a labelled loader (this process's shard; sums are reduced over all ranks).
@@ -176,18 +192,21 @@ def evaluate(
     Predictions and masks are cropped back to ``spec.original_size`` first (TGS: 128 -> 101).
 
     Args:
-        model: Segmentation model returning logits.
+        model: Segmentation model returning logits (or :class:`~lovaszseg.heads.Outputs` with an
+            empty-image head, whose accuracy is then reported too).
         loader: Batches with ``image`` and ``mask``.
         spec: The dataset's description.
         device: The model's device.
         predict: How a batch's probabilities are made, e.g. with test-time augmentation or from an
-            ensemble (``lovaszseg.inference.predict_probabilities``); default the model's own sigmoid
-            or softmax. Not with ``loss_fn``, whose probabilities are those of the logits it scores.
+            ensemble (``lovaszseg.inference.predict_outputs``: with the empty-image head's probability);
+            default the model's own sigmoid or softmax. Not with ``loss_fn``, whose probabilities are
+            those of the logits it scores.
         loss_fn: When given, ``val_loss`` is the mean batch loss of the logits.
         progress: Called with each batch's number of images once it is predicted (e.g. ``LoopProgress.advance``).
         scorer: The scorer to fill (e.g. one keeping per-image counts); default a new one.
-        on_predictions: Called with the ids, probabilities and masks of the images as scored (cropped
-            to their original size: a batch at a time, or one image at a time where sizes differ).
+        on_predictions: Called with the ids, probabilities, masks and empty-image head probabilities (or
+            None) of the images as scored (cropped to their original size: a batch at a time, or one
+            image at a time where sizes differ).
         across_processes: Sum the metrics over DDP processes (each scoring its shard); False when this
             process scores a whole split alone while the others wait.
 
@@ -198,16 +217,16 @@ def evaluate(
     scorer, losses = scorer or Scorer(spec, device), MeanMeter(device)
     for batch in loader:
         images, masks = batch["image"].to(device), batch["mask"].to(device)
-        logits = model(images).float() if loss_fn is not None or predict is None else None
-        probs = probabilities(logits) if logits is not None else predict(model, images)
+        output = outputs_float(model(images)) if loss_fn is not None or predict is None else None
+        predicted = output_probabilities(output) if output is not None else split_outputs(predict(model, images))
         if progress is not None:
             progress(len(images))
         if loss_fn is not None:
-            losses.update(loss_fn(logits, masks).reshape(1))
-        for ids, prob, mask in _original_size(batch, probs, masks, spec):
-            scorer.update(prob, mask)
+            losses.update(loss_fn(output, masks).reshape(1))
+        for ids, prob, mask, empty in _original_size(batch, predicted, masks, spec):
+            scorer.update(prob, mask, empty)
             if on_predictions is not None:
-                on_predictions(ids, prob, mask)
+                on_predictions(ids, prob, mask, empty)
     if across_processes:
         scorer.reduce_from_all_processes()
         losses.reduce_from_all_processes()
@@ -218,10 +237,12 @@ def evaluate(
 
 
 def _original_size(
-    batch: dict[str, Any], probs: Tensor, masks: Tensor, spec: DatasetSpec
-) -> Iterator[tuple[list[str], Tensor, Tensor]]:
-    """A batch's ids, probabilities and masks cropped back to ``spec.original_size`` (TGS: 128 -> 101)
-    or, for images of their own sizes padded to the model's stride, one image at a time to its own pixels."""
+    batch: dict[str, Any], predicted: Outputs, masks: Tensor, spec: DatasetSpec
+) -> Iterator[tuple[list[str], Tensor, Tensor, Tensor | None]]:
+    """A batch's ids, probabilities, masks and head probabilities cropped back to ``spec.original_size``
+    (TGS: 128 -> 101) or, for images of their own sizes padded to the model's stride, one image at a
+    time to its own pixels."""
+    probs, empty = predicted
     ids = list(batch["id"]) if "id" in batch else [""] * len(probs)  # ids only name predictions
     if spec.original_size is not None:
         window = spec.original_size
@@ -229,10 +250,17 @@ def _original_size(
             ids,
             crop_to_original(probs, window, resized=spec.resize),
             crop_to_original(masks, window, resized=spec.resize),
+            empty,
         )
     elif "size" in batch:
-        for sample_id, prob, mask, size in zip(ids, probs, masks, batch["size"].tolist(), strict=True):
+        for index, (sample_id, size) in enumerate(zip(ids, batch["size"].tolist(), strict=True)):
             window = spec.resize or tuple(size)
-            yield [sample_id], crop_to_original(prob[None], window), crop_to_original(mask[None], window)
+            head = None if empty is None else empty[index : index + 1]
+            yield (
+                [sample_id],
+                crop_to_original(probs[index : index + 1], window),
+                crop_to_original(masks[index : index + 1], window),
+                head,
+            )
     else:
-        yield ids, probs, masks
+        yield ids, probs, masks, empty

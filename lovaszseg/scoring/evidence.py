@@ -160,7 +160,7 @@ class ImageRecorder:
     statistics: ImageStatistics | None = None  # set by :meth:`finish`
     _multiclass: list[np.ndarray] = field(default_factory=list)
 
-    def __call__(self, ids: Sequence[str], probs: Tensor, masks: Tensor) -> None:
+    def __call__(self, ids: Sequence[str], probs: Tensor, masks: Tensor, empty: Tensor | None = None) -> None:
         self.ids.extend(ids)
         if not self.spec.binary:
             self._multiclass.append(self._class_sums(probs.argmax(1), masks))

@@ -17,6 +17,7 @@ from lovaszseg.data.overlay import overlay
 from lovaszseg.data.spec import DatasetSpec
 from lovaszseg.data.transforms import crop_to_original
 from lovaszseg.errors import ConfigError
+from lovaszseg.heads import split_outputs
 from lovaszseg.models import probabilities
 from lovaszseg.thresholds import DEFAULT_THRESHOLD
 
@@ -108,7 +109,7 @@ class TensorBoardLog:
         pictures = []
         for index in range(min(OVERLAY_IMAGES, len(dataset))):
             sample = dataset[index]
-            probs = probabilities(model(sample["image"][None].to(device)))[0].cpu()
+            probs = probabilities(split_outputs(model(sample["image"][None].to(device))).masks)[0].cpu()
             image, probs = self._crop(sample["image"], sample), self._crop(probs, sample)
             labels = probs[0] > DEFAULT_THRESHOLD if self.spec.binary else probs.argmax(0)
             pictures.append(overlay(_as_uint8(image), labels.numpy().astype(np.intp)))

@@ -37,6 +37,7 @@ from lovaszseg.scoring.catalogue import metric_names
 from lovaszseg.scoring.engine import evaluate
 from lovaszseg.storage.checkpoint import capture_rng, load_checkpoint, restore_rng
 from lovaszseg.storage.run_folder import DISTRIBUTED_FILE, RunFolder, read_weights
+from lovaszseg.training.objective import Objective
 from lovaszseg.training.reporting import TensorBoardLog, final_table
 from lovaszseg.training.schedule import (
     Scheduler,
@@ -334,7 +335,13 @@ class Trainer:
         self, folder: RunFolder, index: int, progress: Progress, checkpoint: dict[str, Any] | None
     ) -> Stage:
         config = self.config.stages[index]
-        loss_fn = build_loss(config.loss, ignore_index=self.spec.ignore_index)
+        ignore_index = self.spec.ignore_index
+        loss_fn = Objective(
+            build_loss(config.loss, ignore_index=ignore_index),
+            empty_head=self.config.model.empty_head,
+            skip_empty=config.empty_images == "skip",
+            ignore_index=ignore_index,
+        )
         optimizer = build_optimizer(config, self.model)
         scheduler = build_scheduler(config, optimizer, self.config.train.monitor_mode, self.steps_per_epoch)
         stage = Stage(index, config, loss_fn, optimizer, scheduler)

@@ -33,7 +33,7 @@ from lovaszseg.data.io import atomic_write
 from lovaszseg.data.spec import DatasetSpec
 from lovaszseg.errors import ConfigError
 from lovaszseg.inference.ensemble import model_names, resolve_members
-from lovaszseg.inference.predict import predict_probabilities
+from lovaszseg.inference.predict import predict_outputs
 from lovaszseg.inference.tta import NO_TTA, Tta, check_tta
 from lovaszseg.runtime import distributed
 from lovaszseg.runtime.accelerated import accelerate
@@ -175,9 +175,9 @@ def _out_of_fold(
     oof_scorer, rows = Scorer(spec, device, keep_images=True), []
     with _oof_writer(folder.oof_path) as write:
 
-        def record(ids: Sequence[str], probs: Tensor, masks: Tensor) -> None:
+        def record(ids: Sequence[str], probs: Tensor, masks: Tensor, empty: Tensor | None) -> None:
             write(ids, probs)
-            oof_scorer.update(probs, masks)
+            oof_scorer.update(probs, masks, empty)
 
         for fold in settings["folds"]:
             loaded = load_model(folder.fold_path(fold))
@@ -192,7 +192,7 @@ def _out_of_fold(
                     loader,
                     spec,
                     device=device,
-                    predict=partial(predict_probabilities, tta=tta),
+                    predict=partial(predict_outputs, tta=tta),
                     progress=bar.advance,
                     on_predictions=record,
                     across_processes=False,

@@ -34,7 +34,7 @@ from lovaszseg.data.tgs import TGS_ORIGINAL_SIZE
 from lovaszseg.data.voc import save_palette_png
 from lovaszseg.errors import ConfigError, DataError, RunFolderError
 from lovaszseg.inference.ensemble import Predictor, Sources, load_predictor
-from lovaszseg.inference.predict import predict_folder, predict_probabilities
+from lovaszseg.inference.predict import predict_folder, predict_outputs
 from lovaszseg.inference.submission import write_submission
 from lovaszseg.inference.tta import NO_TTA, Tta, check_tta
 from lovaszseg.rle import read_rle_csv
@@ -216,7 +216,7 @@ def _score_split(
             loader,
             predictor.spec,
             device=target,
-            predict=partial(predict_probabilities, tta=tta),
+            predict=partial(predict_outputs, tta=tta),
             progress=bar.advance,
             scorer=scorer,
             on_predictions=recorder,

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from lovaszseg.errors import ConfigError
 from lovaszseg.inference.export.common import (
+    EMPTY_OUTPUT_NAME,
     INPUT_NAME,
     ONNX_OPSET,
     ONNX_TOLERANCE,
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from lovaszseg.storage.run_folder import LoadedModel
 
 __all__ = [
+    "EMPTY_OUTPUT_NAME",
     "EXPORT_FORMATS",
     "INPUT_NAME",
     "ONNX_OPSET",

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from lovaszseg.storage.run_folder import LoadedModel
 
 __all__ = [
+    "EMPTY_OUTPUT_NAME",
     "INPUT_NAME",
     "ONNX_OPSET",
     "ONNX_TOLERANCE",
@@ -27,6 +28,7 @@ __all__ = [
     "ExportResult",
     "check_out",
     "model_usage",
+    "output_names",
     "preset_size",
     "publish_folder",
     "stride_note",
@@ -34,6 +36,8 @@ __all__ = [
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
+# The second output of a model with an empty-image head (model.empty_head): smp's classification logit.
+EMPTY_OUTPUT_NAME = "empty_logits"
 # The default opset of torch's exporter (torch 2.9 - 2.14), pinned so that every export states the same one.
 ONNX_OPSET = 20
 # Largest difference of probabilities between ONNX Runtime and PyTorch an export may show.
@@ -132,7 +136,7 @@ def model_usage(loaded: LoadedModel) -> dict[str, str]:
 
     Returns:
         Ordered ``{name: text}``: ``dataset``, ``input``, ``output``, ``input_size``, ``normalisation``,
-        ``mean``, ``std``, ``activation`` and, where they apply, ``classes`` and ``crop``.
+        ``mean``, ``std``, ``activation`` and, where they apply, ``empty_output``, ``classes`` and ``crop``.
     """
     import albumentations as A
 
@@ -152,12 +156,22 @@ def model_usage(loaded: LoadedModel) -> dict[str, str]:
         "std": ", ".join(f"{value:g}" for value in normalize.std),
         "activation": "sigmoid (foreground probability)" if spec.binary else "softmax over dim 1 (classes)",
     }
+    if EMPTY_OUTPUT_NAME in output_names(loaded):
+        usage["empty_output"] = (
+            f"{EMPTY_OUTPUT_NAME}: float32 [batch, 1], the logit that the image has foreground "
+            "(sigmoid: its probability)"
+        )
     if spec.class_names:
         usage["classes"] = ", ".join(spec.class_names)
     if spec.original_size and size and tuple(size) != tuple(spec.original_size):
         height, width = spec.original_size
         usage["crop"] = f"the centre {height}x{width} of the output is the image (the preset padded it)"
     return usage
+
+
+def output_names(loaded: LoadedModel) -> list[str]:
+    """The exported model's outputs, in the order its forward returns them."""
+    return [OUTPUT_NAME, EMPTY_OUTPUT_NAME] if loaded.config.model.empty_head else [OUTPUT_NAME]
 
 
 def stride_note(loaded: LoadedModel) -> str:

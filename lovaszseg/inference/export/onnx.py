@@ -16,10 +16,10 @@ from lovaszseg.inference.export.common import (
     INPUT_NAME,
     ONNX_OPSET,
     ONNX_TOLERANCE,
-    OUTPUT_NAME,
     ExportResult,
     check_out,
     model_usage,
+    output_names,
     preset_size,
     stride_note,
 )
@@ -41,10 +41,11 @@ def export_onnx(loaded: LoadedModel, out: Path, *, overwrite: bool = False) -> E
     """Write an ONNX file (opset :data:`~lovaszseg.inference.export.common.ONNX_OPSET`), checked against PyTorch first.
 
     Input ``images`` ``[batch, C, height, width]`` (normalised as the run's evaluation preset does),
-    output ``logits`` ``[batch, classes, height, width]``. The batch is dynamic; so are the height and
-    width (multiples of the model's stride) when the exported graph gives PyTorch's results at a second
-    size, otherwise they are fixed at the preset's size. The model's usage, the dynamic axes and the
-    run's config are stored in the file's ``metadata_props``.
+    output ``logits`` ``[batch, classes, height, width]`` (with ``model.empty_head``, a second output
+    ``empty_logits`` ``[batch, 1]``: the logit that the image has foreground). The batch is dynamic;
+    so are the height and width (multiples of the model's stride) when the exported graph gives
+    PyTorch's results at a second size, otherwise they are fixed at the preset's size. The model's
+    usage, the dynamic axes and the run's config are stored in the file's ``metadata_props``.
 
     Args:
         loaded: The model to export.
@@ -112,7 +113,7 @@ def _export_checked(
         loaded.model,
         (example,),
         input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
+        output_names=output_names(loaded),
         opset_version=ONNX_OPSET,
         dynamo=True,
         dynamic_shapes=(axes,),
@@ -133,7 +134,7 @@ def _max_difference(proto: onnx.ModelProto, loaded: LoadedModel, shapes: list[tu
     import onnxruntime as ort
     import torch
 
-    from lovaszseg.models import probabilities
+    from lovaszseg.models import output_probabilities
 
     options = ort.SessionOptions()
     options.log_severity_level = 4  # a graph that fails at another size raises; no extra log lines
@@ -143,9 +144,13 @@ def _max_difference(proto: onnx.ModelProto, loaded: LoadedModel, shapes: list[tu
     for batch, height, width in shapes:
         images = torch.randn(batch, loaded.spec.in_channels, height, width, generator=generator)
         with torch.inference_mode():
-            expected = probabilities(loaded.model(images))
-        (logits,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})
-        difference = max(difference, float((probabilities(torch.from_numpy(logits)) - expected).abs().max()))
+            expected = output_probabilities(loaded.model(images))
+        got = session.run(output_names(loaded), {INPUT_NAME: images.numpy()})
+        outputs = output_probabilities(
+            tuple(torch.from_numpy(array) for array in got) if len(got) > 1 else torch.from_numpy(got[0])
+        )
+        pairs = [(outputs.masks, expected.masks), (outputs.empty, expected.empty)]
+        difference = max(difference, *(float((a - b).abs().max()) for a, b in pairs if a is not None))
     return difference
 
 

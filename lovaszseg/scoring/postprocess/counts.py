@@ -22,24 +22,30 @@ class ImageCounts:
         intersection: ``[N, T]`` predicted-and-true foreground pixels.
         predicted: ``[N, T]`` predicted foreground pixels (decreasing along T).
         truth: ``[N]`` true foreground pixels.
+        empty: ``[N]`` the empty-image head's probability that the image has foreground, or None for
+            predictions without one.
     """
 
     intersection: np.ndarray
     predicted: np.ndarray
     truth: np.ndarray
+    empty: np.ndarray | None = None
 
     @classmethod
     def concatenate(cls, parts: list[ImageCounts]) -> ImageCounts:
-        return cls(
-            *(np.concatenate([getattr(p, name) for p in parts]) for name in ("intersection", "predicted", "truth"))
-        )
+        arrays = (np.concatenate([getattr(p, name) for p in parts]) for name in ("intersection", "predicted", "truth"))
+        heads = [p.empty for p in parts]
+        empty = np.concatenate(heads) if heads and all(h is not None for h in heads) else None
+        return cls(*arrays, empty)
 
     def __len__(self) -> int:
         return len(self.truth)
 
     def emptied(self, masks: np.ndarray) -> ImageCounts:
         """The counts with the predictions marked in ``masks`` ``[N, T]`` emptied (no predicted pixel)."""
-        return ImageCounts(np.where(masks, 0, self.intersection), np.where(masks, 0, self.predicted), self.truth)
+        return ImageCounts(
+            np.where(masks, 0, self.intersection), np.where(masks, 0, self.predicted), self.truth, self.empty
+        )
 
 
 def metric_scale(metric: str) -> int:
