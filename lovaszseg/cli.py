@@ -150,6 +150,10 @@ MIN_AREA_HELP = (
     "Binary models: masks with fewer foreground pixels are emptied (default 0: never), or auto (tuned for the "
     "threshold used)."
 )
+EMPTY_GATE_HELP = (
+    "Models with an empty-image head (model.empty_head): an image whose head probability of foreground is "
+    "below it is predicted empty (default 0: never), or auto (tuned with the threshold and min-area)."
+)
 
 # The models' own train.amp / channels_last / compile, changed for this call only.
 AMP_OPTION = typer.Option(
@@ -319,6 +323,7 @@ def predict_command(
     tta: str = typer.Option("none", help=TTA_HELP),
     threshold: str | None = typer.Option(None, help=THRESHOLD_HELP),
     min_area: str | None = typer.Option(None, help=MIN_AREA_HELP),
+    empty_gate: str | None = typer.Option(None, help=EMPTY_GATE_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     amp: str | None = AMP_OPTION,
     channels_last: bool | None = CHANNELS_LAST_OPTION,
@@ -336,6 +341,7 @@ def predict_command(
         tta=tta,
         threshold=_parse_auto("threshold", threshold, float),
         min_area=_parse_auto("min-area", min_area, int),
+        empty_gate=_parse_auto("empty-gate", empty_gate, float),
         device=device,
         acceleration=_acceleration(amp, channels_last, compile_model),
         console=console,
@@ -352,6 +358,7 @@ def submit_command(
     tta: str = typer.Option("none", help=TTA_HELP),
     threshold: str | None = typer.Option(None, help=THRESHOLD_HELP),
     min_area: str | None = typer.Option(None, help=MIN_AREA_HELP),
+    empty_gate: str | None = typer.Option(None, help=EMPTY_GATE_HELP),
     sample_submission: Path | None = typer.Option(
         None, help="Kaggle's sample_submission.csv (default: the one beside TEST_DIR): ids must match it."
     ),
@@ -376,12 +383,14 @@ def submit_command(
         tta=tta,
         threshold=_parse_auto("threshold", threshold, float),
         min_area=_parse_auto("min-area", min_area, int),
+        empty_gate=_parse_auto("empty-gate", empty_gate, float),
         sample_submission=sample_submission,
         device=device,
         acceleration=_acceleration(amp, channels_last, compile_model),
         console=console,
     )
-    console.print(f"wrote {path} (threshold {used.threshold:.2f}, min-area {used.min_area})")
+    gate = f", empty-gate {used.empty_gate:.3f}" if used.empty_gate else ""
+    console.print(f"wrote {path} (threshold {used.threshold:.2f}, min-area {used.min_area}{gate})")
 
 
 @app.command("export")

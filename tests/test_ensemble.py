@@ -202,3 +202,49 @@ def test_non_finite_or_zero_weights_are_refused_on_the_command_line_and_in_a_man
     manifest.write_text(yaml.safe_dump(entries))
     with pytest.raises(ConfigError, match=f"{manifest}: ensemble weights must be " + message):
         load_predictor(tmp_path / "ens")
+
+
+class _WithHead(nn.Module):
+    """Fixed mask logits and a fixed empty-image head logit per image, whatever the input."""
+
+    def __init__(self, logits: torch.Tensor, head: torch.Tensor) -> None:
+        super().__init__()
+        self.logits, self.head = logits, head
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.logits, self.head
+
+
+def test_the_heads_probabilities_are_averaged_with_the_member_weights_and_over_tta() -> None:
+    from lovaszseg.inference.predict import predict_outputs
+
+    a, b = torch.randn(1, 1, 2, 3), torch.randn(1, 1, 2, 3)
+    ensemble = Ensemble([_WithHead(a, torch.tensor([[1.0]])), _WithHead(b, torch.tensor([[-2.0]]))], [3.0, 1.0])
+    outputs = predict_outputs(ensemble, _input(), "hflip")
+    expected = 0.75 * torch.sigmoid(torch.tensor(1.0)) + 0.25 * torch.sigmoid(torch.tensor(-2.0))
+    assert outputs.empty is not None and outputs.empty.item() == pytest.approx(expected.item(), abs=1e-7)
+    mirrored = 0.75 * torch.sigmoid(a.flip(-1)) + 0.25 * torch.sigmoid(b.flip(-1))
+    plain = 0.75 * torch.sigmoid(a) + 0.25 * torch.sigmoid(b)
+    torch.testing.assert_close(outputs.masks, (plain + mirrored) / 2, rtol=0, atol=1e-7)
+    # A member without a head: the ensemble gives masks alone.
+    mixed = Ensemble([_WithHead(a, torch.tensor([[1.0]])), _Constant(b)], [1.0, 1.0])
+    assert predict_outputs(mixed, _input()).empty is None
+
+
+def test_members_with_and_without_a_head_are_an_error_when_the_gate_is_used(tiny_salt: Path, tmp_path: Path) -> None:
+    runs = {}
+    for name, weight in (("plain", 0.0), ("head", 0.5)):
+        config = tiny_salt_config(
+            tiny_salt, tmp_path, stages=ONE_STAGE, train={"device": "cpu", "max_steps_per_epoch": 1}
+        )
+        config["model"]["empty_head"] = weight
+        runs[name] = train(load_config(config), run_dir=tmp_path / name, console=Console(file=io.StringIO())).run_dir
+    predictor = load_predictor([runs["plain"], runs["head"]])
+    assert not predictor.has_empty_head
+    with pytest.raises(ConfigError, match=r"--empty-gate reads .*lack: .*plain.*; members with one: .*head"):
+        predictor.require_empty_head("--empty-gate")
+    load_predictor(runs["head"]).require_empty_head("--empty-gate")  # every member has one
+    from lovaszseg.workflows.runs import predict_run
+
+    with pytest.raises(ConfigError, match="lack"):
+        predict_run([runs["plain"], runs["head"]], tiny_salt / "test" / "images", tmp_path / "out", empty_gate=0.5)

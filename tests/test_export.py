@@ -266,3 +266,37 @@ def test_a_bad_run_is_a_checkpoint_error_and_one_red_line(tmp_path: Path) -> Non
     result = runner.invoke(app, ["export", str(tmp_path / "empty"), "--format", "tflite", "--out", out])
     assert result.exit_code == 2 and "unknown export format 'tflite'" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+@pytest.fixture(scope="module")
+def head_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _make_run(tmp_path_factory.mktemp("export") / "head", {**_TINY_UNET, "empty_head": 0.5})
+
+
+def test_onnx_of_an_empty_head_model_has_a_second_output_that_matches_pytorch(
+    head_run: Path, tmp_path: Path, shared_dir: Path
+) -> None:
+    result = export_run(head_run, "onnx", tmp_path / "head.onnx")
+    graph = onnx.load(str(result.path)).graph
+    assert [o.name for o in graph.output] == ["logits", "empty_logits"]
+    assert result.usage["empty_output"].startswith("empty_logits: float32 [batch, 1]")
+    images = _tgs_batch(shared_dir, head_run, 5)
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    logits, empty = session.run(["logits", "empty_logits"], {"images": images})
+    with torch.inference_mode():
+        masks, labels = load_model(head_run).model(torch.from_numpy(images))
+    assert (probabilities(torch.from_numpy(logits)) - probabilities(masks)).abs().max() <= 1e-4
+    assert (torch.from_numpy(empty).sigmoid() - labels.sigmoid()).abs().max() <= 1e-4
+    assert empty.shape == (5, 1) and result.max_difference is not None and result.max_difference <= 1e-4
+
+
+def test_smp_from_pretrained_carries_the_empty_head(head_run: Path, tmp_path: Path) -> None:
+    import segmentation_models_pytorch as smp
+
+    export_run(head_run, "smp", tmp_path / "smp")
+    loaded = smp.from_pretrained(str(tmp_path / "smp")).eval()
+    original = load_model(head_run).model
+    images = torch.randn(3, 1, 128, 128, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        (masks, labels), (expected_masks, expected_labels) = loaded(images), original(images)
+    assert torch.equal(masks, expected_masks) and torch.equal(labels, expected_labels)

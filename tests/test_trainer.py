@@ -437,3 +437,34 @@ def test_a_bad_init_from_is_a_config_error_before_the_run_folder_is_made(tiny_sa
     with pytest.raises(ConfigError, match=message):
         train(_config(tiny_salt, tmp_path, model=other), run_dir=tmp_path / "mismatch")
     assert not (tmp_path / "mismatch").exists()
+
+
+def test_an_empty_head_trains_validates_resumes_and_is_evaluated_with_its_gate(tiny_salt: Path, tmp_path: Path) -> None:
+    stages = [
+        {"name": "bce", "loss": "bce", "epochs": 1, "lr": 0.01},
+        {"name": "lovasz", "loss": "lovasz_hinge", "epochs": 1, "lr": 0.005, "empty_images": "skip"},
+    ]
+    config = _config(tiny_salt, tmp_path, stages=stages)
+    config.model.empty_head = 0.5
+    straight = train(config, run_dir=tmp_path / "straight")
+    assert straight.completed and 0.0 <= straight.best_metrics["empty_head_accuracy"] <= 1.0
+    stopped = train(config, run_dir=tmp_path / "resumed", stop_after_epochs=1)
+    assert not stopped.completed
+    resumed = train(resume=tmp_path / "resumed")
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in straight.history]
+    weights, again = (
+        load_model(run / "model.safetensors").model.state_dict() for run in (straight.run_dir, resumed.run_dir)
+    )
+    assert "classification_head.3.weight" in weights
+    assert all(torch.equal(weights[name], again[name]) for name in weights)
+    result = evaluate_run(straight.run_dir, console=Console(file=io.StringIO()))
+    assert result["salt_score_postprocessed"] >= result["salt_score_postprocessed_without_empty_gate"]
+    assert "postprocess_empty_gate" in result and "empty_head_accuracy" in result
+
+
+def test_an_empty_head_on_a_multi_class_task_is_a_config_error(tiny_voc: Path, tmp_path: Path) -> None:
+    config = _config(tiny_voc, tmp_path, data={"name": "voc", "root": str(tiny_voc), "options": {}})
+    config.model.empty_head = 0.25
+    with pytest.raises(ConfigError, match="model.empty_head 0.25 needs a binary task"):
+        train(config, run_dir=tmp_path / "voc")
+    assert not (tmp_path / "voc").exists()

@@ -145,6 +145,11 @@ class Predictor:
             return self.tuned
         return load_tuning(self.home, self.model_names) if self.home is not None else None
 
+    @property
+    def has_empty_head(self) -> bool:
+        """Whether every member has an empty-image head (its probability is then averaged like the masks')."""
+        return all(config.model.empty_head for config in self.member_configs)
+
     def require_empty_head(self, option: str) -> None:
         """Check that every member has an empty-image head, which ``option`` (the gate) reads.
 

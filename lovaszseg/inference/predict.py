@@ -70,7 +70,8 @@ def predict_folder(
     tta: Tta = NO_TTA,
     resized: tuple[int, int] | None = None,
     batch_size: int = 16,
-) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    with_empty: bool = False,
+) -> Iterator[tuple[Any, ...]]:
     """Predict every image of a folder, in file-name order.
 
     Consecutive images of the same size share a forward pass; sizes may differ across the folder.
@@ -84,10 +85,12 @@ def predict_folder(
         tta: Test-time augmentation, see :func:`predict_probabilities`.
         resized: The size images are resized to before padding, if the preset resizes.
         batch_size: Most images per forward pass.
+        with_empty: Also yield the empty-image head's probability (None for a model without one).
 
     Yields:
         ``(path, image, probabilities)``: the image file, the image as read (uint8 ``[H, W]`` or
-        ``[H, W, 3]``) and the class probabilities ``[C, H, W]`` cropped back to its size.
+        ``[H, W, 3]``) and the class probabilities ``[C, H, W]`` cropped back to its size; with
+        ``with_empty``, then the head's probability that the image has foreground (a float or None).
 
     Raises:
         DataError: no images in the folder, or an unreadable image.
@@ -99,11 +102,13 @@ def predict_folder(
         raise DataError(f"no images (png, jpg, ...) in {images_dir}")
     pending: list[tuple[Path, np.ndarray, Tensor]] = []
 
-    def flush() -> Iterator[tuple[Path, np.ndarray, np.ndarray]]:
+    def flush() -> Iterator[tuple[Any, ...]]:
         batch = torch.stack([tensor for _, _, tensor in pending]).to(device)
-        probs = predict_probabilities(model, batch, tta).cpu()
-        for (path, image, _), prob in zip(pending, probs, strict=True):
-            yield path, image, crop_to_original(prob, image.shape[:2], resized=resized).numpy()
+        probs, empty = predict_outputs(model, batch, tta)
+        heads = [None] * len(pending) if empty is None else empty.cpu().tolist()
+        for (path, image, _), prob, head in zip(pending, probs.cpu(), heads, strict=True):
+            cropped = crop_to_original(prob, image.shape[:2], resized=resized).numpy()
+            yield (path, image, cropped, head) if with_empty else (path, image, cropped)
         pending.clear()
 
     for path in paths.values():

@@ -5,8 +5,8 @@ The metrics engine, post-processing, evaluation, comparisons and evidence all re
 - binary tasks: ``salt_score`` (the TGS metric; only without an ignore index), ``iou`` (dataset IoU)
   and ``image_iou`` (mean per-image IoU) at the default threshold; for each, the grid threshold that
   maximises it (:func:`best_threshold_key`) and its value there (:func:`at_best_threshold_key`); after
-  post-processing, its value (:func:`postprocessed_key`) and each step's chosen value
-  (:func:`postprocess_key`);
+  post-processing, its value (:func:`postprocessed_key`), its value with a tuned rule off
+  (:func:`postprocessed_without_key`) and each step's chosen value (:func:`postprocess_key`);
 - multi-class tasks: ``miou`` (VOC), ``image_miou`` (the paper's per-image mIoU) and ``pixel_acc``;
 - models with an empty-image head: ``empty_head_accuracy`` (the head at probability 0.5 against
   "the image has foreground").
@@ -26,6 +26,7 @@ __all__ = [
     "metric_names",
     "postprocess_key",
     "postprocessed_key",
+    "postprocessed_without_key",
     "threshold_of",
     "tuning_metric",
 ]
@@ -80,6 +81,12 @@ def threshold_of(key: str) -> tuple[str, str | None]:
 def postprocessed_key(metric: str) -> str:
     """The key of ``metric``'s value after post-processing."""
     return f"{metric}_postprocessed"
+
+
+def postprocessed_without_key(metric: str, step: str) -> str:
+    """The key of ``metric`` after a post-processing tuned without ``step``
+    (``salt_score_postprocessed_without_empty_gate``)."""
+    return f"{postprocessed_key(metric)}_without_{step}"
 
 
 def postprocess_key(step: str) -> str:

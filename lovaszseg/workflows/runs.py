@@ -41,7 +41,13 @@ from lovaszseg.rle import read_rle_csv
 from lovaszseg.runtime.acceleration import AccelerationOverride
 from lovaszseg.runtime.distributed import resolve_device
 from lovaszseg.runtime.progress import LoopProgress
-from lovaszseg.scoring.catalogue import metric_names, postprocess_key, postprocessed_key, tuning_metric
+from lovaszseg.scoring.catalogue import (
+    metric_names,
+    postprocess_key,
+    postprocessed_key,
+    postprocessed_without_key,
+    tuning_metric,
+)
 from lovaszseg.scoring.engine import Scorer, evaluate
 from lovaszseg.scoring.evidence import ImageRecorder
 from lovaszseg.scoring.postprocess import (
@@ -52,6 +58,7 @@ from lovaszseg.scoring.postprocess import (
     resolve,
     tune_postprocessing,
 )
+from lovaszseg.scoring.postprocess.empty_gate import EmptyGate
 from lovaszseg.storage.cv_folder import OUT_OF_FOLD
 from lovaszseg.storage.run_folder import EVAL_FILE, RunFolder
 
@@ -123,8 +130,9 @@ def _predict_images(
     description: str,
     console: Console | None,
     batch_size: int = 16,
-) -> Iterator[tuple[Path, np.ndarray, np.ndarray]]:
-    """Predict a folder with the evaluation preset the model was trained with; its progress counts images."""
+) -> Iterator[tuple[Path, np.ndarray, np.ndarray, float | None]]:
+    """Predict a folder with the evaluation preset the model was trained with (each image's path, the
+    image, its probabilities and its empty-image head probability or None); its progress counts images."""
     config = loaded.config
     total = len(list_stems(images_dir))
     interval = config.output.progress_seconds
@@ -138,6 +146,7 @@ def _predict_images(
             tta=tta,
             resized=loaded.spec.resize,
             batch_size=batch_size,
+            with_empty=True,
         ):
             yield prediction
             bar.advance(1)  # once the caller has used it: writing its files is part of the work
@@ -171,9 +180,13 @@ def _check_unseen(predictor: Predictor, ids: list[str], split: str) -> None:
 
 
 def _postprocessed_metrics(predictor: Predictor, tuning: Tuning, after: Mapping[str, float]) -> dict[str, float]:
-    """``postprocess_STEP`` for every step of ``tuning.chosen`` and ``NAME_postprocessed`` for every metric."""
+    """``postprocess_STEP`` for every step of ``tuning.chosen``, ``NAME_postprocessed`` for every metric and,
+    for a model with an empty-image head, ``NAME_postprocessed_without_empty_gate``: the gate's worth."""
     steps = {postprocess_key(name): float(value) for name, value in tuning.chosen.values().items()}
-    return steps | {postprocessed_key(name): after[name] for name in metric_names(predictor.spec)}
+    names = metric_names(predictor.spec)
+    gate = tuning.without.get(EmptyGate.name) if predictor.has_empty_head else None
+    without = {postprocessed_without_key(name, EmptyGate.name): gate[name] for name in names} if gate else {}
+    return steps | {postprocessed_key(name): after[name] for name in names} | without
 
 
 def _tune_here(predictor: Predictor, scorer: Scorer, split: str, tta: Tta, home: Path | None) -> dict[str, float]:
@@ -316,6 +329,8 @@ def _postprocessing(
             without a tuning.
     """
     given = {name: value for name, value in requested.items() if value is not None}
+    if given.get(EmptyGate.name) not in (None, 0, EmptyGate.default):
+        predictor.require_empty_head(EmptyGate.option)
     if not predictor.spec.binary:
         if given:
             options = ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in given.items())
@@ -342,6 +357,7 @@ def predict_run(
     tta: Tta = NO_TTA,
     threshold: float | Auto | None = None,
     min_area: int | Auto | None = None,
+    empty_gate: float | Auto | None = None,
     device: str = "auto",
     acceleration: AccelerationOverride = AccelerationOverride(),
     console: Console | None = None,
@@ -360,6 +376,8 @@ def predict_run(
         threshold: Binary models: probability threshold in [0, 1] (default 0.5), or ``"auto"`` (tuned).
         min_area: Binary models: masks with fewer foreground pixels are emptied (default 0: none);
             ``"auto"``: tuned for the threshold used.
+        empty_gate: Models with an empty-image head: an image whose head probability is below it is
+            predicted empty (default 0: none); ``"auto"``: tuned for the threshold used.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         acceleration: Changes to each model's own ``train.amp``, ``train.channels_last`` and
             ``train.compile`` (``--amp``, ``--channels-last``, ``--compile``).
@@ -378,14 +396,15 @@ def predict_run(
     check_writable(out_dir, "output folder", folder=True)
     check_tta(tta)
     predictor = load_predictor(run_or_checkpoint, weights, acceleration)
-    post = _postprocessing(predictor, {"threshold": threshold, "min_area": min_area}, tta, device, console)
+    requested = {"threshold": threshold, "min_area": min_area, "empty_gate": empty_gate}
+    post = _postprocessing(predictor, requested, tta, device, console)
     count = 0
-    for path, image, probs in _predict_images(
+    for path, image, probs, empty in _predict_images(
         predictor, Path(images_dir), tta, device, description="predict", console=console
     ):
         mask_path = out_dir / "masks" / f"{path.stem}.png"
         if post is not None:
-            labels = post.apply(probs[0]).astype(np.uint8)
+            labels = post.apply(probs[0], empty).astype(np.uint8)
             with atomic_write(mask_path, "wb") as handle:
                 Image.fromarray(labels * 255).save(handle, format="PNG")
         else:
@@ -426,6 +445,7 @@ def submit_run(
     tta: Tta = NO_TTA,
     threshold: float | Auto | None = None,
     min_area: int | Auto | None = None,
+    empty_gate: float | Auto | None = None,
     sample_submission: str | Path | None = None,
     device: str = "auto",
     acceleration: AccelerationOverride = AccelerationOverride(),
@@ -450,6 +470,8 @@ def submit_run(
             fold for a cv folder; on the validation split for a run, tuned first if it has not been).
         min_area: Predicted masks with fewer pixels are submitted empty (default 0); ``"auto"``: the
             one tuned for the threshold used.
+        empty_gate: Images whose empty-image head probability is below it are submitted empty
+            (default 0); ``"auto"``: the one tuned for the threshold used.
         sample_submission: Kaggle's ``sample_submission.csv``: the file must then hold exactly its ids,
             in its order. By default the one beside ``test_dir`` (``test/../sample_submission.csv``).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
@@ -476,17 +498,18 @@ def submit_run(
     predictor = load_predictor(run_or_checkpoint, weights, acceleration)
     if not predictor.spec.binary:
         raise ConfigError("submit writes binary RLE masks; this model is multi-class")
-    post = _postprocessing(predictor, {"threshold": threshold, "min_area": min_area}, tta, device, console)
+    requested = {"threshold": threshold, "min_area": min_area, "empty_gate": empty_gate}
+    post = _postprocessing(predictor, requested, tta, device, console)
     assert post is not None  # a binary model's
 
     def masks() -> Iterator[tuple[str, np.ndarray]]:
         predictions = _predict_images(predictor, images_dir, tta, device, description="submit", console=console)
-        for path, image, probs in predictions:
+        for path, image, probs, empty in predictions:
             if image.shape[:2] != TGS_ORIGINAL_SIZE:
                 raise DataError(
                     f"image {path} is {image.shape[0]}x{image.shape[1]}; TGS submissions need "
                     f"{TGS_ORIGINAL_SIZE[0]}x{TGS_ORIGINAL_SIZE[1]} images"
                 )
-            yield path.stem, post.apply(probs[0])
+            yield path.stem, post.apply(probs[0], empty)
 
     return write_submission(masks(), out, shape=TGS_ORIGINAL_SIZE, expected_ids=expected), post

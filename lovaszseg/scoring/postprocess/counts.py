@@ -11,7 +11,7 @@ from lovaszseg.scoring.catalogue import BINARY_METRICS
 from lovaszseg.scoring.metrics import SALT_IOU_THRESHOLDS, salt_passes
 from lovaszseg.thresholds import THRESHOLD_GRID
 
-__all__ = ["ImageCounts", "grid_index", "image_metric", "metric_at_thresholds", "metric_scale"]
+__all__ = ["ImageCounts", "cut_values", "grid_index", "image_metric", "metric_at_thresholds", "metric_scale"]
 
 
 @dataclass(frozen=True)
@@ -80,3 +80,22 @@ def grid_index(threshold: float) -> int:
     if not len(matches):
         raise ConfigError(f"threshold {threshold} is not on the tuning grid 0.05, 0.06, ..., 0.95")
     return int(matches[0])
+
+
+def cut_values(counts: ImageCounts, metric: str, key: np.ndarray) -> np.ndarray:
+    """``[N + 1, T]``: the metric at each threshold when the ``k`` predictions of smallest ``key`` ``[N, T]``
+    are emptied (ties in their stable order), for ``k = 0 .. N``: what a rule emptying below a cut scores."""
+    order = np.argsort(key, axis=0, kind="stable")
+    area = np.take_along_axis(counts.predicted, order, 0)
+    intersection = np.take_along_axis(counts.intersection, order, 0)
+    truth = counts.truth[order]
+    if metric == "iou":  # a ratio of sums: emptying an image removes its intersection and its false positives
+        kept_i, kept_u = intersection.sum(0), (area + truth - intersection).sum(0)
+        numerator = np.vstack([kept_i[None], kept_i - np.cumsum(intersection, 0)]).astype(np.float64)
+        denominator = np.vstack([kept_u[None], kept_u - np.cumsum(area - intersection, 0)]).astype(np.float64)
+        return np.divide(numerator, denominator, out=np.ones_like(numerator), where=denominator > 0)
+    # A mean over images: emptying an image swaps its score for the empty prediction's.
+    kept = image_metric(metric, intersection, area, truth)
+    empty = metric_scale(metric) * (truth == 0).astype(np.float64)
+    gains = np.cumsum(empty - kept, 0)
+    return (kept.sum(0) + np.vstack([np.zeros((1, kept.shape[1])), gains])) / (metric_scale(metric) * len(counts))

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from lovaszseg.errors import ConfigError
-from lovaszseg.scoring.postprocess.counts import ImageCounts, image_metric, metric_scale
+from lovaszseg.scoring.postprocess.counts import ImageCounts, cut_values
 from lovaszseg.scoring.postprocess.steps import Rule, register
 
 
@@ -30,7 +30,7 @@ class MinArea(Rule):
             raise ConfigError(f"min-area must be a non-negative number of pixels, got {value!r}")
         return int(value)
 
-    def apply(self, probabilities: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    def apply(self, probabilities: np.ndarray, masks: np.ndarray, empty: np.ndarray | None) -> np.ndarray:
         areas = np.count_nonzero(masks, axis=(-2, -1))
         return masks & (areas >= self.value)[..., None, None]
 
@@ -52,28 +52,10 @@ class MinArea(Rule):
         ``k``-th and ``k+1``-th areas differ, so only those cuts (and ``k = 0``) are candidates; the first
         maximum (the smallest min-area) wins ties.
         """
-        values = _cut_values(counts, metric)
+        values = cut_values(counts, metric, counts.predicted)
         area = np.sort(counts.predicted, axis=0, kind="stable")
         valid = np.vstack([np.ones((1, area.shape[1]), bool), area[1:] != area[:-1], np.ones((1, area.shape[1]), bool)])
         best = np.where(valid, values, -np.inf).argmax(0)
         columns = np.arange(area.shape[1])
         min_area = np.where(best > 0, area[np.maximum(best - 1, 0), columns] + 1, 0)
         return [cls(int(value)) for value in min_area]
-
-
-def _cut_values(counts: ImageCounts, metric: str) -> np.ndarray:
-    """``[N + 1, T]``: the metric at each threshold when the ``k`` smallest predictions are emptied."""
-    order = np.argsort(counts.predicted, axis=0, kind="stable")
-    area = np.take_along_axis(counts.predicted, order, 0)
-    intersection = np.take_along_axis(counts.intersection, order, 0)
-    truth = counts.truth[order]
-    if metric == "iou":  # a ratio of sums: emptying an image removes its intersection and its false positives
-        kept_i, kept_u = intersection.sum(0), (area + truth - intersection).sum(0)
-        numerator = np.vstack([kept_i[None], kept_i - np.cumsum(intersection, 0)]).astype(np.float64)
-        denominator = np.vstack([kept_u[None], kept_u - np.cumsum(area - intersection, 0)]).astype(np.float64)
-        return np.divide(numerator, denominator, out=np.ones_like(numerator), where=denominator > 0)
-    # A mean over images: emptying an image swaps its score for the empty prediction's.
-    kept = image_metric(metric, intersection, area, truth)
-    empty = metric_scale(metric) * (truth == 0).astype(np.float64)
-    gains = np.cumsum(empty - kept, 0)
-    return (kept.sum(0) + np.vstack([np.zeros((1, kept.shape[1])), gains])) / (metric_scale(metric) * len(counts))

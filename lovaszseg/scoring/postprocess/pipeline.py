@@ -59,11 +59,13 @@ class PostProcessing:
     def rules(self) -> tuple[Rule, ...]:
         return tuple(step for step in self.steps if isinstance(step, Rule))
 
-    def apply(self, probabilities: np.ndarray) -> np.ndarray:
-        """The masks ``[..., H, W]`` (bool) of foreground probability maps ``[..., H, W]``."""
+    def apply(self, probabilities: np.ndarray, empty: np.ndarray | float | None = None) -> np.ndarray:
+        """The masks ``[..., H, W]`` (bool) of foreground probability maps ``[..., H, W]``, given the
+        empty-image head's probabilities ``[...]`` (None: a model without one)."""
         masks = np.zeros(probabilities.shape, dtype=bool)
+        heads = None if empty is None else np.asarray(empty)
         for step in self.steps:
-            masks = step.apply(probabilities, masks)
+            masks = step.apply(probabilities, masks, heads)
         return masks
 
     def empties(self, counts: ImageCounts) -> np.ndarray:

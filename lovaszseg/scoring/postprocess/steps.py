@@ -44,8 +44,9 @@ class Step(ABC):
         """The value, validated (the one place it is); raises ConfigError naming the option otherwise."""
 
     @abstractmethod
-    def apply(self, probabilities: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        """The masks ``[..., H, W]`` (bool) after this step, from the foreground probabilities ``[..., H, W]``."""
+    def apply(self, probabilities: np.ndarray, masks: np.ndarray, empty: np.ndarray | None) -> np.ndarray:
+        """The masks ``[..., H, W]`` (bool) after this step, from the foreground probabilities ``[..., H, W]``
+        and the empty-image head's probabilities ``[...]`` that each image has foreground (None without a head)."""
 
     def describe(self) -> str:
         """The value for people, e.g. ``threshold 0.49`` or ``min-area 278 px``."""

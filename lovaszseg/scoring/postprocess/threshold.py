@@ -26,7 +26,7 @@ class Threshold(Step):
             raise ConfigError(f"threshold must be a probability in [0, 1], got {value!r}")
         return float(value)
 
-    def apply(self, probabilities: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    def apply(self, probabilities: np.ndarray, masks: np.ndarray, empty: np.ndarray | None) -> np.ndarray:
         return probabilities > self.value
 
     def describe(self) -> str:

@@ -55,6 +55,8 @@ class Tuning:
         tta: The test-time augmentation of the predictions.
         models: The model files (relative to the folder keeping the tuning) and weights tuned for.
         by_threshold: Each tuned rule's best value at every threshold of the grid.
+        without: For each tuned rule, every binary metric when it is off and the other steps are tuned
+            without it (e.g. the score without the empty gate).
     """
 
     metric: str
@@ -67,6 +69,7 @@ class Tuning:
     tta: str = "none"
     models: tuple[str, ...] = ()
     by_threshold: dict[str, list[Any]] = field(default_factory=dict)
+    without: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def as_record(self) -> dict[str, Any]:
         """The tuning as plain JSON values (what ``postprocess.json`` and ``cv.json`` hold)."""
@@ -104,6 +107,30 @@ def tune_postprocessing(
     if not len(counts):
         raise ConfigError("no images to tune post-processing on")
     alone = metric_at_thresholds(counts.emptied(given.empties(counts)), metric)
+    chosen, by_threshold, columns = _choose(counts, metric, fixed)
+    without = {
+        rule.name: evaluate_postprocessing(counts, _choose(counts, metric, {**fixed, rule.name: rule.default})[0])
+        for rule in rule_classes()
+        if rule.name in by_threshold
+    }
+    tuning = Tuning(
+        metric,
+        chosen,
+        THRESHOLD_GRID[max(columns, key=lambda k: (alone[k], -k))],
+        evaluate_postprocessing(counts, PostProcessing()),
+        evaluate_postprocessing(counts, chosen),
+        len(counts),
+        by_threshold=by_threshold if "threshold" not in fixed else {},
+        without=without,
+    )
+    return replace(tuning, **record)
+
+
+def _choose(
+    counts: ImageCounts, metric: str, fixed: Mapping[str, Any]
+) -> tuple[PostProcessing, dict[str, list[Any]], list[int]]:
+    """The best post-processing with ``fixed`` steps given, each tuned rule's value at every threshold,
+    and the threshold columns that were candidates."""
     current, by_threshold = counts, {}
     for rule in rule_classes():
         if rule.name in fixed:
@@ -113,19 +140,10 @@ def tune_postprocessing(
             by_threshold[rule.name] = [r.value for r in chosen_rules]
         current = current.emptied(rule.empties_per_column(current, chosen_rules))
     values = metric_at_thresholds(current, metric)
-    columns = [grid_index(fixed["threshold"])] if "threshold" in fixed else range(len(THRESHOLD_GRID))
+    columns = [grid_index(fixed["threshold"])] if "threshold" in fixed else list(range(len(THRESHOLD_GRID)))
     column = max(columns, key=lambda k: (values[k], -k))  # the first maximum: the lowest threshold on ties
     chosen = PostProcessing(**{**fixed, "threshold": THRESHOLD_GRID[column], **_at(by_threshold, column)})
-    tuning = Tuning(
-        metric,
-        chosen,
-        THRESHOLD_GRID[max(columns, key=lambda k: (alone[k], -k))],
-        evaluate_postprocessing(counts, PostProcessing()),
-        evaluate_postprocessing(counts, chosen),
-        len(counts),
-        by_threshold=by_threshold if "threshold" not in fixed else {},
-    )
-    return replace(tuning, **record)
+    return chosen, by_threshold, columns
 
 
 def _at(by_threshold: Mapping[str, list[Any]], column: int) -> dict[str, Any]:
@@ -201,7 +219,8 @@ def load_tuning(folder: Path, models: tuple[str, ...]) -> Tuning | None:
         return None
     try:
         payload: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        chosen = {name: payload["chosen"][name] for name in (step.name for step in step_classes())}
+        # A record from before a step existed: that step at its default (which changes nothing).
+        chosen = {step.name: payload["chosen"].get(step.name, step.default) for step in step_classes()}
         payload["chosen"] = PostProcessing(**chosen)
         tuning = Tuning(**{**payload, "models": tuple(payload["models"])})
     except (ValueError, KeyError, TypeError) as error:

@@ -1,0 +1,102 @@
+"""The empty gate: images whose empty-image head probability is below it are predicted empty; tuned jointly."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lovaszseg.errors import ConfigError
+from lovaszseg.scoring.postprocess import (
+    ImageCounts,
+    PostProcessing,
+    evaluate_postprocessing,
+    load_tuning,
+    save_tuning,
+    tune_postprocessing,
+)
+from lovaszseg.scoring.postprocess.empty_gate import EmptyGate
+from lovaszseg.thresholds import THRESHOLD_GRID
+
+
+def _counts(seed: int, images: int = 60) -> ImageCounts:
+    """Counts with head probabilities that mostly know the empty images (truth 0) from the others."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(1, 40, images) * (rng.random(images) < 0.5)
+    predicted = np.sort(rng.integers(0, 50, (images, len(THRESHOLD_GRID))), axis=1)[:, ::-1].copy()
+    intersection = np.minimum(predicted, truth[:, None]) * (rng.random((images, 1)) < 0.7)
+    head = np.clip(np.where(truth > 0, 0.7, 0.3) + rng.normal(0, 0.25, images), 0, 1).astype(np.float32)
+    return ImageCounts(intersection, predicted, truth, head)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_gate_at_0_changes_nothing(seed: int) -> None:
+    counts = _counts(seed)
+    for threshold, min_area in ((0.5, 0), (0.3, 12)):
+        plain = evaluate_postprocessing(replace(counts, empty=None), PostProcessing(threshold, min_area))
+        assert evaluate_postprocessing(counts, PostProcessing(threshold, min_area, 0.0)) == plain
+    probs = np.random.default_rng(seed).random((3, 8, 8))
+    heads = np.array([0.0, 0.2, 1.0])
+    np.testing.assert_array_equal(PostProcessing(0.5, 0, 0.0).apply(probs, heads), probs > 0.5)
+    np.testing.assert_array_equal(PostProcessing(0.5, 0, 0.0).apply(probs), probs > 0.5)
+
+
+def test_a_gate_empties_exactly_the_images_below_it() -> None:
+    probs = np.full((3, 4, 4), 0.9)
+    masks = PostProcessing(0.5, 0, 0.25).apply(probs, np.array([0.1, 0.25, 0.8]))
+    assert masks.reshape(3, -1).all(1).tolist() == [False, True, True]
+    assert not masks[0].any()
+    counts = ImageCounts(np.full((3, 91), 16), np.full((3, 91), 16), np.array([16, 16, 0]), np.array([0.1, 0.25, 0.8]))
+    assert EmptyGate(0.25).empties(counts)[:, 0].tolist() == [True, False, False]
+
+
+@pytest.mark.parametrize("metric", ["salt_score", "iou", "image_iou"])
+@pytest.mark.parametrize("seed", range(4))
+def test_the_tuned_gate_never_scores_below_no_gate_on_the_tuning_set(metric: str, seed: int) -> None:
+    counts = _counts(seed)
+    tuning = tune_postprocessing(counts, metric)
+    without = tune_postprocessing(counts, metric, fixed={"empty_gate": 0.0})
+    assert tuning.after[metric] >= without.after[metric]
+    assert tuning.without["empty_gate"] == without.after  # reported with and without the gate
+    # The tuned gate is the best of every cut at the chosen threshold and min-area (brute force).
+    chosen = tuning.chosen
+    cuts = np.concatenate([[0.0], np.sort(counts.empty) + 1e-6])
+    best = max(
+        evaluate_postprocessing(counts, PostProcessing(chosen.threshold, chosen.min_area, float(c)))[metric]
+        for c in cuts
+        if c <= 1
+    )
+    assert tuning.after[metric] == pytest.approx(best)
+
+
+def test_on_this_data_the_gate_helps_the_competition_metric() -> None:
+    counts = _counts(0, images=200)
+    tuning = tune_postprocessing(counts, "salt_score")
+    assert tuning.chosen.empty_gate > 0 and tuning.after["salt_score"] > tuning.without["empty_gate"]["salt_score"]
+
+
+def test_counts_without_head_probabilities_tune_the_gate_off() -> None:
+    counts = replace(_counts(1), empty=None)
+    assert tune_postprocessing(counts, "salt_score").chosen.empty_gate == 0.0
+
+
+def test_a_gate_above_0_without_head_probabilities_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"--empty-gate 0.3 needs .*model.empty_head"):
+        PostProcessing(0.5, 0, 0.3).apply(np.zeros((4, 4)))
+    with pytest.raises(ConfigError, match=r"empty-gate must be a probability in \[0, 1\], got 1.5"):
+        PostProcessing(empty_gate=1.5)
+
+
+def test_the_gate_is_saved_with_the_tuning_and_old_records_load_without_it(tmp_path: Path) -> None:
+    tuning = tune_postprocessing(_counts(0, images=200), "salt_score", models=("m*1",))
+    save_tuning(tmp_path, tuning)
+    loaded = load_tuning(tmp_path, ("m*1",))
+    assert loaded is not None and loaded.chosen == tuning.chosen and loaded.without == tuning.without
+    record = json.loads((tmp_path / "postprocess.json").read_text())
+    del record["chosen"]["empty_gate"], record["without"], record["by_threshold"]["empty_gate"]
+    (tmp_path / "postprocess.json").write_text(json.dumps(record))
+    old = load_tuning(tmp_path, ("m*1",))
+    assert old is not None and old.chosen.empty_gate == 0.0
