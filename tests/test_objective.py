@@ -55,7 +55,7 @@ def test_skip_on_a_batch_without_foreground_is_zero_with_a_valid_graph() -> None
     logits, _, masks = _batch()
     masks.zero_()
     loss = Objective(build_loss("lovasz_hinge"), skip_empty=True, ignore_index=None)(logits, masks)
-    assert float(loss) == 0.0
+    assert loss.item() == 0.0
     loss.backward()
     assert logits.grad is not None and float(logits.grad.abs().sum()) == 0.0
 

@@ -202,7 +202,7 @@ def test_auto_that_cannot_be_resolved_says_why(requested: dict, tuning: str | No
 
 
 def test_steps_run_in_order_and_apply_to_a_batch_as_to_each_image() -> None:
-    assert [step.name for step in step_classes()] == ["threshold", "min_area"]
+    assert [step.name for step in step_classes()] == ["threshold", "min_area", "empty_gate"]
     probs = np.random.default_rng(0).random((4, 9, 9)).astype(np.float32) ** 3
     chosen = PostProcessing(threshold=0.5, min_area=8)
     np.testing.assert_array_equal(chosen.apply(probs), np.stack([chosen.apply(p) for p in probs]))

@@ -72,10 +72,16 @@ def test_the_tuned_gate_never_scores_below_no_gate_on_the_tuning_set(metric: str
     assert tuning.after[metric] == pytest.approx(best)
 
 
-def test_on_this_data_the_gate_helps_the_competition_metric() -> None:
-    counts = _counts(0, images=200)
+def test_a_known_case_where_only_the_gate_empties_the_large_false_positives() -> None:
+    # Two salt images predicted right (30 px) and two empty ones with larger false positives (40 px):
+    # no min-area can empty the false positives and keep the salt; the head tells them apart.
+    columns = len(THRESHOLD_GRID)
+    predicted = np.repeat(np.array([[30], [30], [40], [40]]), columns, axis=1)
+    intersection = np.repeat(np.array([[30], [30], [0], [0]]), columns, axis=1)
+    counts = ImageCounts(intersection, predicted, np.array([30, 30, 0, 0]), np.array([0.9, 0.8, 0.1, 0.2]))
     tuning = tune_postprocessing(counts, "salt_score")
-    assert tuning.chosen.empty_gate > 0 and tuning.after["salt_score"] > tuning.without["empty_gate"]["salt_score"]
+    assert tuning.chosen.empty_gate == pytest.approx(0.5)  # the midpoint between 0.2 and 0.8
+    assert tuning.after["salt_score"] == 1.0 and tuning.without["empty_gate"]["salt_score"] == 0.5
 
 
 def test_counts_without_head_probabilities_tune_the_gate_off() -> None:

@@ -465,6 +465,6 @@ def test_an_empty_head_trains_validates_resumes_and_is_evaluated_with_its_gate(t
 def test_an_empty_head_on_a_multi_class_task_is_a_config_error(tiny_voc: Path, tmp_path: Path) -> None:
     config = _config(tiny_voc, tmp_path, data={"name": "voc", "root": str(tiny_voc), "options": {}})
     config.model.empty_head = 0.25
-    with pytest.raises(ConfigError, match="model.empty_head 0.25 needs a binary task"):
+    with pytest.raises(ConfigError, match=r"model\.empty_head 0\.25 needs a binary task"):
         train(config, run_dir=tmp_path / "voc")
     assert not (tmp_path / "voc").exists()
