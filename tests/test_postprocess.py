@@ -206,5 +206,5 @@ def test_steps_run_in_order_and_apply_to_a_batch_as_to_each_image() -> None:
     probs = np.random.default_rng(0).random((4, 9, 9)).astype(np.float32) ** 3
     chosen = PostProcessing(threshold=0.5, min_area=8)
     np.testing.assert_array_equal(chosen.apply(probs), np.stack([chosen.apply(p) for p in probs]))
-    assert chosen.values() == {"threshold": 0.5, "min_area": 8} and chosen.min_area == 8
-    assert repr(chosen) == "PostProcessing(threshold=0.5, min_area=8)"
+    assert chosen.values() == {"threshold": 0.5, "min_area": 8, "empty_gate": 0.0} and chosen.min_area == 8
+    assert repr(chosen) == "PostProcessing(threshold=0.5, min_area=8, empty_gate=0.0)"
