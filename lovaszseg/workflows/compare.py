@@ -252,6 +252,18 @@ def _set_model_key(model: dict[str, Any], name: str, key: str, value: Any) -> No
     node[leaf] = value
 
 
+def _read_entries(losses: Sequence[str | Mapping[str, Any]], baseline: str | None) -> tuple[list[Entry], str]:
+    """The entries of a comparison, their names distinct, and the baseline's name (default the first)."""
+    entries = [read_entry(entry) for entry in losses]
+    names = [entry.name for entry in entries]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"compare entries {names} repeat a name; give each its own")
+    baseline = baseline or names[0]
+    if baseline not in names:
+        raise ConfigError(f"baseline {baseline!r} is not one of the entries {names}")
+    return entries, baseline
+
+
 def _check_models(configs: dict[tuple[str, int], Config], entries: Sequence[Entry]) -> None:
     """Build the model of every entry that sets model keys (once, without weights): a bad
     ``model.options`` key is an error naming the entry before anything trains."""
@@ -349,13 +361,7 @@ def compare(
     base = resolve_config(config, overrides, None)
     base = _with_init_from(base, init_from)
     budget = epochs or sum(stage.epochs for stage in base.stages)
-    entries = [read_entry(entry) for entry in losses]
-    names = [entry.name for entry in entries]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"compare entries {names} repeat a name; give each its own")
-    baseline = baseline or names[0]
-    if baseline not in names:
-        raise ConfigError(f"baseline {baseline!r} is not one of the entries {names}")
+    entries, baseline = _read_entries(losses, baseline)
     seed_list = list(seeds) if seeds else [base.train.seed]
     if len(set(seed_list)) != len(seed_list):
         raise ConfigError(f"seeds {seed_list} repeat a seed")
