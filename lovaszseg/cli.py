@@ -442,7 +442,8 @@ def compare_command(
     losses: str = typer.Option(
         "bce,jaccard,lovasz_hinge,bce>lovasz_hinge",
         help="Comma-separated entries: a loss (NAME or NAME(option=value; ...)), a sum FIRST+SECOND "
-        "or a schedule FIRST>SECOND. Stage settings go with a loss: lovasz_hinge(lr=0.0005; ema=0.999).",
+        "or a schedule FIRST>SECOND. Stage settings go with a loss: lovasz_hinge(lr=0.0005; ema=0.999); "
+        "model keys too, for the whole entry: bce(model.options.decoder_attention_type=scse).",
     ),
     epochs: int | None = typer.Option(None, help="Epoch budget of every entry (default: the config's total)."),
     seeds: str | None = typer.Option(

@@ -152,6 +152,10 @@ class StageConfig(_Strict):
     warmup_start_factor: float = Field(0.001, gt=0, le=1)
     # Validate, checkpoint and export an exponential moving average of the weights with this decay.
     ema: float | None = Field(None, gt=0, lt=1)
+    # Stochastic weight averaging: the equal mean of the weights at the end of the last swa_epochs epochs
+    # (with cosine_restarts: of the last swa_epochs cycle-end snapshots), BatchNorm statistics recomputed
+    # on the training data, validated and kept as stageN_swa.pt; 0 or null is off.
+    swa_epochs: int | None = Field(None, ge=0)
     # Weights a stage after the first starts from: the previous stage's best or last checkpoint.
     init: Literal["best_of_previous", "last_of_previous"] = "best_of_previous"
     # Whether the segmentation loss counts images without foreground (skip: only the others enter it;
@@ -170,6 +174,7 @@ class StageConfig(_Strict):
             raise ValueError(
                 f"schedule cosine_restarts needs epochs ({self.epochs}) to be a multiple of cycles ({self.cycles})"
             )
+        self._check_swa()
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr ({self.min_lr:g}) must not exceed lr ({self.lr:g})")
         if self.warmup_steps and self.schedule == "plateau":
@@ -179,6 +184,16 @@ class StageConfig(_Strict):
                 "use warmup_steps=0 or another schedule"
             )
         return self
+
+    def _check_swa(self) -> None:
+        if not self.swa_epochs:
+            return
+        snapshots = self.schedule == "cosine_restarts"
+        limit, counted = (self.cycles, "cycles") if snapshots else (self.epochs, "epochs")
+        if self.swa_epochs > limit:
+            raise ValueError(f"swa_epochs ({self.swa_epochs}) must not exceed {counted} ({limit})")
+        if self.ema is not None:  # two averages of one stage: which one is validated and kept is ambiguous
+            raise ValueError(f"swa_epochs ({self.swa_epochs}) does not combine with ema ({self.ema:g}); use one")
 
 
 class TrainConfig(_Strict):

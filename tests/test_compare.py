@@ -21,7 +21,15 @@ from lovaszseg.config import Config, load_config
 from lovaszseg.errors import ConfigError
 from lovaszseg.storage.run_folder import RunFolder, read_weights
 from lovaszseg.training.trainer import Trainer, train
-from lovaszseg.workflows.compare import compare, comparison_tables, load_comparison, parse_entry, summarise
+from lovaszseg.workflows.compare import (
+    Entry,
+    compare,
+    comparison_tables,
+    load_comparison,
+    parse_entry,
+    read_entry,
+    summarise,
+)
 
 
 @pytest.mark.parametrize(
@@ -278,3 +286,118 @@ def test_comparison_tables_mark_noise_and_keep_every_digit_in_80_columns() -> No
     assert "…" not in narrow
     first_column = "".join(line.split("│")[1].strip() for line in narrow.splitlines() if line.startswith("│"))
     assert first_column.count(long_entry) == 2  # in the means and in the differences
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ("bce", Entry("bce", "bce", {})),
+        (
+            "bce>lovasz_hinge(lr=0.001, model.options.decoder_attention_type=scse)",
+            Entry(
+                "bce>lovasz_hinge(lr=0.001, model.options.decoder_attention_type=scse)",
+                "bce>lovasz_hinge(lr=0.001, model.options.decoder_attention_type=scse)",
+                {"options.decoder_attention_type": "scse"},
+            ),
+        ),
+        (
+            "bce(model.options.decoder_channels=[16, 8, 4])",
+            Entry(
+                "bce(model.options.decoder_channels=[16, 8, 4])",
+                "bce(model.options.decoder_channels=[16, 8, 4])",
+                {"options.decoder_channels": [16, 8, 4]},
+            ),
+        ),
+        (
+            {"name": "bce-scse", "loss": "bce", "model": {"options": {"decoder_attention_type": "scse"}}},
+            Entry("bce-scse", "bce", {"options.decoder_attention_type": "scse"}),
+        ),
+        (
+            {"loss": "bce", "model": {"options.decoder_attention_type": "scse", "encoder": "resnet34"}},
+            Entry("bce", "bce", {"options.decoder_attention_type": "scse", "encoder": "resnet34"}),
+        ),
+    ],
+)
+def test_read_entry_takes_model_keys_from_strings_and_mappings(entry: Any, expected: Entry) -> None:
+    assert read_entry(entry) == expected
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (
+            {"name": "head", "loss": "bce", "model": {"empty_hed": 0.25}},
+            "compare entry 'head': unknown model key 'empty_hed'; allowed: arch, encoder",
+        ),
+        ("bce(model.encodr=resnet18)", "compare entry 'bce(model.encodr=resnet18)': unknown model key 'encodr'"),
+        ({"name": "x", "loss": "bce", "modle": {}}, "compare entry 'x': unknown key(s) ['modle']; allowed: name, loss"),
+        ({"name": "x", "model": {"arch": "FPN"}}, "compare entry 'x': give its loss as a string"),
+        ({"loss": "bce", "model": "scse"}, "compare entry 'bce': model must be a mapping of model keys"),
+    ],
+)
+def test_read_entry_errors_name_the_entry_and_key(entry: Any, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        read_entry(entry)
+    assert str(caught.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        (["bce", "bce(model.options.decoder_atention_type=scse)"], r"compare entry 'bce\(model.*decoder_atention_type"),
+        (
+            [{"name": "a", "loss": "bce", "model": {"encoder_weights.x": 1}}],
+            r"compare entry 'a': model key .*is a value",
+        ),
+        ([{"name": "a", "loss": "bce", "model": {"encoder_depth": "x"}}], r"compare entry 'a': unknown model key"),
+        (
+            [{"name": "a", "loss": "bce", "model": {"arch": 3}}],
+            r"(?s)compare entry 'a': invalid configuration .*model\.arch",
+        ),
+        (["bce", {"name": "bce", "loss": "jaccard"}], r"compare entries \['bce', 'bce'\] repeat a name"),
+    ],
+)
+def test_compare_refuses_bad_model_keys_before_training(
+    tiny_salt: Path, tmp_path: Path, entries: list, message: str
+) -> None:
+    config = load_config(tiny_salt_config(tiny_salt, tmp_path / "runs"))
+    with pytest.raises(ConfigError, match=message):
+        compare(config, entries, epochs=1, out_dir=tmp_path / "cmp")
+    assert not (tmp_path / "cmp").exists()
+
+
+def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        return {k: v for key, value in tree.items() for k, v in _leaves(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): tree}
+
+
+def _differing(first: dict[str, Any], second: dict[str, Any]) -> set[str]:
+    return {key for key in first.keys() | second.keys() if first.get(key, KeyError) != second.get(key, KeyError)}
+
+
+def test_entries_that_differ_in_a_model_key_give_runs_whose_configs_differ_in_that_key_only(
+    tiny_salt: Path, tmp_path: Path
+) -> None:
+    # scSE squeezes channels by 16: the tiny decoder's 8 channels would leave none.
+    model = {"options": {"encoder_depth": 3, "decoder_channels": [32, 16, 16]}}
+    config = load_config(tiny_salt_config(tiny_salt, tmp_path / "runs", model=model, train={"max_steps_per_epoch": 1}))
+    entries = [
+        "bce",
+        {"name": "bce-scse", "loss": "bce", "model": {"options": {"decoder_attention_type": "scse"}}},
+        "bce(model.options.decoder_channels=[16, 8, 4])",
+    ]
+    result = compare(config, entries, epochs=1, seeds=[0, 1], out_dir=tmp_path / "cmp")
+    assert [row["loss"] for row in result.rows] == [name for name in ("bce", "bce-scse", entries[2]) for _ in (0, 1)]
+    assert [line["loss"] for line in result.summary] == ["bce", "bce-scse", entries[2]]
+    assert "salt_score_diff" in result.summary[1]  # paired with the baseline, as losses are
+    folders = [
+        tmp_path / "cmp" / name / "seed-0" for name in ("bce", "bce-scse", "bce_model.options.decoder_channels_16_8_4")
+    ]
+    base, scse, channels = (_leaves(RunFolder(folder).config().model_dump()) for folder in folders)
+    assert _differing(base, scse) == {"model.options.decoder_attention_type"}
+    assert scse["model.options.decoder_attention_type"] == "scse"
+    assert _differing(base, channels) == {"model.options.decoder_channels"}
+    assert channels["model.options.decoder_channels"] == [16, 8, 4]
+    scse_weights, _ = read_weights(folders[1])
+    assert any("attention" in name for name in scse_weights)  # smp built its scSE blocks

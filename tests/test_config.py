@@ -100,6 +100,36 @@ def test_absurd_values_are_refused(overrides: list[str], message: str) -> None:
         load_config(builtin_config("salt-demo"), overrides)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["stages.0.swa_epochs=4"], r"stages\.0: .*swa_epochs \(4\) must not exceed epochs \(3\)"),
+        (["stages.0.swa_epochs=-1"], r"stages\.0\.swa_epochs: Input should be greater than or equal to 0"),
+        (
+            ["stages.0.epochs=6", "stages.0.schedule=cosine_restarts", "stages.0.cycles=3", "stages.0.swa_epochs=4"],
+            r"stages\.0: .*swa_epochs \(4\) must not exceed cycles \(3\)",
+        ),
+        (["stages.1.swa_epochs=2", "stages.1.ema=0.99"], r"stages\.1: .*swa_epochs \(2\) does not combine with ema"),
+    ],
+)
+def test_swa_epochs_errors_name_the_stage_and_values(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(builtin_config("salt-demo"), overrides)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["stages.0.swa_epochs=0", "stages.0.ema=0.99"],  # 0 is off: nothing to combine
+        ["stages.0.swa_epochs=null", "stages.0.ema=0.99"],
+        ["stages.0.swa_epochs=3"],  # every epoch of the stage
+        ["stages.0.epochs=6", "stages.0.schedule=cosine_restarts", "stages.0.cycles=3", "stages.0.swa_epochs=3"],
+    ],
+)
+def test_swa_epochs_accepted(overrides: list[str]) -> None:
+    load_config(builtin_config("salt-demo"), overrides)
+
+
 def test_bounds_keep_the_limits_themselves() -> None:
     config = load_config(
         builtin_config("salt-demo"),

@@ -1,4 +1,4 @@
-"""The training loop on tiny data: stages, resume, interruptions, divergence, run folders, EMA, init_from."""
+"""The training loop on tiny data: stages, resume, interruptions, divergence, run folders, EMA, SWA, init_from."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import tiny_salt_config
 from rich.console import Console
+from torch.optim.swa_utils import update_bn
 
 import lovaszseg.training.trainer as engine_train
 from lovaszseg.config import load_config
@@ -468,3 +469,142 @@ def test_an_empty_head_on_a_multi_class_task_is_a_config_error(tiny_voc: Path, t
     with pytest.raises(ConfigError, match=r"model\.empty_head 0\.25 needs a binary task"):
         train(config, run_dir=tmp_path / "voc")
     assert not (tmp_path / "voc").exists()
+
+
+def _parameter_names(run: Path) -> list[str]:
+    return [name for name, _ in load_model(run).model.named_parameters()]
+
+
+def _batch_norm_buffers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: tensor for name, tensor in state.items() if name.endswith(("running_mean", "running_var"))}
+
+
+@pytest.mark.parametrize(
+    ("stage", "averaged_epochs"),
+    [
+        ({"epochs": 3, "swa_epochs": 2}, [2, 3]),
+        ({"epochs": 4, "swa_epochs": 2, "schedule": "cosine_restarts", "cycles": 2}, [2, 4]),  # the snapshots
+    ],
+)
+def test_swa_averages_the_window_recomputes_batch_norm_and_is_a_model_file(
+    tiny_salt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: dict, averaged_epochs: list[int]
+) -> None:
+    config = _config(tiny_salt, tmp_path, stages=[{"name": "bce", "loss": "bce", "lr": 0.02, **stage}])
+    trained, seen = [], []  # the weights at every epoch's end; the images BatchNorm statistics were recomputed on
+    real_epoch, real_recompute = engine_train.Trainer.train_epoch, engine_train.recompute_batch_norm
+
+    def recording_epoch(self, *args, **kwargs):
+        loss = real_epoch(self, *args, **kwargs)
+        trained.append({name: tensor.clone() for name, tensor in self.model.state_dict().items()})
+        return loss
+
+    def recording_recompute(model, batches, forward=None):
+        seen.extend(batches)
+        return real_recompute(model, iter(seen), forward)
+
+    monkeypatch.setattr(engine_train.Trainer, "train_epoch", recording_epoch)
+    monkeypatch.setattr(engine_train, "recompute_batch_norm", recording_recompute)
+    result = train(config)
+    run = result.run_dir
+    swa = load_checkpoint(run / "stage1_swa.pt")
+    assert swa["swa_n_averaged"] == len(averaged_epochs) and len(seen) == 2  # one epoch's 2 batches
+
+    # The parameters: the equal mean of the window's epochs, by hand (before any BatchNorm update).
+    window = [trained[epoch - 1] for epoch in averaged_epochs]
+    names = _parameter_names(run)
+    for name in names:
+        expected = sum(weights[name] for weights in window) / len(window)
+        torch.testing.assert_close(swa["model"][name], expected, rtol=0, atol=1e-6, msg=name)
+    if stage.get("schedule") == "cosine_restarts":  # the snapshot files hold the same weights
+        for cycle, epoch in enumerate(averaged_epochs, start=1):
+            snapshot = load_checkpoint(run / f"stage1_snapshot{cycle}.pt")["model"]
+            assert all(torch.equal(snapshot[name], trained[epoch - 1][name]) for name in names)
+
+    # BatchNorm statistics: recomputed on the training images, not the running ones averaged or kept.
+    reference = load_model(run / "stage1_swa.pt").model
+    update_bn(seen, reference)
+    recomputed = _batch_norm_buffers(swa["model"])
+    torch.testing.assert_close(recomputed, _batch_norm_buffers(reference.state_dict()), rtol=0, atol=1e-6)
+    running = {name: sum(w[name] for w in window) / len(window) for name in recomputed}
+    assert max(float((recomputed[name] - running[name]).abs().max()) for name in recomputed) > 1e-3
+    assert max(float((recomputed[n] - trained[-1][n]).abs().max()) for n in recomputed) > 1e-3
+
+    # Validated like an epoch: a row 'swa' after the stage's epochs, and scored again by eval as a model file.
+    epochs = [str(epoch) for epoch in range(1, stage["epochs"] + 1)]
+    assert [row["epoch"] for row in result.history] == [*epochs, "swa"]
+    assert float(result.history[-1]["salt_score"]) == pytest.approx(swa["metrics"]["salt_score"], abs=1e-6)
+    evaluation = evaluate_run(run / "stage1_swa.pt", device="cpu", console=Console(file=io.StringIO()))
+    assert evaluation["salt_score"] == pytest.approx(swa["metrics"]["salt_score"], abs=1e-6)
+    last = load_checkpoint(run / "last.pt")
+    assert last["swa_done"] and last["swa_n_averaged"] == len(averaged_epochs)
+    assert all(torch.equal(last["model"][name], trained[-1][name]) for name in names)  # the trained weights
+
+
+@pytest.mark.parametrize(("scores", "swa_best"), [([0.1, 0.2, 0.9], True), ([0.1, 0.5, 0.3], False)])
+def test_the_swa_average_is_chosen_as_best_when_its_metric_is_better(
+    tiny_salt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scores: list[float], swa_best: bool
+) -> None:
+    stages = [{"name": "bce", "loss": "bce", "epochs": 2, "lr": 0.02, "swa_epochs": 2}]
+    calls, real_evaluate = iter(scores), engine_train.evaluate  # two epochs, then the average
+
+    def scored(*args, **kwargs):
+        return real_evaluate(*args, **kwargs) | {"salt_score": next(calls)}
+
+    monkeypatch.setattr(engine_train, "evaluate", scored)
+    result = train(_config(tiny_salt, tmp_path, stages=stages))
+    run = result.run_dir
+    best, swa = load_checkpoint(run / "best.pt"), load_checkpoint(run / "stage1_swa.pt")
+    assert result.best_metrics["salt_score"] == max(scores)
+    chosen = swa["model"] if swa_best else load_checkpoint(run / "stage1_best.pt")["model"]
+    assert ("swa_model" not in best) is swa_best and best["epoch"] == 2  # the average's file has no average to build
+    exported = load_model(run / "model.safetensors").model.state_dict()
+    for name, tensor in chosen.items():
+        assert torch.equal(best["model"][name], tensor) and torch.equal(exported[name], tensor), name
+    assert torch.equal(
+        load_checkpoint(run / "stage1_best.pt")["model"]["segmentation_head.0.weight"],
+        best["model"]["segmentation_head.0.weight"],
+    )
+
+
+def test_resume_continues_the_swa_average_exactly(
+    tiny_salt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stages = [
+        {"name": "bce", "loss": "bce", "epochs": 3, "lr": 0.01, "swa_epochs": 2},
+        {
+            "name": "lovasz",
+            "loss": "lovasz_hinge",
+            "epochs": 2,
+            "lr": 0.005,
+            "schedule": "cosine_restarts",
+            "cycles": 2,
+            "swa_epochs": 2,
+        },
+    ]
+    config = _config(tiny_salt, tmp_path, stages=stages)
+    straight = train(config, run_dir=tmp_path / "straight")
+    run = tmp_path / "interrupted"
+    assert not train(config, run_dir=run, stop_after_epochs=2).completed  # inside stage 1's window
+    assert load_checkpoint(run / "last.pt")["swa_n_averaged"] == 1
+
+    def crash(*args, **kwargs):  # killed between stage 1's last epoch and its average
+        raise RuntimeError("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(engine_train.Trainer, "_end_swa", crash)
+        with pytest.raises(RuntimeError, match="killed"):
+            train(resume=run)
+    last = load_checkpoint(run / "last.pt")
+    assert (last["stage"], last["epoch"], last["stage_done"], last["swa_done"]) == (0, 3, True, False)
+    assert not (run / "stage1_swa.pt").exists()
+    assert not train(resume=run, stop_after_epochs=1).completed  # the average, then inside stage 2
+    assert load_checkpoint(run / "last.pt")["swa_n_averaged"] == 1
+    resumed = train(resume=run)
+    assert resumed.completed
+    for name in ("stage1_swa.pt", "stage2_swa.pt", "last.pt", "best.pt"):
+        ours, theirs = load_checkpoint(run / name)["model"], load_checkpoint(straight.run_dir / name)["model"]
+        for key, tensor in theirs.items():
+            torch.testing.assert_close(ours[key], tensor, rtol=0, atol=1e-6, msg=f"{name} {key}")
+    assert [r["epoch"] for r in resumed.history] == ["1", "2", "3", "swa", "1", "2", "swa"]
+    for column in ("train_loss", "iou", "salt_score"):
+        assert [r[column] for r in straight.history] == [r[column] for r in resumed.history], column

@@ -6,7 +6,8 @@ through :class:`RunFolder` to find, write or load them:
 - ``config.yaml``: the resolved config, saved once; ``summary.csv`` (a row per epoch) and ``curves.png``;
 - ``last.pt`` (written at the start and after every epoch: what ``--resume`` continues from), ``best.pt``
   (the best epoch of the whole run by ``train.monitor``), and per stage N ``stageN_best.pt``,
-  ``stageN_last.pt`` and, at each cosine-restart cycle end, ``stageN_snapshotK.pt``;
+  ``stageN_last.pt``, at each cosine-restart cycle end ``stageN_snapshotK.pt`` and, for a stage with
+  ``swa_epochs``, ``stageN_swa.pt`` (its weight average, a model file like the others);
 - ``model.safetensors``: the best weights, with the config in its header, written when training
   finishes: its presence means the run finished;
 - ``eval.json``: the last ``lovaszseg eval``;
@@ -114,6 +115,10 @@ class RunFolder:
 
     def snapshot_path(self, stage: int, cycle: int) -> Path:
         return self.path / f"stage{stage + 1}_snapshot{cycle}.pt"
+
+    def swa_path(self, stage: int) -> Path:
+        """``stageN_swa.pt``: the SWA average of stage index ``stage``, BatchNorm statistics recomputed."""
+        return self.path / f"stage{stage + 1}_swa.pt"
 
     @property
     def finished(self) -> bool:
@@ -313,6 +318,26 @@ class RunFolder:
         targets += [self.snapshot_path(stage, snapshot)] if snapshot is not None else []
         for path in (*targets, self.stage_last_path(stage), self.last_path):
             save_checkpoint(path, data)
+
+    def save_average(
+        self, average: dict[str, Any], last: dict[str, Any], stage: int, *, stage_best: bool, overall_best: bool
+    ) -> None:
+        """Write a stage's SWA checkpoint (``stageN_swa.pt``, and the best files it beats), then ``last.pt``.
+
+        Args:
+            average: The checkpoint of the average.
+            last: The resume point that records the average as done (written last: a crash before it
+                makes ``--resume`` redo the average).
+            stage: Stage index.
+            stage_best: The average beats the stage's epochs (``stageN_best.pt``).
+            overall_best: ... and the run's best so far (``best.pt``).
+        """
+        data = checkpoint_bytes(average)
+        targets = [self.stage_best_path(stage)] if stage_best else []
+        targets += [self.best_path] if overall_best else []
+        for path in (self.swa_path(stage), *targets):
+            save_checkpoint(path, data)
+        save_checkpoint(self.last_path, last)
 
     def save_start(self, state: dict[str, Any]) -> None:
         """``last.pt`` before the first epoch, so that an interrupted first epoch can be resumed too."""

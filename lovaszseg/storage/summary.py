@@ -10,7 +10,10 @@ from typing import Any
 
 from lovaszseg.data.io import atomic_write
 
-__all__ = ["append_summary", "plot_curves", "read_summary"]
+__all__ = ["SWA_EPOCH", "append_summary", "plot_curves", "read_summary", "trained_rows"]
+
+# The epoch column of the row of a stage's SWA average (validated after its last epoch; no train loss).
+SWA_EPOCH = "swa"
 
 
 def append_summary(path: Path, row: dict[str, Any]) -> None:
@@ -34,6 +37,11 @@ def read_summary(path: Path) -> list[dict[str, str]]:
         return []
     with path.open(newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def trained_rows(rows: Sequence[dict[str, str]]) -> list[dict[str, str]]:
+    """The rows of trained epochs: without those of SWA averages."""
+    return [row for row in rows if row["epoch"] != SWA_EPOCH]
 
 
 def _broken_at_stages(rows: Sequence[dict[str, str]], column: str) -> tuple[list[float], list[float]]:

@@ -19,6 +19,7 @@ from lovaszseg.data.transforms import crop_to_original
 from lovaszseg.errors import ConfigError
 from lovaszseg.heads import split_outputs
 from lovaszseg.models import probabilities
+from lovaszseg.storage.summary import SWA_EPOCH, trained_rows
 from lovaszseg.thresholds import DEFAULT_THRESHOLD
 
 if TYPE_CHECKING:
@@ -125,7 +126,8 @@ class TensorBoardLog:
 
 
 def final_table(rows: Sequence[dict[str, str]], metrics: Sequence[str], monitor: str, mode: str) -> Table:
-    """One line per stage: its epochs, last train loss and the validation metrics of its best epoch."""
+    """One line per stage: its epochs, last train loss and the validation metrics of its best epoch (or of
+    its SWA average, marked ``(swa)``, when that is better)."""
     sign = 1.0 if mode == "max" else -1.0
     table = Table(title="lovaszseg run")
     for column in ("stage", "epochs", "train loss", *metrics):
@@ -134,11 +136,12 @@ def final_table(rows: Sequence[dict[str, str]], metrics: Sequence[str], monitor:
     for row in rows:
         stages.setdefault(row["stage"], []).append(row)
     for stage, stage_rows in stages.items():
-        best = max(stage_rows, key=lambda r: sign * float(r[monitor]))
+        best = max(stage_rows, key=lambda r: sign * float(r[monitor]))  # an SWA average's row competes too
+        trained = trained_rows(stage_rows)
         table.add_row(
-            stage,
-            str(len(stage_rows)),
-            f"{float(stage_rows[-1]['train_loss']):.4f}",
+            stage + (f" ({SWA_EPOCH})" if best["epoch"] == SWA_EPOCH else ""),
+            str(len(trained)),
+            f"{float(trained[-1]['train_loss']):.4f}",
             *(f"{float(best[m]):.4f}" if m in best else "-" for m in metrics),
         )
     return table

@@ -13,16 +13,17 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from rich.console import Console
-from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from lovaszseg.config import Config, ModelConfig, StageConfig, builtin_config, load_config
@@ -37,6 +38,18 @@ from lovaszseg.scoring.catalogue import metric_names
 from lovaszseg.scoring.engine import evaluate
 from lovaszseg.storage.checkpoint import capture_rng, load_checkpoint, restore_rng
 from lovaszseg.storage.run_folder import DISTRIBUTED_FILE, RunFolder, read_weights
+from lovaszseg.storage.summary import SWA_EPOCH
+from lovaszseg.training.averaging import (
+    SWA_COUNT_KEY,
+    SWA_WEIGHTS_KEY,
+    build_ema,
+    build_swa,
+    in_swa_window,
+    recompute_batch_norm,
+    restore_average,
+    restore_swa,
+    swa_entries,
+)
 from lovaszseg.training.objective import Objective
 from lovaszseg.training.reporting import TensorBoardLog, final_table
 from lovaszseg.training.schedule import (
@@ -83,6 +96,7 @@ class Progress:
     stale_epochs: int = 0
     best_overall: float | None = None
     loss_reference: float | None = None  # the stage's first loss, for the divergence check
+    swa_done: bool = False  # the stage's SWA average was validated and saved (swa_epochs stages)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict[str, Any]) -> Progress:
@@ -96,6 +110,7 @@ class Stage:
     Attributes:
         ema: The moving average of the weights (``ema`` stages), which validation scores and
             checkpoints hold as their ``"model"``; never wrapped in DDP.
+        swa: The SWA average (``swa_epochs`` stages), validated once after the stage's last epoch.
         epoch_lr: The learning rate of the current epoch's first step (``summary.csv``'s ``lr``).
         validated: What validation runs: the validated weights with the run's acceleration.
     """
@@ -106,6 +121,7 @@ class Stage:
     optimizer: torch.optim.Optimizer
     scheduler: Scheduler
     ema: AveragedModel | None = None
+    swa: AveragedModel | None = None
     epoch_lr: float = 0.0
     validated: nn.Module | None = None
 
@@ -138,6 +154,20 @@ def _epoch_seed(seed: int, stage: int, epoch: int) -> int:
 
 def _improved(value: float, best: float | None, mode: str) -> bool:
     return not math.isnan(value) and (best is None or (value > best if mode == "max" else value < best))
+
+
+def _record_best(progress: Progress, value: float, mode: str) -> tuple[bool, bool]:
+    """Whether ``value`` is the stage's and the run's best so far; ``progress`` keeps it if so."""
+    stage_best = _improved(value, progress.stage_best, mode)
+    overall_best = stage_best and _improved(value, progress.best_overall, mode)
+    progress.stage_best = value if stage_best else progress.stage_best
+    progress.best_overall = value if overall_best else progress.best_overall
+    return stage_best, overall_best
+
+
+def _stage_closed(progress: Progress, config: StageConfig) -> bool:
+    """Whether ``progress``'s stage needs nothing more: its epochs ended, and its SWA average if it has one."""
+    return progress.stage_done and (progress.swa_done or not config.swa_epochs)
 
 
 def _non_finite(model: nn.Module) -> list[str]:
@@ -306,7 +336,7 @@ class Trainer:
         completed = True
         with self.stop, self.board.writing(folder.tensorboard_path, len(folder.summary())):
             for index in range(progress.stage, len(self.config.stages)):
-                if index == progress.stage and progress.stage_done:
+                if index == progress.stage and _stage_closed(progress, self.config.stages[index]):
                     continue
                 continuing = checkpoint if index == progress.stage and progress.epoch > 0 else None
                 if not self.run_stage(folder, index, progress, continuing):
@@ -317,18 +347,23 @@ class Trainer:
     def run_stage(self, folder: RunFolder, index: int, progress: Progress, checkpoint: dict[str, Any] | None) -> bool:
         """Train one stage from where ``progress`` says; False when a stop request ended it early."""
         stage = self._start_stage(folder, index, progress, checkpoint)
-        for epoch in range(progress.epoch, stage.config.epochs):
+        while not progress.stage_done:  # a resumed stage may have ended its epochs but not its SWA average
             if self._stop_requested(before_epoch=True):
                 return False
+            epoch = progress.epoch
             self._seed_epoch(index, epoch)
             started = time.perf_counter()
             train_loss = self.train_epoch(stage, epoch, folder, progress)
             if train_loss is None:
                 return False
+            if stage.swa is not None and in_swa_window(stage.config, epoch + 1):
+                stage.swa.update_parameters(self.model)
             metrics = self.validate(stage, epoch, folder)
             self._end_epoch(folder, stage, epoch, train_loss, metrics, progress, time.perf_counter() - started)
-            if progress.stage_done:
-                break
+        if stage.swa is not None and not progress.swa_done:
+            if self._stop_requested():
+                return False
+            self._end_swa(folder, stage, progress)
         return True
 
     def _start_stage(
@@ -352,6 +387,7 @@ class Trainer:
         else:
             self._enter_stage(folder, stage, progress)
         stage.ema = self._build_ema(config, checkpoint)
+        stage.swa = self._build_swa(config, checkpoint)
         stage.validated = accelerate(self._validated_model(stage), self.acceleration)
         return stage
 
@@ -360,6 +396,7 @@ class Trainer:
         index = stage.index
         progress.stage, progress.epoch, progress.stage_done = index, 0, False
         progress.stage_best, progress.stale_epochs, progress.loss_reference = None, 0, None
+        progress.swa_done = False
         if index > 0:  # e.g. BCE -> Lovász: start from the previous stage's best weights
             source, which = folder.stage_best_path(index - 1), "best"
             if stage.config.init == "last_of_previous" or not source.is_file():  # no epoch had a finite metric
@@ -372,12 +409,19 @@ class Trainer:
         """The stage's weight average, from the current weights or, continuing, the checkpoint's."""
         if config.ema is None:
             return None
-        ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
-        ema.requires_grad_(False)
+        ema = build_ema(self.model, config.ema)
         if checkpoint is not None and "ema_n_averaged" in checkpoint:
-            ema.module.load_state_dict(checkpoint["model"])
-            ema.n_averaged.fill_(int(checkpoint["ema_n_averaged"]))
+            restore_average(ema, checkpoint["model"], int(checkpoint["ema_n_averaged"]))
         return ema
+
+    def _build_swa(self, config: StageConfig, checkpoint: dict[str, Any] | None) -> AveragedModel | None:
+        """The stage's SWA average: empty, or continuing the checkpoint's."""
+        if not config.swa_epochs:
+            return None
+        swa = build_swa(self.model)
+        if checkpoint is not None:
+            restore_swa(swa, checkpoint)
+        return swa
 
     def _validated_model(self, stage: Stage) -> nn.Module:
         """What validation scores and checkpoints hold as ``"model"``: the EMA weights, if the stage keeps them."""
@@ -467,14 +511,13 @@ class Trainer:
                 f"(e.g. {', '.join(bad[:3])}): training diverged; lower the learning rate "
                 f"(stages.{stage.index}.lr={stage.config.lr:g}) or set train.grad_clip. {self._kept(folder)}"
             )
-        with self._progress(f"{stage.label} {epoch + 1}/{stage.config.epochs} val", len(self.val_loader)) as bar:
+        return self._score(stage.validated, stage, f"{stage.label} {epoch + 1}/{stage.config.epochs} val")
+
+    def _score(self, model: nn.Module, stage: Stage, description: str) -> dict[str, float]:
+        """Metrics of ``model`` on the validation split, with the stage's loss as ``val_loss``."""
+        with self._progress(description, len(self.val_loader)) as bar:
             return evaluate(
-                stage.validated,
-                self.val_loader,
-                self.spec,
-                device=self.info.device,
-                loss_fn=stage.loss_fn,
-                progress=bar.advance,
+                model, self.val_loader, self.spec, device=self.info.device, loss_fn=stage.loss_fn, progress=bar.advance
             )
 
     def _progress(self, description: str, steps: int) -> LoopProgress:
@@ -500,12 +543,8 @@ class Trainer:
         """Update the progress, write the checkpoints and the summary row, print the epoch's line."""
         value, lr = metrics[self.monitor], stage.epoch_lr
         step_per_epoch(stage.scheduler, value)
-        mode = self.config.train.monitor_mode
-        stage_best = _improved(value, progress.stage_best, mode)
-        overall_best = stage_best and _improved(value, progress.best_overall, mode)
+        stage_best, overall_best = _record_best(progress, value, self.config.train.monitor_mode)
         progress.epoch = epoch + 1
-        progress.stage_best = value if stage_best else progress.stage_best
-        progress.best_overall = value if overall_best else progress.best_overall
         progress.stale_epochs = 0 if stage_best else progress.stale_epochs + 1
         patience = self.config.train.early_stopping
         early = bool(patience) and progress.stale_epochs >= patience and progress.epoch < stage.config.epochs
@@ -518,16 +557,63 @@ class Trainer:
         state = self._state(stage, progress, metrics)
         folder.save_epoch(state, stage.index, stage_best=stage_best, overall_best=overall_best, snapshot=snapshot)
         row = {"stage": stage.label, "epoch": epoch + 1, "lr": f"{lr:.6g}", "train_loss": f"{train_loss:.6f}"}
-        row |= {name: f"{metrics[name]:.6f}" for name in (*self.metric_names, "val_loss") if name in metrics}
-        folder.record_epoch(row | {"time_s": f"{seconds:.1f}"}, self.metric_names)
-        self.board.log_epoch(row, self._validated_model(stage), self.val_set)
-        shown = "  ".join(f"{name} {metrics[name]:.4f}" for name in (*self.metric_names, "val_loss") if name in metrics)
-        line = f"{stage.label} epoch {epoch + 1}/{stage.config.epochs}  train_loss {train_loss:.4f}  {shown}"
-        self.console.print(line, soft_wrap=True)
+        heading = f"{stage.label} epoch {epoch + 1}/{stage.config.epochs}  train_loss {train_loss:.4f}"
+        self._record(folder, row, metrics, seconds, self._validated_model(stage), heading)
         if early:
             self.console.print(
                 f"stage {stage.label}: no improvement of {self.monitor} for {patience} epochs, stopping it"
             )
+
+    def _record(
+        self,
+        folder: RunFolder,
+        row: dict[str, Any],
+        metrics: dict[str, float],
+        seconds: float,
+        model: nn.Module,
+        heading: str,
+    ) -> None:
+        """Append ``row`` with the metrics to ``summary.csv`` and TensorBoard, and print it after ``heading``."""
+        names = [name for name in (*self.metric_names, "val_loss") if name in metrics]
+        row = row | {name: f"{metrics[name]:.6f}" for name in names}
+        folder.record_epoch(row | {"time_s": f"{seconds:.1f}"}, self.metric_names)
+        self.board.log_epoch(row, model, self.val_set)
+        shown = "  ".join(f"{name} {metrics[name]:.4f}" for name in names)
+        self.console.print(f"{heading}  {shown}", soft_wrap=True)
+
+    # The SWA average --------------------------------------------------------------------------------
+    def _end_swa(self, folder: RunFolder, stage: Stage, progress: Progress) -> None:
+        """Recompute the SWA average's BatchNorm statistics, validate it like an epoch, keep it as
+        ``stageN_swa.pt`` (and as best where it beats the epochs), and record the stage as closed."""
+        swa, started = stage.swa, time.perf_counter()
+        progress.swa_done = True
+        if int(swa.n_averaged) == 0:  # early stopping ended the stage before its SWA window
+            if self.info.is_main:
+                folder.save_start(self._state(stage, progress, load_checkpoint(folder.last_path)["metrics"]))
+                self.console.print(f"stage {stage.label}: stopped before its swa_epochs window; no SWA average")
+            return
+        model = accelerate(swa.module, self.acceleration)
+        self._seed_epoch(stage.index, stage.config.epochs)  # a fixed draw: a resumed run recomputes the same
+        recompute_batch_norm(swa.module, self._training_images(), model)
+        distributed.broadcast_buffers(swa.module, self.info)
+        if bad := _non_finite(swa.module):
+            raise TrainingError(f"the SWA average of stage {stage.label} holds inf or NaN in {', '.join(bad[:3])}")
+        metrics = self._score(model, stage, f"{stage.label} {SWA_EPOCH} val")
+        stage_best, overall_best = _record_best(progress, metrics[self.monitor], self.config.train.monitor_mode)
+        if not self.info.is_main:
+            return
+        last = self._state(stage, progress, load_checkpoint(folder.last_path)["metrics"])
+        average = {key: item for key, item in self._state(stage, progress, metrics).items() if key != SWA_WEIGHTS_KEY}
+        average |= {"model": swa.module.state_dict(), SWA_COUNT_KEY: int(swa.n_averaged)}
+        folder.save_average(average, last, stage.index, stage_best=stage_best, overall_best=overall_best)
+        row = {"stage": stage.label, "epoch": SWA_EPOCH, "lr": "nan", "train_loss": "nan"}
+        heading = f"{stage.label} {SWA_EPOCH} of the weights of {int(swa.n_averaged)} epochs"
+        self._record(folder, row, metrics, time.perf_counter() - started, swa.module, heading)
+
+    def _training_images(self) -> Iterator[Tensor]:
+        """The images of one training epoch's batches, on the device: what SWA's BatchNorm statistics see."""
+        for batch in islice(self.train_loader, self.steps_per_epoch):
+            yield batch["image"].to(self.info.device)
 
     def _state(self, stage: Stage | None, progress: Progress, metrics: dict[str, float]) -> dict[str, Any]:
         """The checkpoint dict: weights, optimiser, schedule, progress, metrics and RNG states.
@@ -542,6 +628,7 @@ class Trainer:
         return {
             "model": (ema.module if ema is not None else self.model).state_dict(),
             **averaged,
+            **swa_entries(stage.swa if stage is not None else None),
             "optimizer": stage.optimizer.state_dict() if stage else {},
             "scheduler": stage.scheduler.state_dict() if stage else {},
             "scaler": self.scaler.state_dict(),

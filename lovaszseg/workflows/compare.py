@@ -1,4 +1,4 @@
-"""The loss comparison experiment: the same model, data, seeds and epoch budget, once per loss.
+"""The comparison experiment: the same data, seeds and epoch budget, once per loss (or model) entry.
 
 ``compare(config, ["bce", "lovasz_hinge", "bce>lovasz_hinge"], epochs=10, seeds=[0, 1, 2])`` trains
 one run per entry and seed under ``out/``, evaluates each best checkpoint on the same validation split
@@ -6,7 +6,9 @@ and writes ``compare.csv`` (a row per run), ``compare-summary.csv`` (per entry: 
 interval over seeds of every metric, and the paired bootstrap difference to the baseline entry, see
 :mod:`lovaszseg.scoring.evidence`) and ``compare.png``. ``init_from`` starts every entry from the same weights
 (e.g. a converged BCE run), so that "continue with BCE" and "continue with Lovász" are compared from
-one point.
+one point. An entry may also set model keys (``bce(model.options.decoder_attention_type=scse)``, or a
+mapping ``{name: bce-scse, loss: bce, model: {options: {decoder_attention_type: scse}}}``), so that
+architectures are compared as losses are.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import csv
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,9 +25,10 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from lovaszseg.config import Config, StageConfig, load_config
+from lovaszseg.config import Config, ModelConfig, StageConfig, load_config
 from lovaszseg.data.io import atomic_write, read_csv_rows
 from lovaszseg.errors import ConfigError
+from lovaszseg.models import build_model
 from lovaszseg.scoring.catalogue import BINARY_METRICS, MULTICLASS_METRICS, at_best_threshold_key
 from lovaszseg.scoring.evidence import (
     CONFIDENCE,
@@ -42,13 +45,16 @@ from lovaszseg.workflows.runs import evaluate_run
 __all__ = [
     "COMPARE_FILE",
     "IMAGE_STATISTICS_FILE",
+    "MODEL_PREFIX",
     "STAGE_OPTIONS",
     "SUMMARY_FILE",
     "CompareResult",
+    "Entry",
     "compare",
     "comparison_tables",
     "load_comparison",
     "parse_entry",
+    "read_entry",
     "summarise",
     "write_rows_csv",
 ]
@@ -67,6 +73,10 @@ _BAR_METRICS = (
 _TERM = re.compile(r"^\s*([a-z_]+)\s*(?:\((.*)\))?\s*$")
 # Options of a term that set its stage rather than its loss, e.g. ``bce>lovasz_hinge(lr=0.0005, ema=0.999)``.
 STAGE_OPTIONS = frozenset(StageConfig.model_fields) - {"name", "loss", "epochs"}
+# Options of a term that set the entry's model (every stage's), e.g. ``bce(model.options.decoder_attention_type=scse)``.
+MODEL_PREFIX = "model."
+# The keys of a mapping entry.
+_ENTRY_KEYS = ("name", "loss", "model")
 
 
 def _parse_term(text: str) -> tuple[Any, dict[str, Any]]:
@@ -76,18 +86,19 @@ def _parse_term(text: str) -> tuple[Any, dict[str, Any]]:
         raise ConfigError(f"cannot read loss {text!r}; write NAME or NAME(option=value, ...)")
     name, arguments = match.groups()
     options, settings = {}, {}
-    for pair in arguments.split(",") if arguments else []:
+    for pair in _split_outside_parentheses(arguments, ",") if arguments else []:
         key, sep, value = (part.strip() for part in pair.partition("="))
         if not sep:
             raise ConfigError(f"loss {text!r}: {pair!r} is not option=value")
-        (settings if key in STAGE_OPTIONS else options)[key] = yaml.safe_load(value)
+        own = key in STAGE_OPTIONS or key.startswith(MODEL_PREFIX)
+        (settings if own else options)[key] = yaml.safe_load(value)
     return ({name: options} if options else name), settings
 
 
 def _split_outside_parentheses(text: str, separator: str) -> list[str]:
     parts, depth, current = [], 0, ""
-    for character in text:
-        depth += {"(": 1, ")": -1}.get(character, 0)
+    for character in text:  # brackets too: a YAML list or mapping value keeps its commas
+        depth += {"(": 1, ")": -1, "[": 1, "]": -1, "{": 1, "}": -1}.get(character, 0)
         if character == separator and depth == 0:
             parts.append(current)
             current = ""
@@ -116,10 +127,77 @@ def parse_entry(entry: str) -> list[tuple[Any, dict[str, Any]]]:
     """A comparison entry: one loss, a sum ``first+second``, or a schedule ``first>second`` (a stage each).
 
     Returns:
-        Per stage, the loss spec and the stage settings given with it (keys of :data:`STAGE_OPTIONS`),
-        which replace the base config's first-stage settings for that stage only.
+        Per stage, the loss spec and the settings given with it: keys of :data:`STAGE_OPTIONS`, which
+        replace the base config's first-stage settings for that stage only, and ``model.KEY`` keys, which
+        set the entry's model (:func:`read_entry` takes them out).
     """
     return [_parse_stage(part) for part in entry.split(">")]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One entry of a comparison.
+
+    Attributes:
+        name: Its label in rows, tables and run folders (``--baseline`` names it).
+        loss: The loss, sum or schedule (:func:`parse_entry`).
+        model: Dotted keys of ``model`` it sets for every stage, e.g. ``{"options.decoder_attention_type": "scse"}``.
+    """
+
+    name: str
+    loss: str
+    model: dict[str, Any] = field(default_factory=dict)
+
+
+def _dotted(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{options: {a: 1}}`` -> ``{"options.a": 1}``: a mapping's leaves by their dotted paths."""
+    leaves: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        leaves |= _dotted(value, f"{path}.") if isinstance(value, Mapping) and value else {path: value}
+    return leaves
+
+
+def _checked_model_keys(name: str, keys: dict[str, Any]) -> dict[str, Any]:
+    for key in keys:
+        if key.split(".")[0] not in ModelConfig.model_fields:
+            raise ConfigError(
+                f"compare entry {name!r}: unknown model key {key!r}; allowed: {', '.join(ModelConfig.model_fields)}"
+            )
+    return keys
+
+
+def read_entry(entry: str | Mapping[str, Any]) -> Entry:
+    """An :class:`Entry` from a string (``bce>lovasz_hinge(lr=0.0005, model.options.decoder_attention_type=scse)``)
+    or a mapping ``{name: ..., loss: ..., model: {...}}`` (``name`` defaults to ``loss``; ``model``'s keys
+    may be nested or dotted).
+
+    Raises:
+        ConfigError: a mapping without ``loss`` or with other keys, or a model key that is no key of
+            ``model``; the message names the entry and the key.
+    """
+    if isinstance(entry, str):
+        return Entry(entry, entry, _checked_model_keys(entry, _model_keys_of(entry)))
+    name = str(entry.get("name", entry.get("loss")))
+    if unknown := sorted(set(entry) - set(_ENTRY_KEYS)):
+        raise ConfigError(f"compare entry {name!r}: unknown key(s) {unknown}; allowed: {', '.join(_ENTRY_KEYS)}")
+    if not isinstance(entry.get("loss"), str):
+        raise ConfigError(f"compare entry {name!r}: give its loss as a string, e.g. loss: bce>lovasz_hinge")
+    model = entry.get("model") or {}
+    if not isinstance(model, Mapping):
+        raise ConfigError(f"compare entry {name!r}: model must be a mapping of model keys, got {model!r}")
+    keys = _model_keys_of(entry["loss"]) | _dotted(model)
+    return Entry(name, entry["loss"], _checked_model_keys(name, keys))
+
+
+def _model_keys_of(loss: str) -> dict[str, Any]:
+    """The ``model.KEY=value`` options of an entry string's terms, by KEY."""
+    return {
+        key.removeprefix(MODEL_PREFIX): value
+        for _, settings in parse_entry(loss)
+        for key, value in settings.items()
+        if key.startswith(MODEL_PREFIX)
+    }
 
 
 @dataclass
@@ -140,19 +218,64 @@ class CompareResult:
     stop_signal: int | None = None
 
 
-def _entry_config(base: Config, entry: str, epochs: int, seed: int) -> Config:
+def _entry_config(base: Config, entry: Entry, epochs: int, seed: int) -> Config:
     template = base.stages[0]
-    terms = parse_entry(entry)
+    terms = parse_entry(entry.loss)
     lengths = [epochs // len(terms)] * len(terms)
     lengths[-1] += epochs - sum(lengths)
     if min(lengths) < 1:
-        raise ConfigError(f"{entry!r} has {len(terms)} stages but the budget is only {epochs} epochs")
+        raise ConfigError(f"{entry.name!r} has {len(terms)} stages but the budget is only {epochs} epochs")
     stages = [
-        {**template.model_dump(), "name": str(index + 1), "loss": loss, "epochs": length, **settings}
+        {**template.model_dump(), "name": str(index + 1), "loss": loss, "epochs": length}
+        | {key: value for key, value in settings.items() if not key.startswith(MODEL_PREFIX)}
         for index, ((loss, settings), length) in enumerate(zip(terms, lengths, strict=True))
     ]
     tree = base.model_dump()
-    return load_config({**tree, "stages": stages, "train": {**tree["train"], "seed": seed}})
+    for key, value in entry.model.items():
+        _set_model_key(tree["model"], entry.name, key, value)
+    try:
+        return load_config({**tree, "stages": stages, "train": {**tree["train"], "seed": seed}})
+    except ConfigError as error:
+        raise ConfigError(f"compare entry {entry.name!r}: {error}") from error
+
+
+def _set_model_key(model: dict[str, Any], name: str, key: str, value: Any) -> None:
+    """Set dotted ``key`` (``options.decoder_attention_type``) in a dumped ``model`` section."""
+    *sections, leaf = key.split(".")
+    node = model
+    for depth, section in enumerate(sections):
+        child = node.setdefault(section, {})
+        if not isinstance(child, dict):
+            where = ".".join(sections[: depth + 1])
+            raise ConfigError(f"compare entry {name!r}: model key {key!r}: model.{where} is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def _read_entries(losses: Sequence[str | Mapping[str, Any]], baseline: str | None) -> tuple[list[Entry], str]:
+    """The entries of a comparison, their names distinct, and the baseline's name (default the first)."""
+    entries = [read_entry(entry) for entry in losses]
+    names = [entry.name for entry in entries]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"compare entries {names} repeat a name; give each its own")
+    baseline = baseline or names[0]
+    if baseline not in names:
+        raise ConfigError(f"baseline {baseline!r} is not one of the entries {names}")
+    return entries, baseline
+
+
+def _check_models(configs: dict[tuple[str, int], Config], entries: Sequence[Entry]) -> None:
+    """Build the model of every entry that sets model keys (once, without weights): a bad
+    ``model.options`` key is an error naming the entry before anything trains."""
+    for entry in entries:
+        if not entry.model:
+            continue
+        config = next(config for (name, _), config in configs.items() if name == entry.name)
+        spec = config.data.spec()
+        try:
+            build_model(config.model, spec.in_channels, spec.num_classes, pretrained=False)
+        except ConfigError as error:
+            raise ConfigError(f"compare entry {entry.name!r}: {error}") from error
 
 
 def _finished_run(folder: RunFolder, config: Config) -> bool:
@@ -197,7 +320,7 @@ def _with_init_from(base: Config, init_from: str | Path | None) -> Config:
 
 def compare(
     config: Config | str | Path,
-    losses: Sequence[str],
+    losses: Sequence[str | Mapping[str, Any]],
     *,
     overrides: Sequence[str] = (),
     epochs: int | None = None,
@@ -215,7 +338,9 @@ def compare(
         losses: Entries such as ``bce``, ``jaccard``, ``lovasz_hinge(variant=elu+1)``, a sum
             ``bce+lovasz_hinge`` or ``bce>lovasz_hinge`` (two stages, each half the budget, the second
             from the first's best). Stage settings can go with a loss: ``lovasz_hinge(lr=0.0005,
-            warmup_steps=200, ema=0.999)`` (see :data:`STAGE_OPTIONS`).
+            warmup_steps=200, ema=0.999)`` (see :data:`STAGE_OPTIONS`), and model keys for the whole
+            entry: ``bce(model.options.decoder_attention_type=scse)``; or mappings ``{"name": "bce-scse",
+            "loss": "bce", "model": {"options": {"decoder_attention_type": "scse"}}}`` (see :func:`read_entry`).
         overrides: ``key.path=value`` overrides of the base config.
         epochs: Epoch budget of every entry (default: the base config's total).
         seeds: Train every entry once per seed (``train.seed``: the initial weights, data order and
@@ -236,16 +361,15 @@ def compare(
     base = resolve_config(config, overrides, None)
     base = _with_init_from(base, init_from)
     budget = epochs or sum(stage.epochs for stage in base.stages)
-    baseline = baseline or losses[0]
-    if baseline not in losses:
-        raise ConfigError(f"baseline {baseline!r} is not one of the entries {list(losses)}")
+    entries, baseline = _read_entries(losses, baseline)
     seed_list = list(seeds) if seeds else [base.train.seed]
     if len(set(seed_list)) != len(seed_list):
         raise ConfigError(f"seeds {seed_list} repeat a seed")
     out_dir = Path(out_dir or Path(base.output.runs_dir) / f"{base.output.name or 'run'}-compare")
     configs = {  # every config error before any training
-        (entry, seed): _entry_config(base, entry, budget, seed) for entry in losses for seed in seed_list
+        (entry.name, seed): _entry_config(base, entry, budget, seed) for entry in entries for seed in seed_list
     }
+    _check_models(configs, entries)
     rows, histories, statistics, stop_signal = [], {}, {}, None
     for (entry, seed), entry_config in configs.items():
         console.rule(f"[bold]{entry}" + (f", seed {seed}" if seeds else ""))
