@@ -382,7 +382,7 @@ def bench_train(args: argparse.Namespace, work: Path, guard: Guard) -> tuple[lis
         f"batch {batch}, S1 = {s1}, S2 = {s2} steps; median of {len(kept)} repeats{_unclean_note(records)}\n",
         "| loop | images/s (median) | per repeat | seconds per step |",
         "|---|---:|---|---:|",
-        f"| lovaszseg `engine.train`: (S2 - S1) * batch / (t(S2) - t(S1)) | {ours_m:.1f} | {listing('ours')} "
+        f"| lovaszseg `training.train`: (S2 - S1) * batch / (t(S2) - t(S1)) | {ours_m:.1f} | {listing('ours')} "
         f"| {batch / ours_m:.3f} |",
         f"| bare PyTorch loop, steps S1+1..S2 | {bare_m:.1f} | {listing('bare')} | {batch / bare_m:.3f} |",
         f"| **lovaszseg / bare** | **{ours_m / bare_m:.2f}** | {listing('ratio', 2)} | |",
@@ -531,7 +531,7 @@ def bench_infer(args: argparse.Namespace, work: Path, run: Path, guard: Guard) -
             ),
             lambda: None,
         )
-    cases["model loading only (`engine.runs.load_model` / smp + model.safetensors)"] = (
+    cases["model loading only (`storage.run_folder.load_model` / smp + model.safetensors)"] = (
         lambda: load_model(run),
         lambda p: bare_load(),
         lambda: None,

@@ -65,10 +65,16 @@ def doc_commands(page: Path) -> list[DocCommand]:
         kind, body = block.groups()
         first_line = text.count("\n", 0, block.start(2)) + 1
         output: list[str] | None = None
+        continued, start = "", 0  # a bash command broken over lines with trailing backslashes
         for offset, raw in enumerate(body.splitlines()):
             line = raw.strip()
-            if kind == "bash" and line and not line.startswith("#"):
-                commands.append(DocCommand(page.name, first_line + offset, shlex.split(line, comments=True)))
+            if kind == "bash" and line and not line.startswith("#") and not continued:
+                start = first_line + offset
+            if kind == "bash" and line.endswith("\\"):
+                continued += line[:-1]
+            elif kind == "bash" and (continued or (line and not line.startswith("#"))):
+                commands.append(DocCommand(page.name, start, shlex.split(continued + line, comments=True)))
+                continued = ""
             elif kind == "text" and line.startswith("$ "):
                 commands.append(DocCommand(page.name, first_line + offset, shlex.split(line[2:])))
                 output = commands[-1].shown_output
@@ -88,6 +94,7 @@ BENCHMARK_BUDGET = {
     "benchmarks/bench_train.py": [
         *("--s1", "1", "--s2", "2", "--val-size", "8", "--test-images", "4"),
         *("--cli-repeats", "1", "--retries", "0", "--wait", "0"),
+        *("--speed-repeats", "1", "--speed-s1", "1", "--speed-s2", "2"),
     ],
     "benchmarks/bench_submit.py": ["--counts", "16,32", "--members", "2"],
 }
@@ -172,13 +179,15 @@ def run_page(page: Path, full_size: bool) -> dict[str, str]:
 def test_commands_are_found_in_bash_and_text_blocks(tmp_path: Path) -> None:
     page = tmp_path / "page.md"
     page.write_text(
-        "intro\n```bash\n# a comment\nlovaszseg train configs/x.yaml a.b=1  # trailing\n```\n"
+        "intro\n```bash\n# a comment\nlovaszseg train configs/x.yaml a.b=1  # trailing\n"
+        "lovaszseg compare \\\n    --seeds 0,1\n```\n"
         "  ```text\n  $ lovaszseg eval runs/x\n  metric 0.5\n  ```\n```python\nlovaszseg = 1\n```\n"
     )
     commands = doc_commands(page)
     assert [(c.line, c.argv, c.shown_output) for c in commands] == [
         (4, ["lovaszseg", "train", "configs/x.yaml", "a.b=1"], []),
-        (7, ["lovaszseg", "eval", "runs/x"], ["  metric 0.5"]),
+        (5, ["lovaszseg", "compare", "--seeds", "0,1"], []),
+        (9, ["lovaszseg", "eval", "runs/x"], ["  metric 0.5"]),
     ]
 
 
