@@ -70,6 +70,11 @@ class ModelConfig(_Strict):
     # Binary tasks: weight of the BCE of smp's classification head (one logit, "the image has
     # foreground") beside each stage's segmentation loss; 0 builds no head (lovaszseg.heads).
     empty_head: float = Field(0.0, ge=0, allow_inf_nan=False)
+    # UNet: weight of the stage's loss on each intermediate decoder stage's training-only mask head
+    # (deep supervision); 0 builds no such heads (lovaszseg.decoders).
+    deep_supervision: float = Field(0.0, ge=0, allow_inf_nan=False)
+    # UNet: the segmentation head sees every decoder stage, upsampled and concatenated.
+    hypercolumn: bool = False
 
 
 class DataConfig(_Strict):

@@ -21,14 +21,18 @@ class Outputs(NamedTuple):
     Attributes:
         masks: The segmentation ``[B, C, H, W]``.
         empty: ``[B]``: the image has foreground (the empty-image head), or None without one.
+        deep: The deep-supervision heads' mask logits, each shaped as ``masks`` (training only;
+            :mod:`lovaszseg.decoders`), or empty.
     """
 
     masks: Tensor
     empty: Tensor | None = None
+    deep: tuple[Tensor, ...] = ()
 
     def to_float(self) -> Outputs:
         """The outputs in float32 (after a mixed-precision forward pass)."""
-        return Outputs(self.masks.float(), None if self.empty is None else self.empty.float())
+        empty = None if self.empty is None else self.empty.float()
+        return Outputs(self.masks.float(), empty, tuple(head.float() for head in self.deep))
 
 
 def split_outputs(output: Tensor | tuple[Tensor, ...]) -> Outputs:

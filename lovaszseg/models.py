@@ -6,9 +6,11 @@ import inspect
 from typing import Any
 
 import segmentation_models_pytorch as smp
+from segmentation_models_pytorch.base.modules import SCSEModule
 from torch import Tensor, nn
 
 from lovaszseg.config import ModelConfig
+from lovaszseg.decoders import WinnersUnet
 from lovaszseg.encoder_weights import load_encoder_weights, weights_file
 from lovaszseg.errors import ConfigError
 from lovaszseg.heads import Outputs, split_outputs
@@ -63,6 +65,27 @@ def _aux_params(config: ModelConfig, classes: int) -> dict[str, Any]:
     return {"aux_params": {"classes": 1}}
 
 
+def _winners_options(config: ModelConfig) -> dict[str, bool]:
+    """``WinnersUnet``'s options of ``model.hypercolumn`` and ``model.deep_supervision`` (UNet only)."""
+    chosen = {"hypercolumn": config.hypercolumn, "deep_supervision": bool(config.deep_supervision)}
+    if any(chosen.values()) and config.arch.lower() != "unet":
+        names = [f"model.{name}" for name, value in chosen.items() if value]
+        verb = "need" if len(names) > 1 else "needs"
+        raise ConfigError(f"{' and '.join(names)} {verb} model.arch Unet, not {config.arch!r}")
+    return chosen if any(chosen.values()) else {}
+
+
+def _check_attention(model: nn.Module, config: ModelConfig) -> None:
+    """smp's scSE squeezes a stage's channels by 16: a narrower decoder stage would get zero channels
+    there and fail on the first batch, so it is refused when the model is built."""
+    if any(module.cSE[1].out_channels == 0 for module in model.modules() if isinstance(module, SCSEModule)):
+        channels = config.options.get("decoder_channels", "smp's default")
+        raise ConfigError(
+            f"model.options.decoder_attention_type scse needs at least 16 channels in every decoder stage "
+            f"(its squeeze divides them by 16); model.options.decoder_channels is {channels}"
+        )
+
+
 def build_model(config: ModelConfig, in_channels: int, classes: int, *, pretrained: bool = True) -> nn.Module:
     """Create an smp model (``Unet``, ``DeepLabV3Plus``, ``FPN``, ...) with any smp encoder.
 
@@ -79,28 +102,31 @@ def build_model(config: ModelConfig, in_channels: int, classes: int, *, pretrain
 
     Returns:
         The model, returning logits ``[B, classes, H, W]``; with ``config.empty_head`` smp's
-        ``(masks, labels)``, which :func:`lovaszseg.heads.split_outputs` reads.
+        ``(masks, labels)``, which :func:`lovaszseg.heads.split_outputs` reads. With
+        ``config.hypercolumn`` or ``config.deep_supervision`` a :class:`~lovaszseg.decoders.WinnersUnet`.
 
     Raises:
         ConfigError: unknown architecture or encoder, bad options, ``model.empty_head`` on a multi-class
-            task, or a weights file that is missing,
+            task, ``model.hypercolumn`` or ``model.deep_supervision`` on an architecture other than UNet,
+            scSE attention on decoder stages narrower than 16 channels, or a weights file that is missing,
             unreadable or does not fit the encoder (the message lists the keys).
         EncoderWeightsError: the pretrained weights could not be downloaded (a ConfigError; the message
             says the ways out).
     """
     _check_options(config)
+    winners = _winners_options(config)
     weights = config.encoder_weights if pretrained else None
     local = weights_file(weights) if weights is not None else None
+    options = {
+        "encoder_name": config.encoder,
+        "encoder_weights": None if local is not None else weights,
+        "in_channels": in_channels,
+        "classes": classes,
+        **_aux_params(config, classes),
+        **config.options,
+    }
     try:
-        model = smp.create_model(
-            config.arch,
-            encoder_name=config.encoder,
-            encoder_weights=None if local is not None else weights,
-            in_channels=in_channels,
-            classes=classes,
-            **_aux_params(config, classes),
-            **config.options,
-        )
+        model = WinnersUnet(**winners, **options) if winners else smp.create_model(config.arch, **options)
     except (KeyError, ValueError, TypeError) as error:
         raise ConfigError(
             f"cannot build model.arch {config.arch!r} with model.encoder {config.encoder!r}: {error}"
@@ -112,6 +138,7 @@ def build_model(config: ModelConfig, in_channels: int, classes: int, *, pretrain
             "model.encoder_weights to a local weights file (.pth/.pt/.bin/.safetensors), or copy here a Hugging Face "
             "cache (HF_HOME) filled on a machine with internet and set HF_HUB_OFFLINE=1 (docs/configs.md)"
         ) from error
+    _check_attention(model, config)
     if local is not None:
         load_encoder_weights(model.encoder, local, in_channels=in_channels, name=config.encoder)
     return model

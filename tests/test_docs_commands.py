@@ -211,7 +211,7 @@ def test_every_page_with_commands_is_covered() -> None:
 # experiments.md replays every experiment on the real TGS files (a compare and a 5-fold cv over 3,000
 # images): about 5 minutes even at the tiny budget, so it runs with the slow checks; the commands it
 # uses are the same ones the README and tgs-recipe.md pages run here.
-SLOW_PAGES = {"experiments.md"}
+SLOW_PAGES = {"experiments.md", "speed.md"}  # minutes: real-data runs, compiled and emulated-bf16 models
 
 
 @pytest.mark.parametrize(

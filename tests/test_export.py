@@ -19,6 +19,7 @@ from lovaszseg.cli import app
 from lovaszseg.config import CONFIG_METADATA_KEY, load_config
 from lovaszseg.data import build_transform, describe_dataset
 from lovaszseg.data.io import list_stems, read_image
+from lovaszseg.decoders import DEEP_HEADS
 from lovaszseg.errors import CheckpointError, ConfigError, OutputError
 from lovaszseg.inference import export
 from lovaszseg.inference.export import (
@@ -300,3 +301,50 @@ def test_smp_from_pretrained_carries_the_empty_head(head_run: Path, tmp_path: Pa
     with torch.inference_mode():
         (masks, labels), (expected_masks, expected_labels) = loaded(images), original(images)
     assert torch.equal(masks, expected_masks) and torch.equal(labels, expected_labels)
+
+
+@pytest.fixture(scope="module")
+def winners_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A UNet with deep-supervision heads (random weights, seed 0)."""
+    return _make_run(tmp_path_factory.mktemp("export") / "deep", {**_TINY_UNET, "deep_supervision": 0.4})
+
+
+def test_deep_supervision_heads_are_absent_from_the_onnx_graph(
+    winners_run: Path, tmp_path: Path, shared_dir: Path
+) -> None:
+    assert any(name.startswith(f"{DEEP_HEADS}.") for name in load_model(winners_run).model.state_dict())
+    result = export_run(winners_run, "onnx", tmp_path / "deep.onnx")
+    graph = onnx.load(str(result.path)).graph
+    assert [o.name for o in graph.output] == ["logits"]
+    assert not [i.name for i in graph.initializer if DEEP_HEADS in i.name]
+    images = _tgs_batch(shared_dir, winners_run, 4)
+    (logits,) = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"]).run(None, {"images": images})
+    with torch.inference_mode():
+        expected = load_model(winners_run).model(torch.from_numpy(images))
+    assert (probabilities(torch.from_numpy(logits)) - probabilities(expected)).abs().max() <= 1e-4
+
+
+def test_an_smp_export_of_deep_supervision_is_the_plain_unet_with_the_same_outputs(
+    winners_run: Path, tmp_path: Path
+) -> None:
+    import segmentation_models_pytorch as smp
+
+    export_run(winners_run, "smp", tmp_path / "smp")
+    loaded = smp.from_pretrained(str(tmp_path / "smp")).eval()
+    assert type(loaded) is smp.Unet and not hasattr(loaded, DEEP_HEADS)
+    images = torch.randn(3, 1, 128, 128, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        assert torch.equal(loaded(images), load_model(winners_run).model(images))
+
+
+def test_a_hypercolumn_model_exports_to_onnx_but_not_to_smp(tmp_path: Path, shared_dir: Path) -> None:
+    hypercolumn = _make_run(tmp_path / "hyper", {**_TINY_UNET, "hypercolumn": True})
+    with pytest.raises(ConfigError, match=r"model\.hypercolumn is not an smp architecture.*--format onnx"):
+        export_run(hypercolumn, "smp", tmp_path / "smp")
+    assert not (tmp_path / "smp").exists()
+    result = export_run(hypercolumn, "onnx", tmp_path / "hyper.onnx")
+    images = _tgs_batch(shared_dir, hypercolumn, 3)
+    (logits,) = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"]).run(None, {"images": images})
+    with torch.inference_mode():
+        expected = load_model(hypercolumn).model(torch.from_numpy(images))
+    assert (probabilities(torch.from_numpy(logits)) - probabilities(expected)).abs().max() <= 1e-4

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lovaszseg.heads import Outputs
 from lovaszseg.losses import build_loss
 from lovaszseg.training.objective import Objective
 
@@ -67,3 +68,16 @@ def test_the_ignore_index_is_not_foreground() -> None:
     bce = F.binary_cross_entropy_with_logits(head[:, 0], torch.tensor([0.0, 1.0, 0.0, 1.0]))
     expected = build_loss("bce", ignore_index=255)(logits, masks) + bce
     torch.testing.assert_close(objective((logits, head), masks), expected)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.4])
+@pytest.mark.parametrize("skip_empty", [False, True])
+def test_deep_supervision_adds_each_heads_loss_times_the_weight(weight: float, skip_empty: bool) -> None:
+    logits, _, masks = _batch()
+    generator = torch.Generator().manual_seed(1)
+    deep = tuple(torch.randn(4, 1, 4, 4, generator=generator) for _ in range(2))
+    loss = build_loss("lovasz_hinge")
+    objective = Objective(loss, deep_supervision=weight, skip_empty=skip_empty, ignore_index=None)
+    keep = [1, 3] if skip_empty else [0, 1, 2, 3]  # images 0 and 2 are empty
+    expected = loss(logits[keep], masks[keep]) + sum(weight * loss(head[keep], masks[keep]) for head in deep)
+    torch.testing.assert_close(objective(Outputs(logits, None, deep), masks), expected)

@@ -608,3 +608,36 @@ def test_resume_continues_the_swa_average_exactly(
     assert [r["epoch"] for r in resumed.history] == ["1", "2", "3", "swa", "1", "2", "swa"]
     for column in ("train_loss", "iou", "salt_score"):
         assert [r[column] for r in straight.history] == [r[column] for r in resumed.history], column
+
+
+def test_the_winners_model_trains_resumes_averages_and_evaluates(tiny_salt: Path, tmp_path: Path) -> None:
+    """Empty head, deep supervision, hypercolumn and scSE together, SWA over the Lovász stage."""
+    stages = [
+        {"name": "bce", "loss": "bce", "epochs": 1, "lr": 0.01},
+        {"name": "lovasz", "loss": "lovasz_hinge", "epochs": 2, "lr": 0.005, "empty_images": "skip", "swa_epochs": 2},
+    ]
+    model = {
+        "encoder": "resnet18",
+        "encoder_weights": None,
+        "options": {"encoder_depth": 3, "decoder_channels": [32, 16, 16], "decoder_attention_type": "scse"},
+        "empty_head": 0.25,
+        "deep_supervision": 0.5,
+        "hypercolumn": True,
+    }
+    config = _config(tiny_salt, tmp_path, stages=stages, model=model)
+    straight = train(config, run_dir=tmp_path / "straight")
+    assert [r["epoch"] for r in straight.history] == ["1", "1", "2", "swa"]
+    stopped = train(config, run_dir=tmp_path / "resumed", stop_after_epochs=2)
+    assert not stopped.completed
+    resumed = train(resume=tmp_path / "resumed")
+    for column in ("train_loss", "val_loss", "salt_score"):
+        assert [r[column] for r in resumed.history] == [r[column] for r in straight.history], column
+    swa = load_model(straight.run_dir / "stage2_swa.pt").model
+    assert any(name.startswith("deep_heads.") for name in swa.state_dict())
+    result = evaluate_run(straight.run_dir, console=Console(file=io.StringIO()))
+    assert "postprocess_empty_gate" in result and 0.0 <= result["salt_score"] <= 1.0
+    # Deep supervision only adds loss terms: the same first step without it has a smaller loss.
+    config.model.deep_supervision = 0.0
+    config.stages = config.stages[:1]
+    plain = train(config, run_dir=tmp_path / "without-deep")
+    assert float(plain.history[0]["train_loss"]) < float(straight.history[0]["train_loss"])

@@ -104,7 +104,8 @@ def predict_folder(
 
     def flush() -> Iterator[tuple[Any, ...]]:
         batch = torch.stack([tensor for _, _, tensor in pending]).to(device)
-        probs, empty = predict_outputs(model, batch, tta)
+        predicted = predict_outputs(model, batch, tta)
+        probs, empty = predicted.masks, predicted.empty
         heads = [None] * len(pending) if empty is None else empty.cpu().tolist()
         for (path, image, _), prob, head in zip(pending, probs.cpu(), heads, strict=True):
             cropped = crop_to_original(prob, image.shape[:2], resized=resized).numpy()

@@ -242,7 +242,7 @@ def _original_size(
     """A batch's ids, probabilities, masks and head probabilities cropped back to ``spec.original_size``
     (TGS: 128 -> 101) or, for images of their own sizes padded to the model's stride, one image at a
     time to its own pixels."""
-    probs, empty = predicted
+    probs, empty = predicted.masks, predicted.empty
     ids = list(batch["id"]) if "id" in batch else [""] * len(probs)  # ids only name predictions
     if spec.original_size is not None:
         window = spec.original_size

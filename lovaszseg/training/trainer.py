@@ -374,6 +374,7 @@ class Trainer:
         loss_fn = Objective(
             build_loss(config.loss, ignore_index=ignore_index),
             empty_head=self.config.model.empty_head,
+            deep_supervision=self.config.model.deep_supervision,
             skip_empty=config.empty_images == "skip",
             ignore_index=ignore_index,
         )

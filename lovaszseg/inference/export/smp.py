@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lovaszseg.errors import ConfigError
 from lovaszseg.inference.export import Exporter, register_exporter
 from lovaszseg.inference.export.common import ExportResult, model_usage, publish_folder
 
@@ -29,13 +30,26 @@ def export_smp(loaded: LoadedModel, out: Path, *, overwrite: bool = False) -> Ex
     Returns:
         What was written.
 
+    Deep-supervision heads are training-only: the folder holds the plain ``Unet`` without them.
+
     Raises:
+        ConfigError: the model has a hypercolumn head, which smp cannot build (``--format onnx`` can).
         ConfigError, OutputError: ``out`` is a file, is taken (without ``overwrite``) or cannot be written.
     """
+    from lovaszseg.decoders import WinnersUnet, plain_unet  # torch: not imported with the registry
+
     usage = model_usage(loaded)
+    model = loaded.model
+    if isinstance(model, WinnersUnet):
+        if model.hypercolumn:
+            raise ConfigError(
+                f"{loaded.source}: model.hypercolumn is not an smp architecture, so smp's from_pretrained could not "
+                "build it; export it with --format onnx"
+            )
+        model = plain_unet(model)
 
     def write(folder: Path) -> None:
-        loaded.model.save_pretrained(folder, dataset=loaded.config.data.name)
+        model.save_pretrained(folder, dataset=loaded.config.data.name)
         lines = [f"- {name}: {text}" for name, text in usage.items()]
         with (folder / "README.md").open("a", encoding="utf-8") as card:
             card.write("\n## Input and output (lovaszseg)\n" + "\n".join(lines) + "\n")
