@@ -51,7 +51,7 @@ def test_round_trip_through_a_plain_dict() -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["model.encodr=resnet18"], r"model\.encodr: unknown key; allowed here: arch, empty_head, encoder"),
+        (["model.encodr=resnet18"], r"model\.encodr: unknown key; allowed here: arch, deep_supervision, empty_head, encoder"),
         (["stages.0.epochs=zero"], r"stages\.0\.epochs: Input should be a valid integer"),
         (["stages.0.epochs=0"], r"stages\.0\.epochs: Input should be greater than or equal to 1"),
         (["train.amp=fp8"], r"train\.amp: .*'none', 'bf16', 'fp16' or 'auto', got 'fp8'"),
