@@ -97,10 +97,10 @@ def test_evaluate_run_streams_batch_by_batch(salt_run: Path, monkeypatch: pytest
     batches: list[int] = []
     real_update = Scorer.update
 
-    def update(self: Any, probs: torch.Tensor, masks: torch.Tensor) -> None:
+    def update(self: Any, probs: torch.Tensor, masks: torch.Tensor, empty: torch.Tensor | None = None) -> None:
         batches.append(len(probs))
         assert probs.shape[-2:] == masks.shape[-2:] == (101, 101)  # cropped back before scoring
-        real_update(self, probs, masks)
+        real_update(self, probs, masks, empty)
 
     monkeypatch.setattr(Scorer, "update", update)
     metrics = evaluate_run(salt_run, split="all", device="cpu", out=salt_run / "all")
