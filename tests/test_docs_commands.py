@@ -65,16 +65,19 @@ def doc_commands(page: Path) -> list[DocCommand]:
         kind, body = block.groups()
         first_line = text.count("\n", 0, block.start(2)) + 1
         output: list[str] | None = None
-        continued, start = "", 0  # a bash command broken over lines with trailing backslashes
+        pending, start = "", 0  # a bash command so far: one may go on over lines ending in a backslash
         for offset, raw in enumerate(body.splitlines()):
             line = raw.strip()
-            if kind == "bash" and line and not line.startswith("#") and not continued:
-                start = first_line + offset
-            if kind == "bash" and line.endswith("\\"):
-                continued += line[:-1]
-            elif kind == "bash" and (continued or (line and not line.startswith("#"))):
-                commands.append(DocCommand(page.name, start, shlex.split(continued + line, comments=True)))
-                continued = ""
+            if kind == "bash":
+                if not pending and (not line or line.startswith("#")):
+                    continue
+                start = start if pending else first_line + offset
+                pending += line
+                if pending.endswith("\\"):
+                    pending = pending[:-1]
+                    continue
+                commands.append(DocCommand(page.name, start, shlex.split(pending, comments=True)))
+                pending = ""
             elif kind == "text" and line.startswith("$ "):
                 commands.append(DocCommand(page.name, first_line + offset, shlex.split(line[2:])))
                 output = commands[-1].shown_output
