@@ -181,8 +181,12 @@ def _check_unseen(predictor: Predictor, ids: list[str], split: str) -> None:
 
 def _postprocessed_metrics(predictor: Predictor, tuning: Tuning, after: Mapping[str, float]) -> dict[str, float]:
     """``postprocess_STEP`` for every step of ``tuning.chosen``, ``NAME_postprocessed`` for every metric and,
-    for a model with an empty-image head, ``NAME_postprocessed_without_empty_gate``: the gate's worth."""
-    steps = {postprocess_key(name): float(value) for name, value in tuning.chosen.values().items()}
+    for a model with an empty-image head, ``NAME_postprocessed_without_empty_gate``: the gate's worth.
+    A model without a head reports no gate (it is always off there)."""
+    chosen = tuning.chosen.values()
+    if not predictor.has_empty_head:
+        chosen.pop(EmptyGate.name)
+    steps = {postprocess_key(name): float(value) for name, value in chosen.items()}
     names = metric_names(predictor.spec)
     gate = tuning.without.get(EmptyGate.name) if predictor.has_empty_head else None
     without = {postprocessed_without_key(name, EmptyGate.name): gate[name] for name in names} if gate else {}
