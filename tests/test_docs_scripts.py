@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from conftest import tiny_salt_config
+from conftest import tiny_salt_config, write_config
 
 from lovaszseg.config import load_config
 from lovaszseg.data import build_dataset
@@ -38,3 +38,58 @@ def test_demo_empty_images_splits_the_tgs_metric_by_empty_masks(tiny_salt: Path,
         weighted = (int(empty) * float(empty_score) + int(salted) * float(salted_score)) / len(validation)
         assert np.isclose(weighted, float(total), atol=2e-3)
     assert not (run / "eval.json").exists()  # the script's evaluation leaves the run's eval.json alone
+
+
+def test_winners_evidence_scores_every_entry_on_held_out_images_against_the_plain_unet(
+    tiny_salt: Path, tmp_path: Path
+) -> None:
+    config = tiny_salt_config(tiny_salt, tmp_path / "runs")
+    config["stages"] = config["stages"][:1]
+    config["train"]["max_steps_per_epoch"] = 1
+    out = tmp_path / "winners"
+    options = [
+        "--out-dir",
+        str(out),
+        "--seeds",
+        "0,1",
+        "--entries",
+        "plain,empty-head",
+        "--holdout",
+        "6",
+        "--folds",
+        "3",
+    ]
+    process = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "docs" / "winners_evidence.py"),
+            str(write_config(tmp_path / "c.yaml", config)),
+            *options,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    folds = (out / "folds.csv").read_text().splitlines()[1:]
+    held = {row.split(",")[0] for row in folds if row.endswith(",holdout")}
+    assert len(held) == 6 and set((out / "holdout.txt").read_text().split()) == held
+    for run in (out / "plain" / "seed-0", out / "empty-head" / "seed-1"):
+        validation = load_config(run / "config.yaml").data.build("val", train=False).ids
+        training = load_config(run / "config.yaml").data.build("train", train=False).ids
+        assert len(validation) == 6 and len(training) == 12 and not held & (set(validation) | set(training))
+    rows = {}
+    for line in process.stdout.splitlines():
+        if match := re.match(r"(plain|empty-head(?:, gate off)?) +([\d.]+) +\[([-\d.]+), ([-\d.]+)\]", line):
+            rows[match.group(1)] = float(match.group(2))
+            difference = re.search(r"([+-][\d.]+) \[([+-][\d.]+), ([+-][\d.]+)\] (real|noise)", line)
+            if match.group(1) == "plain":
+                assert difference is None
+            else:  # the paired difference of the means is the difference of the printed means
+                assert np.isclose(float(difference.group(1)), rows[match.group(1)] - rows["plain"], atol=2e-4)
+                low, high = float(difference.group(2)), float(difference.group(3))
+                assert low <= float(difference.group(1)) <= high
+                assert difference.group(4) == ("noise" if low <= 0 <= high else "real")
+    assert set(rows) == {"plain", "empty-head", "empty-head, gate off"}, process.stdout
+    worth = re.search(r"the gate's worth in empty-head: ([+-][\d.]+)", process.stdout)
+    assert np.isclose(float(worth.group(1)), rows["empty-head"] - rows["empty-head, gate off"], atol=2e-4)
