@@ -73,16 +73,22 @@ def image_counts(run: Path, split: str) -> tuple[tuple[str, ...], ImageCounts]:
     return tuple(dataset.ids), scorer.image_counts()
 
 
+def held_out_scores(source: Path, holdout: Path, chosen: PostProcessing) -> ImageStatistics:
+    """Per-image TGS scores of a model (a run, a cv or ensemble folder) on the held-out images under ``chosen``."""
+    ids, counts = image_counts(source, str(holdout))
+    scores = image_scores(counts, chosen, METRIC)
+    columns = np.stack([scores, np.ones(len(scores))], axis=1)  # a mean over images: sum(score) / sum(1)
+    return ImageStatistics(ids, {METRIC: columns}, {METRIC: "ratio"})
+
+
 def held_out_statistics(run: Path, holdout: Path, fixed: dict[str, Any]) -> tuple[ImageStatistics, PostProcessing]:
     """The run's per-image TGS scores on the held-out images, post-processed as tuned on its validation fold."""
     chosen = tune_postprocessing(image_counts(run, "val")[1], METRIC, fixed=fixed).chosen
-    ids, counts = image_counts(run, str(holdout))
-    scores = image_scores(counts, chosen, METRIC)
-    columns = np.stack([scores, np.ones(len(scores))], axis=1)  # a mean over images: sum(score) / sum(1)
-    return ImageStatistics(ids, {METRIC: columns}, {METRIC: "ratio"}), chosen
+    return held_out_scores(run, holdout, chosen), chosen
 
 
-def _difference(difference: Interval) -> str:
+def interval_text(difference: Interval) -> str:
+    """``+0.0123 [-0.0040, +0.0290] noise``: a difference, its interval, and whether it excludes 0."""
     verdict = "noise" if difference.low <= 0 <= difference.high else "real"
     return f"{difference.estimate:+.4f} [{difference.low:+.4f}, {difference.high:+.4f}] {verdict}"
 
@@ -129,11 +135,11 @@ def main() -> None:
         line = f"{name:<28} {spread.estimate:>16.4f}  [{spread.low:.4f}, {spread.high:.4f}]"
         if name != BASELINE:
             difference = paired_bootstrap(statistics, scored[BASELINE], METRIC)
-            line += f"   {_difference(difference)}"
+            line += f"   {interval_text(difference)}"
         print(line)
     for name in [name for name in scored if f"{name}, gate off" in scored]:
         worth = paired_bootstrap(scored[name], scored[f"{name}, gate off"], METRIC)
-        print(f"the gate's worth in {name}: {_difference(worth)}")
+        print(f"the gate's worth in {name}: {interval_text(worth)}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from lovaszseg import errors
 from lovaszseg.config import MAX_LR, Config, ConfigError, builtin_config, load_config
 
 
-@pytest.mark.parametrize("name", ["salt", "salt-demo", "voc", "voc-binary"])
+@pytest.mark.parametrize("name", ["salt", "salt-demo", "salt-winners", "voc", "voc-binary"])
 def test_shipped_configs_validate(name: str) -> None:
     config = load_config(builtin_config(name))
     assert config.output.name == name
@@ -21,6 +21,7 @@ def test_repo_configs_folder_is_the_package_configs() -> None:
     repo_configs = Path(__file__).resolve().parents[1] / "configs"
     assert sorted(p.name for p in repo_configs.glob("*.yaml")) == [
         "salt-demo.yaml",
+        "salt-winners.yaml",
         "salt.yaml",
         "voc-binary.yaml",
         "voc.yaml",
@@ -32,6 +33,15 @@ def test_two_stage_salt_recipe() -> None:
     assert config.stages[0].loss == "bce"
     assert "lovasz_hinge" in config.stages[1].loss
     assert config.data.options["pad_size"] == 128 and config.model.encoder == "resnet34"
+
+
+def test_winners_recipe_is_the_salt_recipe_with_the_winners_model() -> None:
+    salt, winners = load_config(builtin_config("salt")), load_config(builtin_config("salt-winners"))
+    assert (winners.model.empty_head, winners.model.deep_supervision, winners.model.hypercolumn) == (0.25, 0.5, True)
+    assert winners.model.options["decoder_attention_type"] == "scse"
+    lovasz = winners.stages[1]
+    assert (lovasz.empty_images, lovasz.swa_epochs, lovasz.schedule) == ("skip", 3, "cosine_restarts")
+    assert winners.data == salt.data and [s.loss for s in winners.stages] == [s.loss for s in salt.stages]
 
 
 def test_overrides_apply_in_order_and_parse_yaml_scalars() -> None:
@@ -51,7 +61,7 @@ def test_round_trip_through_a_plain_dict() -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["model.encodr=resnet18"], r"model\.encodr: unknown key; allowed here: arch, deep_supervision, empty_head, encoder"),
+        (["model.encodr=resnet18"], r"model\.encodr: unknown key; allowed here: arch, deep_supervision, empty_head"),
         (["stages.0.epochs=zero"], r"stages\.0\.epochs: Input should be a valid integer"),
         (["stages.0.epochs=0"], r"stages\.0\.epochs: Input should be greater than or equal to 1"),
         (["train.amp=fp8"], r"train\.amp: .*'none', 'bf16', 'fp16' or 'auto', got 'fp8'"),

@@ -12,7 +12,10 @@ from conftest import tiny_salt_config, write_config
 
 from lovaszseg.config import load_config
 from lovaszseg.data import build_dataset
+from lovaszseg.storage.cv_folder import FOLDS_FILE
 from lovaszseg.training import train
+from lovaszseg.workflows.cv import cross_validate
+from lovaszseg.workflows.runs import evaluate_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,3 +96,28 @@ def test_winners_evidence_scores_every_entry_on_held_out_images_against_the_plai
     assert set(rows) == {"plain", "empty-head", "empty-head, gate off"}, process.stdout
     worth = re.search(r"the gate's worth in empty-head: ([+-][\d.]+)", process.stdout)
     assert np.isclose(float(worth.group(1)), rows["empty-head"] - rows["empty-head, gate off"], atol=2e-4)
+
+
+def test_budget_evidence_scores_the_cv_ensemble_and_one_run_on_the_same_held_out_images(
+    tiny_salt: Path, tmp_path: Path
+) -> None:
+    config = tiny_salt_config(tiny_salt, tmp_path / "runs")
+    config["train"]["max_steps_per_epoch"] = 1
+    folds = cross_validate(load_config(config), n_folds=2, holdout=6)
+    single = dict(config, data={**config["data"], "options": {"folds_csv": str(folds.cv_dir / FOLDS_FILE)}})
+    run = train(load_config(single), run_dir=tmp_path / "single").run_dir
+    process = subprocess.run(
+        [sys.executable, str(ROOT / "docs" / "budget_evidence.py"), str(folds.cv_dir), str(run)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    scores = dict(re.findall(r"^(2-fold ensemble|one run) \(.*\): ([\d.]+) \[", process.stdout, re.MULTILINE))
+    assert set(scores) == {"2-fold ensemble", "one run"}, process.stdout
+    # The ensemble's score is what `eval --split holdout` reports with the out-of-fold tuning.
+    held_out = evaluate_run(folds.cv_dir, split="holdout")
+    assert np.isclose(float(scores["2-fold ensemble"]), held_out["salt_score_postprocessed"], atol=1e-4)
+    difference = re.search(r"one run - ensemble: ([+-][\d.]+)", process.stdout)
+    expected = float(scores["one run"]) - float(scores["2-fold ensemble"])
+    assert np.isclose(float(difference.group(1)), expected, atol=2e-4)
