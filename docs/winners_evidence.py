@@ -57,7 +57,9 @@ ENTRIES: dict[str, dict[str, Any]] = {
 
 def write_split(config: Config, out_dir: Path, n_folds: int, holdout: int) -> tuple[Path, Path]:
     """The stratified folds CSV (fold 0 validates) and the held-out ids' list, in ``out_dir``."""
-    split = make_cv_split(config.data.build("all", train=False), n_folds, config.train.seed, holdout)
+    pool = config.data.build(config.data.spec().labelled_split, train=False)
+    # The split seed of `lovaszseg cv` (data.options.seed): its --holdout holds out the same images.
+    split = make_cv_split(pool, n_folds, int(config.data.options.get("seed", 0)), holdout)
     out_dir.mkdir(parents=True, exist_ok=True)
     return write_folds_csv(out_dir / "folds.csv", split), write_id_list(out_dir / "holdout.txt", split.holdout)
 
@@ -102,7 +104,7 @@ def main() -> None:
     parser.add_argument("--entries", default=",".join(ENTRIES), help=f"a subset of {', '.join(ENTRIES)}")
     parser.add_argument("--holdout", type=int, default=300)
     parser.add_argument("--folds", type=int, default=9)
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # overrides may follow the options
     names = args.entries.split(",")
     if unknown := sorted(set(names) - set(ENTRIES)):
         raise SystemExit(f"--entries: unknown {', '.join(unknown)}; the entries are {', '.join(ENTRIES)}")

@@ -10,12 +10,13 @@ from segmentation_models_pytorch.base.modules import SCSEModule
 from torch import Tensor, nn
 
 from lovaszseg.config import ModelConfig
-from lovaszseg.decoders import WinnersUnet
+from lovaszseg.decoders import DEEP_HEADS, WinnersUnet
 from lovaszseg.encoder_weights import load_encoder_weights, weights_file
 from lovaszseg.errors import ConfigError
 from lovaszseg.heads import Outputs, split_outputs
 
 __all__ = [
+    "ADDABLE_HEADS",
     "EncoderWeightsError",
     "build_model",
     "check_input_size",
@@ -23,6 +24,12 @@ __all__ = [
     "output_stride",
     "probabilities",
 ]
+
+
+# State-dict prefixes of the heads a config can add to a trained model (model.empty_head: smp's
+# classification head; model.deep_supervision: the decoder's training-only heads). Weights without them
+# still fit (model.init_from): the heads start fresh, so a plain run can be fine-tuned into the winners' model.
+ADDABLE_HEADS = ("classification_head.", f"{DEEP_HEADS}.")
 
 
 class EncoderWeightsError(ConfigError):

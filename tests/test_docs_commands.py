@@ -35,7 +35,7 @@ TINY_MODEL = [
     "model.encoder=resnet18",
     "model.encoder_weights=null",
     "model.options.encoder_depth=3",
-    "model.options.decoder_channels=[16,8,8]",
+    "model.options.decoder_channels=[16,16,16]",  # scSE (configs/salt-winners.yaml) needs 16
     "train.max_steps_per_epoch=2",
     "train.device=cpu",
     "train.amp=none",
@@ -101,11 +101,17 @@ BENCHMARK_BUDGET = {
     ],
     "benchmarks/bench_submit.py": ["--counts", "16,32", "--members", "2"],
 }
+# Docs scripts that train: the tiny model, two seeds and the entries that show every kind of line.
+SCRIPT_BUDGET = {
+    "docs/winners_evidence.py": [*TINY_MODEL, "--seeds", "0,1", "--entries", "plain,empty-head"],
+}
 
 
 def _with_budget(argv: list[str]) -> list[str]:
     """The command with budget overrides appended (train, compare) or fewer repeats (benchmarks)."""
     if argv[0] != "lovaszseg":
+        if argv[1] in SCRIPT_BUDGET:
+            return [*argv, *SCRIPT_BUDGET[argv[1]]]
         budget = ["--repeats", "1", *BENCHMARK_BUDGET.get(argv[1], [])]
         return [*argv, *budget] if argv[1].startswith("benchmarks/") else argv
     if argv[1] not in ("train", "compare", "cv") or "--resume" in argv:

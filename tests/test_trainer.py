@@ -440,6 +440,28 @@ def test_a_bad_init_from_is_a_config_error_before_the_run_folder_is_made(tiny_sa
     assert not (tmp_path / "mismatch").exists()
 
 
+def test_init_from_a_plain_run_fine_tunes_into_a_model_with_added_heads(tiny_salt: Path, tmp_path: Path) -> None:
+    one_step = {"seed": 0, "device": "cpu", "max_steps_per_epoch": 1}
+    bce = [{"name": "bce", "loss": "bce", "epochs": 1}]
+    source = train(_config(tiny_salt, tmp_path, stages=bce, train=one_step), run_dir=tmp_path / "source").run_dir
+    source_weights = load_model(source).model.state_dict()
+    heads = {"empty_head": 0.25, "deep_supervision": 0.5, "init_from": str(source)}
+    start = _first_weights(_config(tiny_salt, tmp_path, model=heads, stages=bce, train=one_step), tmp_path / "heads")
+    # Every weight of the plain run is where it was; the added heads are the only new ones, freshly seeded.
+    assert all(torch.equal(start[name], tensor) for name, tensor in source_weights.items())
+    added = sorted({name.split(".")[0] for name in start.keys() - source_weights.keys()})
+    assert added == ["classification_head", "deep_heads"]
+    unloaded = _config(tiny_salt, tmp_path, model=heads | {"init_from": None}, stages=bce, train=one_step)
+    fresh = _first_weights(unloaded, tmp_path / "fresh")
+    assert all(torch.equal(start[name], fresh[name]) for name in start if name.startswith(("classification", "deep")))
+    # The other way round a head in the file has no place in the model: still an error.
+    with pytest.raises(ConfigError, match=r"do not fit .*: unexpected classification_head\."):
+        train(
+            _config(tiny_salt, tmp_path, model={"init_from": str(tmp_path / "heads" / "last.pt")}),
+            run_dir=tmp_path / "x",
+        )
+
+
 def test_an_empty_head_trains_validates_resumes_and_is_evaluated_with_its_gate(tiny_salt: Path, tmp_path: Path) -> None:
     stages = [
         {"name": "bce", "loss": "bce", "epochs": 1, "lr": 0.01},

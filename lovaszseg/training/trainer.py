@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from lovaszseg.config import Config, ModelConfig, StageConfig, builtin_config, load_config
 from lovaszseg.errors import CheckpointError, ConfigError, TrainingError
 from lovaszseg.losses import build_loss
-from lovaszseg.models import build_model, check_input_size
+from lovaszseg.models import ADDABLE_HEADS, build_model, check_input_size
 from lovaszseg.runtime import distributed
 from lovaszseg.runtime.accelerated import accelerate, amp_dtype, to_memory_format
 from lovaszseg.runtime.interrupt import StopRequest
@@ -180,9 +180,10 @@ def _non_finite(model: nn.Module) -> list[str]:
 
 
 def _weights_mismatch(model: nn.Module, weights: dict[str, torch.Tensor]) -> list[str]:
-    """A few differences between a model's state dict and ``weights``: missing, unexpected, other shapes."""
+    """A few differences between a model's state dict and ``weights``: missing (but for a head the config
+    adds, :data:`ADDABLE_HEADS`), unexpected, other shapes."""
     expected = model.state_dict()
-    missing = [f"missing {name}" for name in expected if name not in weights]
+    missing = [f"missing {name}" for name in expected if name not in weights and not name.startswith(ADDABLE_HEADS)]
     unexpected = [f"unexpected {name}" for name in weights if name not in expected]
     shapes = [
         f"{name}: {tuple(weights[name].shape)} in the file, {tuple(tensor.shape)} in the model"
@@ -192,12 +193,13 @@ def _weights_mismatch(model: nn.Module, weights: dict[str, torch.Tensor]) -> lis
     return missing[:3] + unexpected[:3] + shapes[:3]
 
 
-def _load_init_weights(model: nn.Module, source: str, config: ModelConfig) -> Path:
+def _load_init_weights(model: nn.Module, source: str, config: ModelConfig) -> tuple[Path, list[str]]:
     """Load the weights of ``source`` (``model.init_from``: a run folder, a ``.pt`` checkpoint or a
-    ``.safetensors`` file) into ``model``, strictly.
+    ``.safetensors`` file) into ``model``: every weight must fit, and only heads the config adds
+    (:data:`ADDABLE_HEADS`) may be missing from the file; they keep their fresh initialisation.
 
     Returns:
-        The file the weights came from.
+        The file the weights came from, and the added heads that start fresh (their state-dict prefixes).
 
     Raises:
         ConfigError: no such run or file, an unreadable one, or weights of another architecture (the
@@ -212,8 +214,9 @@ def _load_init_weights(model: nn.Module, source: str, config: ModelConfig) -> Pa
             f"model.init_from: the weights in {path} do not fit model.arch {config.arch!r}, model.encoder "
             f"{config.encoder!r} and model.options {config.options}: {'; '.join(differences)}"
         )
-    model.load_state_dict(weights, strict=True)
-    return path
+    missing = model.load_state_dict(weights, strict=False).missing_keys  # only added heads: checked above
+    fresh = [head.rstrip(".") for head in ADDABLE_HEADS if any(name.startswith(head) for name in missing)]
+    return path, fresh
 
 
 def _weights_checksum(model: nn.Module) -> float:
@@ -295,9 +298,10 @@ class Trainer:
             config.model, self.spec.in_channels, self.spec.num_classes, pretrained=pretrained and init_from is None
         )
         if init_from is not None:
-            source = _load_init_weights(model, init_from, config.model)
+            source, fresh = _load_init_weights(model, init_from, config.model)
             if info.is_main:
-                self.console.print(f"model: starting from the weights in {source}")
+                added = f" ({', '.join(fresh)}: new, not in the file)" if fresh else ""
+                self.console.print(f"model: starting from the weights in {source}{added}")
         for dataset, split in ((self.train_set, config.data.train_split), (self.val_set, config.data.val_split)):
             height, width = dataset[0]["image"].shape[-2:]
             check_input_size(model, height, width, f"the first image of {config.data.name} split {split!r}")
