@@ -249,6 +249,16 @@ class Config(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
+    @model_validator(mode="after")
+    def _class_weights_fit_the_data(self) -> Config:
+        num_classes = self.data.spec().num_classes
+        for index, stage in enumerate(self.stages):
+            try:
+                build_loss(stage.loss, num_classes=num_classes)
+            except ConfigError as error:
+                raise ValueError(f"stages.{index}.loss: {error}") from None
+        return self
+
     def default_run_dir(self, suffix: str = "") -> Path:
         """Where a run (``suffix=""``) or its cross-validation (``"-cv"``) goes unless told otherwise."""
         return Path(self.output.runs_dir) / f"{self.output.name or 'run'}{suffix}"

@@ -110,6 +110,14 @@ def test_absurd_values_are_refused(overrides: list[str], message: str) -> None:
         load_config(builtin_config("salt-demo"), overrides)
 
 
+def test_class_weights_must_fit_the_datasets_classes() -> None:
+    voc = load_config(builtin_config("voc"), ["stages.0.loss={ce: {class_weights: [" + ", ".join(["1"] * 21) + "]}}"])
+    assert voc.stages[0].loss == {"ce": {"class_weights": [1] * 21}}
+    message = r"stages\.0\.loss: loss 'lovasz_softmax': class_weights has 2 weights but the data has 21 classes"
+    with pytest.raises(ConfigError, match=message):
+        load_config(builtin_config("voc"), ["stages.0.loss={lovasz_softmax: {class_weights: [1, 2]}}"])
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -380,8 +380,105 @@ def test_build_loss_passes_ignore_index_and_lets_options_override_it() -> None:
         ({"jaccard": {"classes": [1]}}, r"classes must be one of \['present', 'all'\], got \[1\]"),
         ({"bce": {"pos_weight": 0}}, "loss 'bce': pos_weight must be a finite number > 0, got 0"),
         ({"ce": {"label_smoothing": 1.5}}, "loss 'ce': label_smoothing must be a finite number >= 0 and <= 1, got 1.5"),
+        ({"ce": {"class_weights": [1, -1]}}, r"loss 'ce': class_weights must be a list of one finite weight >= 0"),
+        ({"lovasz_softmax": {"class_weights": [0, 0]}}, r"not all 0, or null; got \[0, 0\]"),
+        ({"lovasz_softmax": {"class_weights": "1,2"}}, "loss 'lovasz_softmax': class_weights must be a list"),
+        ({"ce": {"class_weights": [1, float("nan")]}}, "loss 'ce': class_weights must be a list"),
     ],
 )
 def test_build_loss_errors(spec: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         build_loss(spec)
+
+
+CLASS_WEIGHTS = [0.5, 2.0, 1.0, 3.0]
+
+
+def _four_class_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(3)
+    scores = torch.randn(3, 4, 5, 6, dtype=torch.float64, generator=generator)
+    labels = torch.randint(0, 3, (3, 5, 6), generator=generator)  # class 3 absent everywhere
+    labels[0, 0] = 255
+    labels[1] = 0  # image 1 holds class 0 only
+    return scores, labels
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+@pytest.mark.parametrize("classes", ["present", "all", [1, 3]])
+def test_lovasz_softmax_equal_class_weights_are_the_plain_mean(per_image: bool, classes: object) -> None:
+    scores, labels = _four_class_batch()
+    plain = lovasz_softmax(scores, labels, classes, per_image, 255)
+    weighted = lovasz_softmax(scores, labels, classes, per_image, 255, class_weights=[2.5] * 4)
+    torch.testing.assert_close(weighted, plain, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("classes", ["present", "all", [1, 3]])
+def test_lovasz_softmax_class_weights_are_a_weighted_mean_over_the_selected_classes(classes: object) -> None:
+    scores, labels = _four_class_batch()
+    weights = torch.tensor(CLASS_WEIGHTS, dtype=torch.float64)
+    selected = classes if isinstance(classes, list) else {"present": [0, 1, 2], "all": [0, 1, 2, 3]}[classes]
+    # The batch's loss: each selected class's own loss (classes=[c]), weighted by hand.
+    per_class = torch.stack([lovasz_softmax(scores, labels, [c], False, 255) for c in selected])
+    expected = (per_class * weights[selected]).sum() / weights[selected].sum()
+    got = lovasz_softmax(scores, labels, classes, False, 255, class_weights=CLASS_WEIGHTS)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    # Per image: each image's weighted mean over its own present classes, then the mean over images.
+    images = []
+    for image in range(scores.shape[0]):
+        one_scores, one_labels = scores[image : image + 1], labels[image : image + 1]
+        present = sorted(set(one_labels[one_labels != 255].tolist())) if classes == "present" else selected
+        losses = torch.stack([lovasz_softmax(one_scores, one_labels, [c], False, 255) for c in present])
+        images.append((losses * weights[present]).sum() / weights[present].sum())
+    got = lovasz_softmax(scores, labels, classes, True, 255, class_weights=CLASS_WEIGHTS)
+    torch.testing.assert_close(got, torch.stack(images).mean(), rtol=0, atol=1e-12)
+
+
+def test_lovasz_softmax_an_image_whose_classes_all_weigh_0_counts_as_0() -> None:
+    scores, labels = _four_class_batch()
+    weights = [0.0, 1.0, 1.0, 1.0]  # image 1 holds class 0 only
+    got = lovasz_softmax(scores, labels, "present", True, 255, class_weights=weights)
+    others = [
+        lovasz_softmax(scores[i : i + 1], labels[i : i + 1], "present", True, 255, class_weights=weights)
+        for i in (0, 2)
+    ]
+    torch.testing.assert_close(got, sum(others) / 3, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("ignore", [None, 255])
+def test_cross_entropy_class_weights_match_torch(label_smoothing: float, ignore: int | None) -> None:
+    scores, labels = _four_class_batch()
+    if ignore is None:
+        labels = labels.clamp(max=3)
+    weights = torch.tensor(CLASS_WEIGHTS, dtype=torch.float64)
+    expected = F.cross_entropy(
+        scores, labels, weight=weights, ignore_index=-100 if ignore is None else ignore, label_smoothing=label_smoothing
+    )
+    got = cross_entropy(scores, labels, ignore, label_smoothing, class_weights=CLASS_WEIGHTS)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    plain = cross_entropy(scores, labels, ignore, label_smoothing)
+    equal = cross_entropy(scores, labels, ignore, label_smoothing, [1.0] * 4)
+    torch.testing.assert_close(equal, plain, rtol=0, atol=1e-12)
+
+
+def test_cross_entropy_class_weights_of_an_all_ignored_batch_give_0() -> None:
+    scores, labels = _four_class_batch()
+    assert cross_entropy(scores, torch.full_like(labels, 255), 255, class_weights=CLASS_WEIGHTS) == 0
+
+
+@pytest.mark.parametrize("loss", [lovasz_softmax, cross_entropy])
+def test_class_weights_of_another_length_than_the_classes_fail(loss: Callable[..., torch.Tensor]) -> None:
+    scores, labels = _four_class_batch()
+    with pytest.raises(ValueError, match="class_weights has 3 weights but the logits have C=4 classes"):
+        loss(scores, labels, ignore_index=255, class_weights=[1.0, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("name", ["ce", "lovasz_softmax"])
+def test_build_loss_checks_class_weights_against_the_classes(name: str) -> None:
+    module = build_loss({name: {"class_weights": CLASS_WEIGHTS}}, ignore_index=255, num_classes=4)
+    scores, labels = _four_class_batch()
+    functional = cross_entropy if name == "ce" else lovasz_softmax
+    expected = functional(scores, labels, ignore_index=255, class_weights=CLASS_WEIGHTS)
+    torch.testing.assert_close(module(scores, labels), expected)
+    with pytest.raises(ConfigError, match=f"loss '{name}': class_weights has 4 weights but the data has 21 classes"):
+        build_loss({"ce": 0.5, name: {"class_weights": CLASS_WEIGHTS}}, num_classes=21)

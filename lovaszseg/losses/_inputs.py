@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
-__all__ = ["binary_inputs", "compute_dtype", "multiclass_inputs", "multilabel_inputs"]
+__all__ = ["binary_inputs", "class_weight_vector", "compute_dtype", "multiclass_inputs", "multilabel_inputs"]
 
 
 def compute_dtype(tensor: Tensor) -> torch.dtype:
@@ -136,6 +138,27 @@ def multiclass_inputs(logits: Tensor, labels: Tensor, ignore_index: int | None) 
             allowed = f"class ids 0..{num_classes - 1}" + ("" if ignore_index is None else f" or {ignore_index}")
             raise ValueError(f"labels must hold {allowed} (logits have C={num_classes}); found {found}")
     return scores, labels if valid is None else torch.where(valid, labels, 0), valid
+
+
+def class_weight_vector(weights: Sequence[float] | Tensor | None, scores: Tensor) -> Tensor | None:
+    """Per-class weights as a ``[C]`` tensor on the scores' device and dtype (``None``: unweighted).
+
+    Args:
+        weights: One non-negative finite weight per class of ``scores [B, C, N]``, not all zero, or ``None``.
+        scores: The flattened scores (their class count, device and dtype).
+
+    Raises:
+        ValueError: a count other than the scores' classes, or a negative, non-finite or all-zero weight.
+    """
+    if weights is None:
+        return None
+    vector = torch.as_tensor(weights, dtype=scores.dtype).to(scores.device).reshape(-1)
+    num_classes = scores.shape[1]
+    if vector.numel() != num_classes:
+        raise ValueError(f"class_weights has {vector.numel()} weights but the logits have C={num_classes} classes")
+    if not bool(torch.isfinite(vector).all()) or bool((vector < 0).any()) or not bool((vector > 0).any()):
+        raise ValueError(f"class_weights must be finite, >= 0 and not all 0, got {vector.tolist()}")
+    return vector
 
 
 def multilabel_inputs(logits: Tensor, targets: Tensor, ignore_index: int | None) -> tuple[Tensor, Tensor, Tensor]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lovaszseg.losses._inputs import binary_inputs, multiclass_inputs
+from lovaszseg.losses._inputs import binary_inputs, class_weight_vector, multiclass_inputs
 
 __all__ = ["binary_cross_entropy", "cross_entropy"]
 
@@ -52,6 +54,7 @@ def cross_entropy(
     labels: Tensor,
     ignore_index: int | None = None,
     label_smoothing: float = 0.0,
+    class_weights: Sequence[float] | Tensor | None = None,
 ) -> Tensor:
     """Multi-class cross-entropy on logits, averaged over the valid pixels.
 
@@ -60,6 +63,9 @@ def cross_entropy(
         labels: Class ids in ``[0, C)``, or ``ignore_index``.
         ignore_index: Label value of pixels left out, or ``None``.
         label_smoothing: As in ``torch.nn.functional.cross_entropy``.
+        class_weights: One weight per class (``weight`` of ``torch.nn.functional.cross_entropy``): each
+            pixel's loss is weighted by its label's class and the mean is divided by the sum of those
+            weights, as PyTorch's weighted mean; ``None``: unweighted.
 
     Returns:
         Scalar loss in float32 (float64 for float64 logits).
@@ -69,5 +75,11 @@ def cross_entropy(
     """
     with torch.autocast(device_type=logits.device.type, enabled=False):
         scores, labels, valid = multiclass_inputs(logits, labels, ignore_index)
-        values = F.cross_entropy(scores, labels, reduction="none", label_smoothing=label_smoothing)
-        return _masked_mean(values, valid)
+        weights = class_weight_vector(class_weights, scores)
+        values = F.cross_entropy(scores, labels, weight=weights, reduction="none", label_smoothing=label_smoothing)
+        if weights is None:
+            return _masked_mean(values, valid)
+        pixel_weights = weights[labels]
+        if valid is not None:
+            values, pixel_weights = values * valid, pixel_weights * valid
+        return values.sum() / pixel_weights.sum().clamp(min=torch.finfo(values.dtype).tiny)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lovaszseg.losses._inputs import binary_inputs, multiclass_inputs, multilabel_inputs
+from lovaszseg.losses._inputs import binary_inputs, class_weight_vector, multiclass_inputs, multilabel_inputs
 from lovaszseg.losses._rows import lovasz_row_weights
 
 __all__ = ["HINGE_VARIANTS", "lovasz_hinge", "lovasz_sigmoid", "lovasz_softmax"]
@@ -123,6 +123,7 @@ def lovasz_softmax(
     per_image: bool = False,
     ignore_index: int | None = None,
     from_logits: bool = True,
+    class_weights: Sequence[float] | Tensor | None = None,
 ) -> Tensor:
     """Multi-class Lovász-softmax loss: a surrogate of the mean (over classes) Jaccard loss.
 
@@ -138,10 +139,13 @@ def lovasz_softmax(
         per_image: Mean over images of each image's loss, or one loss over the whole batch.
         ignore_index: Label value of pixels left out (e.g. 255), or ``None``.
         from_logits: Whether ``logits`` are raw scores (``True``) or probabilities.
+        class_weights: One weight per class: the mean over the selected classes becomes the weighted
+            mean ``sum_c w_c L_c / sum_c w_c`` (the authors' suggestion for unbalanced classes); ``None``
+            or equal weights: the plain mean.
 
     Returns:
-        Scalar loss in float32 (float64 for float64 inputs). An image with no selected class counts
-        as 0 in the per-image mean, as in the reference.
+        Scalar loss in float32 (float64 for float64 inputs). An image with no selected class (or only
+        classes of weight 0) counts as 0 in the per-image mean, as in the reference.
 
     Shape:
         - logits: ``[B, C, *S]``.
@@ -151,6 +155,7 @@ def lovasz_softmax(
         scores, labels, valid = multiclass_inputs(logits, labels, ignore_index)
         batch, num_classes, _ = scores.shape
         probs = scores.softmax(1) if from_logits else scores
+        weights = class_weight_vector(class_weights, scores)
         listed = _selected_classes(classes, num_classes)
         if per_image:
             if listed is not None:
@@ -165,11 +170,17 @@ def lovasz_softmax(
             errors = (foreground.to(class_probs.dtype) - class_probs).abs()
             row_valid = None if valid is None else valid[image_ids]
             row_losses = _weighted_row_losses(errors, errors, foreground, row_valid)
-            per_image_sum = torch.zeros(batch, dtype=probs.dtype, device=probs.device).index_add(
-                0, image_ids, row_losses
-            )
-            per_image_count = torch.bincount(image_ids, minlength=batch).clamp(min=1)
-            return (per_image_sum / per_image_count).mean()
+            if weights is None:
+                per_image_sum = torch.zeros(batch, dtype=probs.dtype, device=probs.device).index_add(
+                    0, image_ids, row_losses
+                )
+                per_image_count = torch.bincount(image_ids, minlength=batch).clamp(min=1)
+                return (per_image_sum / per_image_count).mean()
+            row_weights = weights[class_ids]
+            zeros = torch.zeros(batch, dtype=probs.dtype, device=probs.device)
+            per_image_sum = zeros.index_add(0, image_ids, row_losses * row_weights)
+            per_image_weight = zeros.index_add(0, image_ids, row_weights)
+            return (per_image_sum / torch.where(per_image_weight > 0, per_image_weight, 1)).mean()
         flat_valid = None if valid is None else valid.reshape(1, -1)
         if listed is not None:
             selected = listed.to(probs.device)
@@ -183,7 +194,11 @@ def lovasz_softmax(
         class_probs = probs.transpose(0, 1).reshape(num_classes, -1)[class_ids]  # [P, B*N]
         foreground = labels.reshape(1, -1) == class_ids[:, None]
         errors = (foreground.to(class_probs.dtype) - class_probs).abs()
-        return _weighted_row_losses(errors, errors, foreground, flat_valid).mean()
+        class_losses = _weighted_row_losses(errors, errors, foreground, flat_valid)
+        if weights is None:
+            return class_losses.mean()
+        selected_weights = weights[class_ids]
+        return (class_losses * selected_weights).sum() / selected_weights.sum().clamp(min=torch.finfo(probs.dtype).tiny)
 
 
 def lovasz_sigmoid(

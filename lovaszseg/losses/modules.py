@@ -57,6 +57,18 @@ def _number(name: str, value: Any, low: float, high: float = math.inf, *, open_l
     return float(value)
 
 
+def _class_weights(value: Any) -> list[float] | None:
+    if value is None:
+        return None
+    weights = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else []
+    numbers = weights and all(isinstance(w, int | float) and not isinstance(w, bool) for w in weights)
+    if not numbers or any(not math.isfinite(w) or w < 0 for w in weights) or not any(w > 0 for w in weights):
+        raise ConfigError(
+            f"class_weights must be a list of one finite weight >= 0 per class, not all 0, or null; got {value!r}"
+        )
+    return [float(w) for w in weights]
+
+
 def _classes(value: Any) -> str | list[int]:
     if isinstance(value, str):
         return _choice("classes", value, ("present", "all"))
@@ -93,14 +105,18 @@ class LovaszSoftmaxLoss(nn.Module):
         per_image: bool = False,
         ignore_index: int | None = None,
         from_logits: bool = True,
+        class_weights: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         self.classes = _classes(classes)
         self.per_image, self.ignore_index = _flag("per_image", per_image), _ignore_index(ignore_index)
         self.from_logits = _flag("from_logits", from_logits)
+        self.class_weights = _class_weights(class_weights)
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
-        return lovasz_softmax(logits, labels, self.classes, self.per_image, self.ignore_index, self.from_logits)
+        return lovasz_softmax(
+            logits, labels, self.classes, self.per_image, self.ignore_index, self.from_logits, self.class_weights
+        )
 
 
 class LovaszSigmoidLoss(nn.Module):
@@ -157,13 +173,19 @@ class BinaryCrossEntropyLoss(nn.Module):
 class CrossEntropyLoss(nn.Module):
     """Multi-class cross-entropy with ignore; see :func:`lovaszseg.losses.cross_entropy`."""
 
-    def __init__(self, ignore_index: int | None = None, label_smoothing: float = 0.0) -> None:
+    def __init__(
+        self,
+        ignore_index: int | None = None,
+        label_smoothing: float = 0.0,
+        class_weights: Sequence[float] | None = None,
+    ) -> None:
         super().__init__()
         self.ignore_index = _ignore_index(ignore_index)
         self.label_smoothing = _number("label_smoothing", label_smoothing, 0.0, 1.0)
+        self.class_weights = _class_weights(class_weights)
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
-        return cross_entropy(logits, labels, self.ignore_index, self.label_smoothing)
+        return cross_entropy(logits, labels, self.ignore_index, self.label_smoothing, self.class_weights)
 
 
 class WeightedSumLoss(nn.Module):

@@ -376,7 +376,7 @@ class Trainer:
         config = self.config.stages[index]
         ignore_index = self.spec.ignore_index
         loss_fn = Objective(
-            build_loss(config.loss, ignore_index=ignore_index),
+            build_loss(config.loss, ignore_index=ignore_index, num_classes=self.spec.num_classes),
             empty_head=self.config.model.empty_head,
             deep_supervision=self.config.model.deep_supervision,
             skip_empty=config.empty_images == "skip",
