@@ -87,6 +87,9 @@ class DataConfig(_Strict):
     batch_size: int = Field(16, ge=1)
     val_batch_size: int | None = Field(None, ge=1)
     num_workers: int = Field(0, ge=0)
+    # Training batches: shuffled, or balanced (each batch holds empty_share images without foreground).
+    sampler: Literal["shuffle", "balanced"] = "shuffle"
+    empty_share: float = Field(0.5, gt=0, lt=1)
     # Dataset and transform-preset options, e.g. {fold: 0, pad_size: 128, resize: 202}.
     options: dict[str, Any] = Field(default_factory=dict)
 

@@ -148,11 +148,14 @@ class FolderDataset(Dataset):
             raise DataError(
                 f"no mask in {self.root / 'masks'} for {len(missing)} image(s), e.g. {', '.join(missing[:5])}"
             )
+        self._foreground: dict[str, bool] = {}
         for sample_id in self.ids:
             image_path, mask_path = self._images[sample_id], self._masks[sample_id]
             mask = read_mask(mask_path)
             check_same_size(read_image_size(image_path), mask, image_path, mask_path)
             check_mask_values(mask, self._allowed, mask_path)
+            labelled = mask != 0 if ignore_index is None else (mask != 0) & (mask != ignore_index)
+            self._foreground[sample_id] = bool(labelled.any())
 
     def _split_ids(self, split: str | Path, val_fraction: float, seed: int) -> list[str]:
         ids = list(self._images)
@@ -177,6 +180,10 @@ class FolderDataset(Dataset):
     def fold_key(self, sample_id: str) -> float:
         """What cross-validation folds are stratified by: nothing (a seeded random split)."""
         return 0.0
+
+    def has_foreground(self, sample_id: str) -> bool:
+        """Whether the id's mask has a pixel of a class other than 0 that is not the ignore value."""
+        return self._foreground[sample_id]
 
     def __len__(self) -> int:
         return len(self.ids)

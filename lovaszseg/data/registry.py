@@ -41,6 +41,8 @@ class SegmentationDataset(Protocol):
 
     def fold_key(self, sample_id: str) -> float: ...
 
+    def has_foreground(self, sample_id: str) -> bool: ...
+
 
 @dataclass(frozen=True)
 class Registration:

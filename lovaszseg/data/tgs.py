@@ -324,6 +324,12 @@ class TGSSalt(Dataset):
             raise ConfigError("the TGS test split has no masks to make folds of")
         return self._masks.coverage(sample_id) if self.stratify == "coverage" else self._depths[sample_id]
 
+    def has_foreground(self, sample_id: str) -> bool:
+        """Whether the id's mask has salt (read once, shared with the folds' coverage classes)."""
+        if self._masks is None:
+            raise ConfigError("the TGS test split has no masks")
+        return self._masks.coverage(sample_id) > 0
+
     def __len__(self) -> int:
         return len(self.ids)
 

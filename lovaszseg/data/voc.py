@@ -289,6 +289,11 @@ class VOCSegmentation(Dataset):
         """What cross-validation folds are stratified by: nothing (a seeded random split)."""
         return 0.0
 
+    def has_foreground(self, sample_id: str) -> bool:
+        """Whether the id's mask has an object pixel (a class other than background, not void)."""
+        mask = read_voc_mask(self.mask_dir / f"{sample_id}.png")
+        return bool(((mask > 0) & (mask != VOC_IGNORE_INDEX)).any())
+
     def __len__(self) -> int:
         return len(self.ids)
 

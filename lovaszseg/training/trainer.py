@@ -27,6 +27,7 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from lovaszseg.config import Config, ModelConfig, StageConfig, builtin_config, load_config
+from lovaszseg.data.sampling import BalancedBatchSampler, foreground_flags
 from lovaszseg.errors import CheckpointError, ConfigError, TrainingError
 from lovaszseg.losses import build_loss
 from lovaszseg.models import ADDABLE_HEADS, build_model, check_input_size
@@ -266,21 +267,31 @@ class Trainer:
         self.train_set = config.data.build(config.data.train_split, train=True, root=root)
         self.val_set = config.data.build(config.data.val_split, train=False, root=root)
         self.generator = torch.Generator()
-        self.train_sampler = (
-            DistributedSampler(self.train_set, info.world_size, info.rank, shuffle=True, seed=config.train.seed)
-            if info.distributed
-            else None
-        )
-        self.train_loader = DataLoader(
-            self.train_set,
-            batch_size=config.data.batch_size,
-            shuffle=self.train_sampler is None,
-            sampler=self.train_sampler,
-            num_workers=config.data.num_workers,
-            worker_init_fn=_seed_worker,
-            generator=self.generator,
-            drop_last=len(self.train_set) > config.data.batch_size * info.world_size,
-        )
+        loading: dict[str, Any] = {
+            "num_workers": config.data.num_workers,
+            "worker_init_fn": _seed_worker,
+            "generator": self.generator,
+        }
+        self.train_sampler: DistributedSampler | BalancedBatchSampler | None = None
+        if config.data.sampler == "balanced":
+            flags = foreground_flags(self.train_set)
+            self.train_sampler = BalancedBatchSampler(
+                flags, config.data.batch_size, config.data.empty_share, config.train.seed, info.rank, info.world_size
+            )
+            self.train_loader = DataLoader(self.train_set, batch_sampler=self.train_sampler, **loading)
+        else:
+            if info.distributed:
+                self.train_sampler = DistributedSampler(
+                    self.train_set, info.world_size, info.rank, shuffle=True, seed=config.train.seed
+                )
+            self.train_loader = DataLoader(
+                self.train_set,
+                batch_size=config.data.batch_size,
+                shuffle=self.train_sampler is None,
+                sampler=self.train_sampler,
+                drop_last=len(self.train_set) > config.data.batch_size * info.world_size,
+                **loading,
+            )
         # Optimiser steps of every epoch: what per-step schedules count in.
         self.steps_per_epoch = min(len(self.train_loader), config.train.max_steps_per_epoch or len(self.train_loader))
         self.val_loader = DataLoader(
