@@ -8,16 +8,18 @@ an interrupted run exits 130 (Ctrl-C) or 143 (SIGTERM); anything else is a bug a
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
 
-from lovaszseg.errors import LovaszsegError
+from lovaszseg.errors import LovaszsegError, LovaszsegWarning
 from lovaszseg.inference.export import describe_formats
-from lovaszseg.inference.tta import tta_names
+from lovaszseg.inference.tta import NO_TTA, tta_names
 from lovaszseg.runtime.acceleration import AMP_MODES, AccelerationOverride
 from lovaszseg.thresholds import DEFAULT_THRESHOLD
 
@@ -48,13 +50,32 @@ def _user_errors(function: Callable[..., Result], *args: Any, **kwargs: Any) -> 
     from lovaszseg.runtime.interrupt import exit_code
 
     try:
-        return function(*args, **kwargs)
+        with _warnings_as_lines():
+            return function(*args, **kwargs)
     except LovaszsegError as error:
         console.print(f"[red]error:[/red] {error}", soft_wrap=True, markup=True, highlight=False)
         raise typer.Exit(USER_ERROR_EXIT) from error
     except KeyboardInterrupt as error:
         console.print("[yellow]interrupted[/yellow]")
         raise typer.Exit(exit_code(signal.SIGINT)) from error
+
+
+@contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """Show a :class:`LovaszsegWarning` (a choice allowed but probably not meant) as one yellow line."""
+    shown = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, LovaszsegWarning):
+            console.print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True, markup=True, highlight=False)
+        else:
+            shown(message, category, *args, **kwargs)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
 
 def _exit_if_interrupted(signum: int | None) -> None:
@@ -135,7 +156,12 @@ def train_command(
         console.print(f"done: {result.run_dir}")
 
 
-TTA_HELP = "Test-time augmentation: " + ", ".join(tta_names()) + " (hflip: average with the mirrored prediction)."
+TTA_HELP = (
+    "Test-time augmentation: none, or transforms joined by '+' from "
+    + ", ".join(name for name in tta_names() if name != NO_TTA)
+    + " (every combination of their views, each undone), then ':mean' (default) or ':gmean', "
+    "e.g. hflip, d4:gmean, hflip+scale=0.75,1.25."
+)
 DEVICE_HELP = "auto (CUDA if available), cpu, cuda or cuda:N."
 MODELS_HELP = (
     "Run folder or model file (a run's .pt, e.g. a cosine-restart snapshot, or a .safetensors), cv folder "

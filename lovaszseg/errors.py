@@ -12,6 +12,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "LovaszsegError",
+    "LovaszsegWarning",
     "OutputError",
     "RunFolderError",
     "TrainingError",
@@ -20,6 +21,11 @@ __all__ = [
 
 class LovaszsegError(Exception):
     """Base of every error caused by the user's input (files, keys, values) rather than by a bug."""
+
+
+class LovaszsegWarning(UserWarning):
+    """A choice that is allowed but probably not meant (e.g. a TTA transform the data has no symmetry
+    for); the CLI shows it as one yellow line and goes on."""
 
 
 class ConfigError(LovaszsegError, ValueError):

@@ -149,7 +149,8 @@ def test_submit_with_auto_threshold_and_safetensors_export(salt_run: Path, tiny_
         (["eval", "{tmp}/nothing.pt"], "no run folder, cv folder, ensemble folder or model file at {tmp}/nothing.pt"),
         (["eval", "{truncated}"], "{truncated} is not a readable .safetensors file"),
         (["eval", "{run}", "--device", "gpu"], "unknown device 'gpu'; use auto, cpu, cuda or cuda:N"),
-        (["eval", "{run}", "--tta", "rot45"], "tta must be one of none, hflip, vflip, got 'rot45'"),
+        (["eval", "{run}", "--tta", "rot45"], "tta must be 'none' or transforms joined by '+' from hflip, "),
+        (["eval", "{run}", "--tta", "hflip:max"], "tta merge must be one of mean, gmean, got 'max' in 'hflip:max'"),
         (["eval", "{run}", "--split", "test", "--device", "cpu"], "split 'test' of"),
         (["submit", "{run}", "{tmp}", "--threshold", "high"], "--threshold must be a number in [0, 1] or 'auto'"),
         (["submit", "{run}", "{test}", "--threshold", "2.0"], "threshold must be a probability in [0, 1], got 2.0"),
@@ -163,6 +164,14 @@ def test_submit_with_auto_threshold_and_safetensors_export(salt_run: Path, tiny_
         ),
     ],
 )
+def test_a_tta_transform_the_data_has_no_symmetry_for_is_a_warning_line_and_is_used(salt_run: Path) -> None:
+    result = runner.invoke(app, ["eval", str(salt_run), "--tta", "hflip+vflip:gmean", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    line = "warning: tta 'hflip+vflip:gmean': vflip is not a symmetry of tgs images (valid there: hflip); used as asked"
+    assert line in result.output, result.output
+    assert json.loads((salt_run / "eval.json").read_text())["tta"] == "hflip+vflip:gmean"
+
+
 def test_user_errors_are_one_clear_line_and_exit_2(
     arguments: list[str], message: str, salt_run: Path, tiny_salt: Path, tmp_path: Path
 ) -> None:

@@ -47,12 +47,16 @@ def _rows(cv_dir: Path) -> dict[str, dict[str, Any]]:
     return {row["fold"]: row for row in json.loads((cv_dir / "cv.json").read_text())["rows"]}
 
 
+# The TTA of the cv's out-of-fold predictions: a merge other than the default, recorded with them.
+CV_TTA = "hflip:gmean"
+
+
 @pytest.fixture(scope="module")
 def salt_cv(tiny_salt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 3-fold cv of the 24 tiny salt images, 3 held out, out-of-fold predictions with flip TTA."""
+    """A 3-fold cv of the 24 tiny salt images, 3 held out, out-of-fold predictions with :data:`CV_TTA`."""
     tmp = tmp_path_factory.mktemp("cv")
     result = cross_validate(
-        _config(tiny_salt, tmp), n_folds=3, holdout=3, tta="hflip", run_dir=tmp / "cv", console=_quiet()
+        _config(tiny_salt, tmp), n_folds=3, holdout=3, tta=CV_TTA, run_dir=tmp / "cv", console=_quiet()
     )
     assert result.completed and result.folds == [0, 1, 2] and result.tuning is not None
     return result.cv_dir
@@ -83,7 +87,7 @@ def test_out_of_fold_probabilities_come_from_the_model_that_did_not_train_on_the
         sample = build_dataset("tgs", tiny_salt, "all", train=False)
         image = sample[sample.ids.index(sample_id)]["image"][None]
         with torch.no_grad():
-            probs = crop_to_original(predict_probabilities(loaded.model, image, "hflip"), (101, 101))[0]
+            probs = crop_to_original(predict_probabilities(loaded.model, image, CV_TTA), (101, 101))[0]
         np.testing.assert_allclose(oof[sample_id].astype(np.float32), probs.numpy(), atol=1e-3)
 
 
@@ -99,10 +103,11 @@ def test_out_of_fold_metrics_pool_the_folds_and_tuning_never_lowers_them(salt_cv
     tuning = json.loads((salt_cv / "postprocess.json").read_text())
     assert (tuning["split"], tuning["tta"], tuning["metric"], len(tuning["models"])) == (
         "oof",
-        "hflip",
+        CV_TTA,
         "salt_score",
         3,
     )
+    assert json.loads((salt_cv / "cv.json").read_text())["settings"]["tta"] == CV_TTA
     assert rows["oof, tuned"]["min_area"] == tuning["chosen"]["min_area"]
     with (salt_cv / "cv.csv").open() as handle:
         assert [row["fold"] for row in csv.DictReader(handle)] == list(rows)
@@ -212,7 +217,7 @@ def test_cv_of_multiclass_voc_data_keeps_every_class_probability(tiny_voc: Path,
     [
         ({"n_folds": 1}, ConfigError, "at least 2"),
         ({"n_folds": 3, "folds": [3]}, ConfigError, r"folds to train must be in 0..2, got \[3\]"),
-        ({"n_folds": 3, "tta": "rot45"}, ConfigError, "tta must be one of"),
+        ({"n_folds": 3, "tta": "rot45"}, ConfigError, "tta must be 'none' or transforms joined by"),
         (
             {"n_folds": 3, "holdout": 22},
             ConfigError,

@@ -32,6 +32,8 @@ class DatasetSpec:
         sample_keys: What a labelled sample holds (``image``, ``mask``, ``id``, ...).
         class_names: Names of the classes, when the dataset has them.
         labelled_split: The split holding every labelled image: what cross-validation divides into folds.
+        valid_tta: The test-time augmentations (:mod:`lovaszseg.inference.tta`) its images have the
+            symmetry of, or None for every one; asking for another is a warning.
     """
 
     name: str
@@ -44,6 +46,7 @@ class DatasetSpec:
     sample_keys: tuple[str, ...]
     class_names: tuple[str, ...] | None = None
     labelled_split: str = "all"
+    valid_tta: tuple[str, ...] | None = None
 
     @property
     def binary(self) -> bool:

@@ -203,6 +203,8 @@ class TGSSalt(Dataset):
             original_size=TGS_ORIGINAL_SIZE,
             resize=(resize, resize) if resize else None,
             sample_keys=("image", "mask", "id", "depth"),
+            # Seismic sections have an up and down and a scale (depth): only the mirror is the same data.
+            valid_tta=("hflip",),
         )
 
     def __init__(

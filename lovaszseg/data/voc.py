@@ -246,6 +246,8 @@ class VOCSegmentation(Dataset):
             sample_keys=("image", "mask", "id"),
             class_names=None if binary else VOC_CLASSES,
             labelled_split="trainval",
+            # Photographs have an up and down; mmsegmentation's VOC test-time augmentation is flip + scales.
+            valid_tta=("hflip", "scale"),
         )
 
     def __init__(

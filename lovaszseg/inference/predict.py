@@ -14,36 +14,39 @@ from lovaszseg.data.io import list_stems, read_image
 from lovaszseg.data.transforms import crop_to_original
 from lovaszseg.errors import DataError
 from lovaszseg.heads import Outputs, split_outputs
-from lovaszseg.inference.tta import NO_TTA, Tta, tta_transforms
+from lovaszseg.inference.tta import NO_TTA, Tta, merge_probabilities, tta_plan
 from lovaszseg.models import check_input_size, output_probabilities, probabilities
 
 __all__ = ["model_outputs", "predict_folder", "predict_outputs", "predict_probabilities"]
 
 
 def predict_outputs(model: nn.Module, images: Tensor, tta: Tta = NO_TTA, *, logits: Tensor | None = None) -> Outputs:
-    """Class probabilities of a batch, and the empty-image head's, averaged over test-time augmentations.
+    """Class probabilities of a batch, and the empty-image head's, merged over test-time augmentations.
 
     Args:
         model: Segmentation model returning logits ``[B, C, H, W]`` (with an empty-image head, smp's
             ``(masks, labels)``), or probabilities when it says so with ``outputs_probabilities = True``
             (:class:`~lovaszseg.inference.ensemble.Ensemble`).
         images: Normalised images ``[B, in_channels, H, W]`` on the model's device.
-        tta: ``"none"`` or a transform of :mod:`lovaszseg.inference.tta` (``"hflip"``: also the mirrored images).
+        tta: A setting of :mod:`lovaszseg.inference.tta` (``"none"``, ``"hflip"``, ``"d4:gmean"``, ...):
+            the model also sees each view of the images, whose prediction is mapped back before merging.
         logits: The model's mask logits of ``images``, when the caller already has them (saves a forward pass).
 
     Returns:
         ``masks`` ``[B, C, H, W]`` float32 (see :func:`probabilities`) and ``empty`` ``[B]``, the head's
-        probability that each image has foreground (None without a head), both averaged over the views.
+        probability that each image has foreground (None without a head), both merged over the views.
     """
-    transforms = tta_transforms(tta)
+    plan = tta_plan(tta)
     first = model_outputs(model, images) if logits is None else Outputs(probabilities(logits))
     views = [first]
-    for transform in transforms:
-        view = model_outputs(model, transform.forward(images))
-        views.append(Outputs(transform.inverse(view.masks), view.empty))
+    size = (images.shape[-2], images.shape[-1])
+    for view in plan.views:
+        seen = model_outputs(model, view.forward(images))
+        views.append(Outputs(view.inverse(seen.masks, size), seen.empty))
+    masks = merge_probabilities([view.masks for view in views], plan.merge)
     heads = [view.empty for view in views]
-    empty = None if any(head is None for head in heads) else sum(heads) / len(views)
-    return Outputs(sum(view.masks for view in views) / len(views), empty)
+    empty = None if any(head is None for head in heads) else merge_probabilities(heads, plan.merge, class_dim=None)
+    return Outputs(masks, empty)
 
 
 def predict_probabilities(

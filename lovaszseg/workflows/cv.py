@@ -34,7 +34,7 @@ from lovaszseg.data.spec import DatasetSpec
 from lovaszseg.errors import ConfigError
 from lovaszseg.inference.ensemble import model_names, resolve_members
 from lovaszseg.inference.predict import predict_outputs
-from lovaszseg.inference.tta import NO_TTA, Tta, check_tta
+from lovaszseg.inference.tta import NO_TTA, Tta, check_tta, warn_if_invalid
 from lovaszseg.runtime import distributed
 from lovaszseg.runtime.accelerated import accelerate
 from lovaszseg.runtime.progress import LoopProgress
@@ -216,11 +216,11 @@ def _out_of_fold(
     return rows, tuning
 
 
-def cv_table(rows: list[dict[str, Any]], spec: DatasetSpec) -> Table:
-    """Per-fold and out-of-fold metrics, as ``lovaszseg cv`` prints them."""
+def cv_table(rows: list[dict[str, Any]], spec: DatasetSpec, tta: Tta) -> Table:
+    """Per-fold and out-of-fold metrics, as ``lovaszseg cv`` prints them (the out-of-fold ones with ``tta``)."""
     metrics = metric_names(spec)
     extra = ("threshold", "min_area") if spec.binary else ()
-    table = Table(title="lovaszseg cv")
+    table = Table(title=f"lovaszseg cv (out of fold with tta {tta})")
     for column in ("fold", "images", *metrics, *extra):
         table.add_column(column, justify="left" if column == "fold" else "right", overflow="fold")
     for row in rows:
@@ -252,7 +252,8 @@ def cross_validate(
         n_folds: Number of folds K (default 5, or the resumed cv's).
         folds: The folds to train (default all K); the out-of-fold predictions cover these folds.
         holdout: Labelled images to keep out of every fold (``--split holdout`` of ``eval`` scores them).
-        tta: Test-time augmentation of the out-of-fold predictions (``none`` or ``hflip``).
+        tta: Test-time augmentation of the out-of-fold predictions (a setting of :mod:`lovaszseg.inference.tta`),
+            recorded in ``cv.yaml``, ``cv.json`` and the tuning.
         run_dir: The cv folder (default ``output.runs_dir/NAME-cv``, suffixed if taken).
         resume: A cv folder to continue: finished folds are skipped, an interrupted one resumed.
         overwrite: Replace what ``run_dir`` holds.
@@ -311,6 +312,8 @@ def _open_on_main(
         settings = {"n_folds": k, "folds": sorted(folds) if folds is not None else list(range(k))}
         settings |= {"holdout": holdout, "seed": int(config.data.options.get("seed", 0)), "tta": tta}
         _check_settings(k, settings["folds"], holdout, tta)
+        spec = config.data.spec()
+        warn_if_invalid(tta, spec.valid_tta, spec.name)
         chosen.append(settings)
         return _open_new(config, settings, run_dir, overwrite)
 
@@ -336,7 +339,7 @@ def _run_folds(
             return result
     if info.is_main:
         result.rows, result.tuning = _out_of_fold(folder, config, settings, console)
-        console.print(cv_table(result.rows, config.data.spec()))
+        console.print(cv_table(result.rows, config.data.spec(), settings["tta"]))
         if result.tuning is not None:
             console.print(f"post-processing: {result.tuning.describe()}")
     distributed.broadcast_object(None, info)  # the other ranks wait for rank 0's predictions

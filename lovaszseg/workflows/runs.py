@@ -36,7 +36,7 @@ from lovaszseg.errors import ConfigError, DataError, RunFolderError
 from lovaszseg.inference.ensemble import Predictor, Sources, load_predictor
 from lovaszseg.inference.predict import predict_folder, predict_outputs
 from lovaszseg.inference.submission import write_submission
-from lovaszseg.inference.tta import NO_TTA, Tta, check_tta
+from lovaszseg.inference.tta import NO_TTA, Tta, check_tta, warn_if_invalid
 from lovaszseg.rle import read_rle_csv
 from lovaszseg.runtime.acceleration import AccelerationOverride
 from lovaszseg.runtime.distributed import resolve_device
@@ -252,6 +252,15 @@ def _out_of_fold_metrics(predictor: Predictor) -> dict[str, float]:
     return metrics
 
 
+def _load_for_tta(
+    sources: Sources, weights: Sequence[float] | None, acceleration: AccelerationOverride, tta: Tta
+) -> Predictor:
+    """The model of ``sources``, with a warning for transforms of ``tta`` its data has no symmetry for."""
+    predictor = load_predictor(sources, weights, acceleration)
+    warn_if_invalid(tta, predictor.spec.valid_tta, predictor.spec.name)
+    return predictor
+
+
 def evaluate_run(
     run_or_checkpoint: Sources,
     *,
@@ -279,7 +288,8 @@ def evaluate_run(
         split: Split to score: ``val`` / ``train`` (the run's own), another split of the dataset (e.g.
             ``all``, a VOC split, a ``.txt`` list of ids), or for a cv folder ``oof`` (the default:
             its out-of-fold predictions) or ``holdout`` (its held-out images). Default ``val``.
-        tta: ``none`` or a transform of :mod:`lovaszseg.inference.tta` (not for ``oof``: the cv's own).
+        tta: A setting of :mod:`lovaszseg.inference.tta` (``none``, ``hflip``, ``d4:gmean``, ...); not for
+            ``oof`` (the cv's own).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         acceleration: Changes to each model's own ``train.amp``, ``train.channels_last`` and
             ``train.compile`` (``--amp``, ``--channels-last``, ``--compile``).
@@ -301,7 +311,7 @@ def evaluate_run(
     check_tta(tta)
     if out is not None:
         check_writable(out, "--out", folder=True)
-    predictor = load_predictor(run_or_checkpoint, weights, acceleration)
+    predictor = _load_for_tta(run_or_checkpoint, weights, acceleration, tta)
     with _writable_home(predictor, console) as home:
         if predictor.cv is not None and split in (None, OUT_OF_FOLD):
             split, tta = OUT_OF_FOLD, predictor.cv.settings()[1]["tta"]
@@ -376,7 +386,7 @@ def predict_run(
         images_dir: The images.
         out_dir: Where ``masks/`` and ``overlays/`` go.
         weights: One weight per source, for an ensemble.
-        tta: ``none`` or a transform of :mod:`lovaszseg.inference.tta`.
+        tta: A setting of :mod:`lovaszseg.inference.tta` (``none``, ``hflip``, ``d4:gmean``, ...).
         threshold: Binary models: probability threshold in [0, 1] (default 0.5), or ``"auto"`` (tuned).
         min_area: Binary models: masks with fewer foreground pixels are emptied (default 0: none);
             ``"auto"``: tuned for the threshold used.
@@ -399,7 +409,7 @@ def predict_run(
         raise ConfigError(f"output folder {out_dir} is a file")
     check_writable(out_dir, "output folder", folder=True)
     check_tta(tta)
-    predictor = load_predictor(run_or_checkpoint, weights, acceleration)
+    predictor = _load_for_tta(run_or_checkpoint, weights, acceleration, tta)
     requested = {"threshold": threshold, "min_area": min_area, "empty_gate": empty_gate}
     post = _postprocessing(predictor, requested, tta, device, console)
     count = 0
@@ -469,7 +479,7 @@ def submit_run(
         test_dir: The test images, or a folder holding ``images/`` (Kaggle's ``test/``).
         out: CSV to write.
         weights: One weight per source, for an ensemble.
-        tta: ``none`` or a transform of :mod:`lovaszseg.inference.tta`.
+        tta: A setting of :mod:`lovaszseg.inference.tta` (``none``, ``hflip``, ``d4:gmean``, ...).
         threshold: Probability threshold in [0, 1] (default 0.5), or ``"auto"``: the tuned one (out of
             fold for a cv folder; on the validation split for a run, tuned first if it has not been).
         min_area: Predicted masks with fewer pixels are submitted empty (default 0); ``"auto"``: the
@@ -499,7 +509,7 @@ def submit_run(
     check_tta(tta)
     images_dir = test_dir / "images" if (test_dir / "images").is_dir() else test_dir
     expected = _expected_ids(images_dir, Path(sample_submission) if sample_submission else None)
-    predictor = load_predictor(run_or_checkpoint, weights, acceleration)
+    predictor = _load_for_tta(run_or_checkpoint, weights, acceleration, tta)
     if not predictor.spec.binary:
         raise ConfigError("submit writes binary RLE masks; this model is multi-class")
     requested = {"threshold": threshold, "min_area": min_area, "empty_gate": empty_gate}

@@ -2,16 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from lovaszseg.inference.tta import TtaTransform, TtaView, register
 
-if TYPE_CHECKING:
-    from torch import Tensor
+HFLIP_VIEW = TtaView("hflip", lambda batch: batch.flip(-1), lambda prediction, size: prediction.flip(-1))
 
-from lovaszseg.inference.tta import TtaTransform, register
-
-
-def _flip_width(batch: Tensor) -> Tensor:
-    return batch.flip(-1)
-
-
-HFLIP = register(TtaTransform("hflip", _flip_width, _flip_width, "average with the left-right mirrored prediction"))
+HFLIP = register(TtaTransform("hflip", lambda values: (HFLIP_VIEW,), "the images and their left-right mirror"))

@@ -2,16 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from lovaszseg.inference.tta import TtaTransform, TtaView, register
 
-if TYPE_CHECKING:
-    from torch import Tensor
+VFLIP_VIEW = TtaView("vflip", lambda batch: batch.flip(-2), lambda prediction, size: prediction.flip(-2))
 
-from lovaszseg.inference.tta import TtaTransform, register
-
-
-def _flip_height(batch: Tensor) -> Tensor:
-    return batch.flip(-2)
-
-
-VFLIP = register(TtaTransform("vflip", _flip_height, _flip_height, "average with the upside-down prediction"))
+VFLIP = register(TtaTransform("vflip", lambda values: (VFLIP_VIEW,), "the images and their upside-down copy"))
