@@ -162,6 +162,18 @@ TTA_HELP = (
     + " (every combination of their views, each undone), then ':mean' (default) or ':gmean', "
     "e.g. hflip, d4:gmean, hflip+scale=0.75,1.25."
 )
+WINDOW_OPTION = typer.Option(
+    None,
+    "--window",
+    help="Sliding-window inference for images larger than the network: crops of HxW (e.g. 512x512), "
+    "merged by weight; none: whole images. Default: the model's inference.window (whole images).",
+)
+STRIDE_OPTION = typer.Option(
+    None, "--stride", help="Pixels between windows, SxS (default: the window: tiles). Needs a window."
+)
+WINDOW_WEIGHTING_OPTION = typer.Option(
+    None, "--window-weighting", help="How a window's pixels are weighted: uniform or gaussian (centre first)."
+)
 DEVICE_HELP = "auto (CUDA if available), cpu, cuda or cuda:N."
 MODELS_HELP = (
     "Run folder or model file (a run's .pt, e.g. a cosine-restart snapshot, or a .safetensors), cv folder "
@@ -198,6 +210,12 @@ COMPILE_OPTION = typer.Option(
 
 def _acceleration(amp: str | None, channels_last: bool | None, compile_model: bool | None) -> AccelerationOverride:
     return _user_errors(AccelerationOverride, amp, channels_last, compile_model)  # an unknown --amp is one line
+
+
+def _window(window: str | None, stride: str | None, weighting: str | None) -> Any:
+    from lovaszseg.inference.window import WindowOverride
+
+    return _user_errors(WindowOverride.parse, window, stride, weighting)  # a malformed size is one line
 
 
 def _parse_weights(text: str | None) -> list[float] | None:
@@ -305,6 +323,9 @@ def eval_command(
     ),
     weights: str | None = typer.Option(None, help=WEIGHTS_HELP),
     tta: str = typer.Option("none", help=TTA_HELP),
+    window: str | None = WINDOW_OPTION,
+    stride: str | None = STRIDE_OPTION,
+    window_weighting: str | None = WINDOW_WEIGHTING_OPTION,
     device: str = typer.Option("auto", help=DEVICE_HELP),
     amp: str | None = AMP_OPTION,
     channels_last: bool | None = CHANNELS_LAST_OPTION,
@@ -327,6 +348,7 @@ def eval_command(
         weights=_parse_weights(weights),
         split=split,
         tta=tta,
+        window=_window(window, stride, window_weighting),
         device=device,
         acceleration=_acceleration(amp, channels_last, compile_model),
         data_root=data_root,
@@ -347,6 +369,9 @@ def predict_command(
     out_dir: Path = typer.Argument(..., help="Output folder: masks/ and overlays/ PNGs are written there."),
     weights: str | None = typer.Option(None, help=WEIGHTS_HELP),
     tta: str = typer.Option("none", help=TTA_HELP),
+    window: str | None = WINDOW_OPTION,
+    stride: str | None = STRIDE_OPTION,
+    window_weighting: str | None = WINDOW_WEIGHTING_OPTION,
     threshold: str | None = typer.Option(None, help=THRESHOLD_HELP),
     min_area: str | None = typer.Option(None, help=MIN_AREA_HELP),
     empty_gate: str | None = typer.Option(None, help=EMPTY_GATE_HELP),
@@ -365,6 +390,7 @@ def predict_command(
         out_dir,
         weights=_parse_weights(weights),
         tta=tta,
+        window=_window(window, stride, window_weighting),
         threshold=_parse_auto("threshold", threshold, float),
         min_area=_parse_auto("min-area", min_area, int),
         empty_gate=_parse_auto("empty-gate", empty_gate, float),
@@ -382,6 +408,9 @@ def submit_command(
     out: Path = typer.Option(Path("submission.csv"), "--out", help="CSV to write (validated before writing)."),
     weights: str | None = typer.Option(None, help=WEIGHTS_HELP),
     tta: str = typer.Option("none", help=TTA_HELP),
+    window: str | None = WINDOW_OPTION,
+    stride: str | None = STRIDE_OPTION,
+    window_weighting: str | None = WINDOW_WEIGHTING_OPTION,
     threshold: str | None = typer.Option(None, help=THRESHOLD_HELP),
     min_area: str | None = typer.Option(None, help=MIN_AREA_HELP),
     empty_gate: str | None = typer.Option(None, help=EMPTY_GATE_HELP),
@@ -407,6 +436,7 @@ def submit_command(
         out,
         weights=_parse_weights(weights),
         tta=tta,
+        window=_window(window, stride, window_weighting),
         threshold=_parse_auto("threshold", threshold, float),
         min_area=_parse_auto("min-area", min_area, int),
         empty_gate=_parse_auto("empty-gate", empty_gate, float),

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from lovaszseg.data import DatasetSpec, build_dataset, build_transform, dataset_options, describe_dataset
 from lovaszseg.data.registry import registration
 from lovaszseg.errors import ConfigError
+from lovaszseg.inference.window import WEIGHTINGS, SlidingWindow, Weighting, parse_size
 from lovaszseg.losses import LossSpec, build_loss
 from lovaszseg.runtime.acceleration import Acceleration, Amp
 
@@ -31,6 +32,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DataConfig",
+    "InferenceConfig",
     "ModelConfig",
     "OutputConfig",
     "StageConfig",
@@ -232,6 +234,42 @@ class TrainConfig(_Strict):
         return Acceleration(self.amp, self.channels_last, self.compile)
 
 
+class InferenceConfig(_Strict):
+    """How ``eval``, ``predict``, ``submit`` and a cv's out-of-fold predictions run the model
+    (``--window``, ``--stride``, ``--window-weighting`` change it per call).
+
+    ``window``: predict images larger than the network in overlapping crops of HxW (``512x512``, ``512``
+    or ``[512, 384]``; None: whole images), ``stride`` apart (default: the window, tiles),
+    ``window_weighting`` ``uniform`` or ``gaussian``, ``crops_per_batch`` at a time
+    (:mod:`lovaszseg.inference.window`). Validation during training sees whole images.
+    """
+
+    window: list[int] | None = None
+    stride: list[int] | None = None
+    window_weighting: Weighting = WEIGHTINGS[0]
+    crops_per_batch: int = Field(8, ge=1)
+
+    @field_validator("window", "stride", mode="before")
+    @classmethod
+    def _size(cls, value: Any, info: ValidationInfo) -> list[int] | None:
+        return None if value is None else list(parse_size(value, f"inference.{info.field_name}"))
+
+    @model_validator(mode="after")
+    def _window_fits(self) -> InferenceConfig:
+        if self.stride is not None and self.window is None:
+            raise ValueError("inference.stride needs inference.window")
+        self.sliding_window()  # a stride larger than the window is an error here
+        return self
+
+    def sliding_window(self) -> SlidingWindow | None:
+        """The window these settings describe, or None for whole images."""
+        if self.window is None:
+            return None
+        size = (self.window[0], self.window[1])
+        stride = size if self.stride is None else (self.stride[0], self.stride[1])
+        return SlidingWindow(size, stride, self.window_weighting, self.crops_per_batch)
+
+
 class OutputConfig(_Strict):
     """Where runs are written (``runs_dir/name``; name defaults to the config file's stem) and what they show."""
 
@@ -250,6 +288,7 @@ class Config(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     stages: list[StageConfig] = Field(default_factory=lambda: [StageConfig()], min_length=1)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @model_validator(mode="after")

@@ -23,6 +23,7 @@ from lovaszseg.config import load_config
 from lovaszseg.data import build_dataset, build_transform
 from lovaszseg.errors import CheckpointError, ConfigError, DataError
 from lovaszseg.inference.predict import predict_folder
+from lovaszseg.inference.window import SlidingWindow, WindowOverride
 from lovaszseg.rle import decode, read_rle_csv
 from lovaszseg.scoring.engine import Scorer
 from lovaszseg.scoring.metrics import ConfusionMatrix, binary_iou
@@ -107,6 +108,33 @@ def test_evaluate_run_streams_batch_by_batch(salt_run: Path, monkeypatch: pytest
     assert batches == [4] * 6 and 0 <= metrics["iou"] <= 1  # 24 images, data.batch_size 4
 
 
+def test_a_window_the_size_of_the_padded_image_is_whole_image_inference_and_eval_json_names_a_window(
+    salt_run: Path, tmp_path: Path
+) -> None:
+    whole = evaluate_run(salt_run, device="cpu", out=tmp_path / "whole")
+    # TGS images are padded to 128x128 as in training: one 128x128 window is the whole image.
+    one = evaluate_run(salt_run, device="cpu", window=WindowOverride((128, 128)), out=tmp_path / "one")
+    assert one.metrics == pytest.approx(whole.metrics, abs=1e-6)
+    crops = evaluate_run(
+        salt_run, device="cpu", window=WindowOverride((64, 64), (32, 32), "gaussian"), out=tmp_path / "crops"
+    )
+    assert 0 <= crops["salt_score"] <= 1 and crops.metrics != whole.metrics
+    written = json.loads((tmp_path / "crops" / "eval.json").read_text())
+    assert written["window"] == "64x64 windows every 32x32 (gaussian)"
+    assert "window" not in json.loads((tmp_path / "whole" / "eval.json").read_text())
+
+
+def test_predict_with_a_window_writes_the_windows_masks(salt_run: Path, tiny_salt: Path, tmp_path: Path) -> None:
+    images = tiny_salt / "test" / "images"
+    expected = _probabilities(salt_run, images, window=SlidingWindow((64, 64), (32, 32)))
+    whole = _probabilities(salt_run, images)
+    assert any(not np.allclose(expected[i], whole[i]) for i in whole)  # the crops see less context
+    assert predict_run(salt_run, images, tmp_path, window=WindowOverride((64, 64), (32, 32)), device="cpu") == 6
+    for sample_id, prob in expected.items():
+        mask = np.asarray(Image.open(tmp_path / "masks" / f"{sample_id}.png"))
+        np.testing.assert_array_equal(mask, (prob > DEFAULT_THRESHOLD).astype(np.uint8) * 255)
+
+
 def test_evaluate_run_needs_masks(salt_run: Path) -> None:
     with pytest.raises(DataError, match=r"split 'test' of .* has no masks to evaluate against"):
         evaluate_run(salt_run, split="test", device="cpu")
@@ -177,11 +205,13 @@ def test_evaluate_run_on_a_binary_folder_dataset_with_an_ignore_index(
 # --- submit ---------------------------------------------------------------------------------------------
 
 
-def _probabilities(run: Path, images: Path, tta: str = "none") -> dict[str, np.ndarray]:
+def _probabilities(
+    run: Path, images: Path, tta: str = "none", window: SlidingWindow | None = None
+) -> dict[str, np.ndarray]:
     """Foreground probabilities ``[101, 101]`` of a folder, by id, straight from predict_folder."""
     loaded = load_model(run)
     transform = build_transform("tgs", train=False, **loaded.config.data.options)
-    predicted = predict_folder(loaded.model, images, transform, in_channels=1, tta=tta)
+    predicted = predict_folder(loaded.model, images, transform, in_channels=1, tta=tta, window=window)
     return {path.stem: probs[0] for path, _, probs in predicted}
 
 

@@ -15,12 +15,20 @@ from lovaszseg.data.transforms import crop_to_original
 from lovaszseg.errors import DataError
 from lovaszseg.heads import Outputs, split_outputs
 from lovaszseg.inference.tta import NO_TTA, Tta, merge_probabilities, tta_plan
+from lovaszseg.inference.window import SlidingWindow
 from lovaszseg.models import check_input_size, output_probabilities, probabilities
 
 __all__ = ["model_outputs", "predict_folder", "predict_outputs", "predict_probabilities"]
 
 
-def predict_outputs(model: nn.Module, images: Tensor, tta: Tta = NO_TTA, *, logits: Tensor | None = None) -> Outputs:
+def predict_outputs(
+    model: nn.Module,
+    images: Tensor,
+    tta: Tta = NO_TTA,
+    *,
+    logits: Tensor | None = None,
+    window: SlidingWindow | None = None,
+) -> Outputs:
     """Class probabilities of a batch, and the empty-image head's, merged over test-time augmentations.
 
     Args:
@@ -31,11 +39,18 @@ def predict_outputs(model: nn.Module, images: Tensor, tta: Tta = NO_TTA, *, logi
         tta: A setting of :mod:`lovaszseg.inference.tta` (``"none"``, ``"hflip"``, ``"d4:gmean"``, ...):
             the model also sees each view of the images, whose prediction is mapped back before merging.
         logits: The model's mask logits of ``images``, when the caller already has them (saves a forward pass).
+        window: Predict the images in overlapping crops (:mod:`lovaszseg.inference.window`), each with
+            the TTA; None: whole.
 
     Returns:
         ``masks`` ``[B, C, H, W]`` float32 (see :func:`probabilities`) and ``empty`` ``[B]``, the head's
-        probability that each image has foreground (None without a head), both merged over the views.
+        probability that each image has foreground (None without a head), both merged over the views
+        (and the windows).
     """
+    if window is not None:
+        if logits is not None:
+            raise ValueError("the whole images' logits cannot stand in for their windows'")
+        return window.predict(lambda crops: predict_outputs(model, crops, tta), images)
     plan = tta_plan(tta)
     first = model_outputs(model, images) if logits is None else Outputs(probabilities(logits))
     views = [first]
@@ -50,10 +65,15 @@ def predict_outputs(model: nn.Module, images: Tensor, tta: Tta = NO_TTA, *, logi
 
 
 def predict_probabilities(
-    model: nn.Module, images: Tensor, tta: Tta = NO_TTA, *, logits: Tensor | None = None
+    model: nn.Module,
+    images: Tensor,
+    tta: Tta = NO_TTA,
+    *,
+    logits: Tensor | None = None,
+    window: SlidingWindow | None = None,
 ) -> Tensor:
     """The class probabilities ``[B, C, H, W]`` of :func:`predict_outputs` (the masks alone)."""
-    return predict_outputs(model, images, tta, logits=logits).masks
+    return predict_outputs(model, images, tta, logits=logits, window=window).masks
 
 
 def model_outputs(model: nn.Module, images: Tensor) -> Outputs:
@@ -74,6 +94,7 @@ def predict_folder(
     resized: tuple[int, int] | None = None,
     batch_size: int = 16,
     with_empty: bool = False,
+    window: SlidingWindow | None = None,
 ) -> Iterator[tuple[Any, ...]]:
     """Predict every image of a folder, in file-name order.
 
@@ -87,8 +108,10 @@ def predict_folder(
         device: Where to run the model.
         tta: Test-time augmentation, see :func:`predict_probabilities`.
         resized: The size images are resized to before padding, if the preset resizes.
-        batch_size: Most images per forward pass.
+        batch_size: Most images per forward pass (with ``window``, one image at a time, its crops in
+            batches of the window's ``crops_per_batch``).
         with_empty: Also yield the empty-image head's probability (None for a model without one).
+        window: Predict each image in overlapping crops (:class:`~lovaszseg.inference.window.SlidingWindow`).
 
     Yields:
         ``(path, image, probabilities)``: the image file, the image as read (uint8 ``[H, W]`` or
@@ -104,10 +127,11 @@ def predict_folder(
     if not paths:
         raise DataError(f"no images (png, jpg, ...) in {images_dir}")
     pending: list[tuple[Path, np.ndarray, Tensor]] = []
+    images_per_pass = 1 if window is not None else batch_size  # a window's crops are its batch
 
     def flush() -> Iterator[tuple[Any, ...]]:
         batch = torch.stack([tensor for _, _, tensor in pending]).to(device)
-        predicted = predict_outputs(model, batch, tta)
+        predicted = predict_outputs(model, batch, tta, window=window)
         probs, empty = predicted.masks, predicted.empty
         heads = [None] * len(pending) if empty is None else empty.cpu().tolist()
         for (path, image, _), prob, head in zip(pending, probs.cpu(), heads, strict=True):
@@ -119,8 +143,12 @@ def predict_folder(
         image = read_image(path, channels=in_channels)
         tensor = transform(image=image)["image"]
         if not pending or pending[-1][2].shape != tensor.shape:
-            check_input_size(model, *tensor.shape[-2:], f"image {path} ({image.shape[0]}x{image.shape[1]} as read)")
-        if pending and (len(pending) == batch_size or pending[-1][2].shape != tensor.shape):
+            what = f"image {path} ({image.shape[0]}x{image.shape[1]} as read)"
+            size = (tensor.shape[-2], tensor.shape[-1])
+            if window is not None:
+                size, what = window.crop_size(size), f"{window.describe()} of {what}"
+            check_input_size(model, *size, what)
+        if pending and (len(pending) == images_per_pass or pending[-1][2].shape != tensor.shape):
             yield from flush()
         pending.append((path, image, tensor))
     yield from flush()

@@ -192,7 +192,7 @@ def _out_of_fold(
                     loader,
                     spec,
                     device=device,
-                    predict=partial(predict_outputs, tta=tta),
+                    predict=partial(predict_outputs, tta=tta, window=config.inference.sliding_window()),
                     progress=bar.advance,
                     on_predictions=record,
                     across_processes=False,

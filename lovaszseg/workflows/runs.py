@@ -37,6 +37,7 @@ from lovaszseg.inference.ensemble import Predictor, Sources, load_predictor
 from lovaszseg.inference.predict import predict_folder, predict_outputs
 from lovaszseg.inference.submission import write_submission
 from lovaszseg.inference.tta import NO_TTA, Tta, check_tta, warn_if_invalid
+from lovaszseg.inference.window import SlidingWindow, WindowOverride
 from lovaszseg.rle import read_rle_csv
 from lovaszseg.runtime.acceleration import AccelerationOverride
 from lovaszseg.runtime.distributed import resolve_device
@@ -125,6 +126,7 @@ def _predict_images(
     loaded: Predictor,
     images_dir: Path,
     tta: Tta,
+    window: SlidingWindow | None,
     device: str,
     *,
     description: str,
@@ -147,6 +149,7 @@ def _predict_images(
             resized=loaded.spec.resize,
             batch_size=batch_size,
             with_empty=True,
+            window=window,
         ):
             yield prediction
             bar.advance(1)  # once the caller has used it: writing its files is part of the work
@@ -211,6 +214,7 @@ def _score_split(
     predictor: Predictor,
     split: str,
     tta: Tta,
+    window: SlidingWindow | None,
     device: str,
     data_root: str | Path | None,
     console: Console,
@@ -233,7 +237,7 @@ def _score_split(
             loader,
             predictor.spec,
             device=target,
-            predict=partial(predict_outputs, tta=tta),
+            predict=partial(predict_outputs, tta=tta, window=window),
             progress=bar.advance,
             scorer=scorer,
             on_predictions=recorder,
@@ -267,6 +271,7 @@ def evaluate_run(
     weights: Sequence[float] | None = None,
     split: str | None = None,
     tta: Tta = NO_TTA,
+    window: WindowOverride = WindowOverride(),
     device: str = "auto",
     acceleration: AccelerationOverride = AccelerationOverride(),
     data_root: str | Path | None = None,
@@ -290,6 +295,8 @@ def evaluate_run(
             its out-of-fold predictions) or ``holdout`` (its held-out images). Default ``val``.
         tta: A setting of :mod:`lovaszseg.inference.tta` (``none``, ``hflip``, ``d4:gmean``, ...); not for
             ``oof`` (the cv's own).
+        window: Changes to the model's own sliding window (``inference.window`` of its config;
+            ``--window``, ``--stride``, ``--window-weighting``); by default, as the config says.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         acceleration: Changes to each model's own ``train.amp``, ``train.channels_last`` and
             ``train.compile`` (``--amp``, ``--channels-last``, ``--compile``).
@@ -312,16 +319,19 @@ def evaluate_run(
     if out is not None:
         check_writable(out, "--out", folder=True)
     predictor = _load_for_tta(run_or_checkpoint, weights, acceleration, tta)
+    sliding = window.apply(predictor.config.inference.sliding_window())
     with _writable_home(predictor, console) as home:
         if predictor.cv is not None and split in (None, OUT_OF_FOLD):
             split, tta = OUT_OF_FOLD, predictor.cv.settings()[1]["tta"]
             metrics = _out_of_fold_metrics(predictor)
         else:
             split = split or "val"
-            metrics = _score_split(predictor, split, tta, device, data_root, console, home, recorder)
+            metrics = _score_split(predictor, split, tta, sliding, device, data_root, console, home, recorder)
         written = None
         if (target := out or home) is not None:
             record = {"split": split, "tta": tta, "model": predictor.name, **metrics}
+            if sliding is not None:
+                record["window"] = sliding.describe()
             written = RunFolder(target).write_json(EVAL_FILE, record)
     return Evaluation(metrics, split, tta, predictor.name, written)
 
@@ -330,6 +340,7 @@ def _postprocessing(
     predictor: Predictor,
     requested: Mapping[str, Any],
     tta: Tta,
+    window: SlidingWindow | None,
     device: str,
     console: Console | None,
 ) -> PostProcessing | None:
@@ -357,7 +368,7 @@ def _postprocessing(
     if single_run and (tuning is None or (tuning.split == "val" and tuning.tta != tta)):
         console = console or Console()
         with _writable_home(predictor, console) as home:
-            _score_split(predictor, "val", tta, device, None, console, home)
+            _score_split(predictor, "val", tta, window, device, None, console, home)
         tuning = predictor.tuning()
     return resolve(given, tuning, predictor.name)
 
@@ -369,6 +380,7 @@ def predict_run(
     *,
     weights: Sequence[float] | None = None,
     tta: Tta = NO_TTA,
+    window: WindowOverride = WindowOverride(),
     threshold: float | Auto | None = None,
     min_area: int | Auto | None = None,
     empty_gate: float | Auto | None = None,
@@ -387,6 +399,8 @@ def predict_run(
         out_dir: Where ``masks/`` and ``overlays/`` go.
         weights: One weight per source, for an ensemble.
         tta: A setting of :mod:`lovaszseg.inference.tta` (``none``, ``hflip``, ``d4:gmean``, ...).
+        window: Changes to the model's own sliding window (``inference.window`` of its config;
+            ``--window``, ``--stride``, ``--window-weighting``); by default, as the config says.
         threshold: Binary models: probability threshold in [0, 1] (default 0.5), or ``"auto"`` (tuned).
         min_area: Binary models: masks with fewer foreground pixels are emptied (default 0: none);
             ``"auto"``: tuned for the threshold used.
@@ -411,10 +425,11 @@ def predict_run(
     check_tta(tta)
     predictor = _load_for_tta(run_or_checkpoint, weights, acceleration, tta)
     requested = {"threshold": threshold, "min_area": min_area, "empty_gate": empty_gate}
-    post = _postprocessing(predictor, requested, tta, device, console)
+    sliding = window.apply(predictor.config.inference.sliding_window())
+    post = _postprocessing(predictor, requested, tta, sliding, device, console)
     count = 0
     for path, image, probs, empty in _predict_images(
-        predictor, Path(images_dir), tta, device, description="predict", console=console
+        predictor, Path(images_dir), tta, sliding, device, description="predict", console=console
     ):
         mask_path = out_dir / "masks" / f"{path.stem}.png"
         if post is not None:
@@ -457,6 +472,7 @@ def submit_run(
     *,
     weights: Sequence[float] | None = None,
     tta: Tta = NO_TTA,
+    window: WindowOverride = WindowOverride(),
     threshold: float | Auto | None = None,
     min_area: int | Auto | None = None,
     empty_gate: float | Auto | None = None,
@@ -480,6 +496,8 @@ def submit_run(
         out: CSV to write.
         weights: One weight per source, for an ensemble.
         tta: A setting of :mod:`lovaszseg.inference.tta` (``none``, ``hflip``, ``d4:gmean``, ...).
+        window: Changes to the model's own sliding window (``inference.window`` of its config;
+            ``--window``, ``--stride``, ``--window-weighting``); by default, as the config says.
         threshold: Probability threshold in [0, 1] (default 0.5), or ``"auto"``: the tuned one (out of
             fold for a cv folder; on the validation split for a run, tuned first if it has not been).
         min_area: Predicted masks with fewer pixels are submitted empty (default 0); ``"auto"``: the
@@ -513,11 +531,14 @@ def submit_run(
     if not predictor.spec.binary:
         raise ConfigError("submit writes binary RLE masks; this model is multi-class")
     requested = {"threshold": threshold, "min_area": min_area, "empty_gate": empty_gate}
-    post = _postprocessing(predictor, requested, tta, device, console)
+    sliding = window.apply(predictor.config.inference.sliding_window())
+    post = _postprocessing(predictor, requested, tta, sliding, device, console)
     assert post is not None  # a binary model's
 
     def masks() -> Iterator[tuple[str, np.ndarray]]:
-        predictions = _predict_images(predictor, images_dir, tta, device, description="submit", console=console)
+        predictions = _predict_images(
+            predictor, images_dir, tta, sliding, device, description="submit", console=console
+        )
         for path, image, probs, empty in predictions:
             if image.shape[:2] != TGS_ORIGINAL_SIZE:
                 raise DataError(

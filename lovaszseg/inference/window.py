@@ -1,0 +1,235 @@
+"""Sliding-window inference: images larger than the network, predicted in overlapping crops.
+
+Windows of ``size`` start every ``stride`` pixels along each side, the last one moved back to end at the
+border, so that every pixel is covered; a side shorter than the window is one window of that side
+(the image has already been padded as in training by the evaluation preset, so every crop is a size the
+model takes). Each crop's probabilities are weighted (``uniform``, or ``gaussian``: a window centred,
+standard deviation 1/8 of its sides, as nnU-Net weights its patches) and the weights are normalised to
+sum to one at every pixel. Crops go through the model ``crops_per_batch`` at a time, with the TTA
+inside each crop; one image's probability map is accumulated at a time. The empty-image head's
+probability of an image is the largest of its windows' (foreground in any window is foreground in it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from lovaszseg.errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported where it is used: the CLI reads WEIGHTINGS for its help
+    from torch import Tensor
+
+    from lovaszseg.heads import Outputs
+
+__all__ = [
+    "NO_WINDOW",
+    "WEIGHTINGS",
+    "SlidingWindow",
+    "Weighting",
+    "WindowOverride",
+    "parse_size",
+    "window_starts",
+    "window_weights",
+]
+
+Weighting = Literal["uniform", "gaussian"]
+# How a window's pixels are weighted; the first is the default.
+WEIGHTINGS: tuple[Weighting, ...] = ("uniform", "gaussian")
+# The gaussian window's standard deviation, as a share of each side.
+GAUSSIAN_SIGMA = 1 / 8
+# The gaussian window's weights are at least this share of its centre's, so that corners still count.
+GAUSSIAN_FLOOR = 1e-3
+_SEPARATOR = "x"
+
+
+def parse_size(value: object, option: str) -> tuple[int, int]:
+    """``"512x384"``, ``"512"``, ``512`` or ``[512, 384]`` as ``(height, width)`` of positive integers.
+
+    Raises:
+        ConfigError: anything else; the message names ``option`` and the value.
+    """
+    if isinstance(value, str):
+        parts: list[object] = value.lower().split(_SEPARATOR)
+    elif isinstance(value, list | tuple):
+        parts = list(value)
+    else:
+        parts = [value]
+    try:
+        sides = [int(part) for part in parts if not isinstance(part, bool | float)] if len(parts) in (1, 2) else []
+    except (TypeError, ValueError):
+        sides = []
+    if len(sides) != len(parts) or not sides or any(side < 1 for side in sides):
+        raise ConfigError(f"{option} must be HxW (e.g. 512x512) or one side (512) of positive integers, got {value!r}")
+    return (sides[0], sides[-1])
+
+
+def window_starts(length: int, window: int, stride: int) -> list[int]:
+    """Where windows start along a side of ``length`` pixels: every ``stride``, the last ending at the border."""
+    if length <= window:
+        return [0]
+    starts = list(range(0, length - window, stride))
+    return [*starts, length - window]
+
+
+@dataclass(frozen=True)
+class SlidingWindow:
+    """How large images are predicted: crops of ``size`` every ``stride`` pixels, merged by weight.
+
+    Attributes:
+        size: The window's ``(height, width)``; sides of the image shorter than it are taken whole.
+        stride: Pixels between window starts, ``(height, width)``; at most the window's (no gaps). Equal
+            to ``size``: windows tile the image (the last one shifted back to the border).
+        weighting: ``uniform`` or ``gaussian`` (see the module's docstring).
+        crops_per_batch: Most crops per forward pass.
+
+    Raises:
+        ConfigError: a stride larger than the window, an unknown weighting or a batch below 1.
+    """
+
+    size: tuple[int, int]
+    stride: tuple[int, int]
+    weighting: Weighting = "uniform"
+    crops_per_batch: int = 8
+
+    def __post_init__(self) -> None:
+        if any(step > side for step, side in zip(self.stride, self.size, strict=True)):
+            raise ConfigError(
+                f"stride {self.stride[0]}x{self.stride[1]} is larger than the window {self.size[0]}x{self.size[1]}: "
+                "pixels between windows would not be predicted"
+            )
+        if self.weighting not in WEIGHTINGS:
+            raise ConfigError(f"window weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
+        if self.crops_per_batch < 1:
+            raise ConfigError(f"crops per batch must be at least 1, got {self.crops_per_batch}")
+
+    def describe(self) -> str:
+        """E.g. ``512x512 windows every 384x384 (gaussian)``."""
+        return f"{self.size[0]}x{self.size[1]} windows every {self.stride[0]}x{self.stride[1]} ({self.weighting})"
+
+    def crop_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """The crops' ``(height, width)`` for images of ``size``: the window, or a shorter side whole."""
+        return (min(self.size[0], size[0]), min(self.size[1], size[1]))
+
+    def predict(self, predict: Callable[[Tensor], Outputs], images: Tensor) -> Outputs:
+        """Predict ``[B, C, H, W]`` images window by window with ``predict`` (crops -> their outputs).
+
+        Returns:
+            The merged probabilities ``[B, classes, H, W]`` and the head's probability ``[B]`` (or None).
+        """
+        import torch
+
+        from lovaszseg.heads import Outputs
+
+        masks, heads = [], []
+        for image in images:
+            mask, head = self._predict_image(predict, image)
+            masks.append(mask)
+            heads.append(head)
+        empty = None if any(head is None for head in heads) else torch.stack(heads)
+        return Outputs(torch.stack(masks), empty)
+
+    def _predict_image(self, predict: Callable[[Tensor], Outputs], image: Tensor) -> tuple[Tensor, Tensor | None]:
+        import torch
+
+        height, width = image.shape[-2:]
+        crop = self.crop_size((height, width))
+        corners = [
+            (top, left)
+            for top in window_starts(height, crop[0], self.stride[0])
+            for left in window_starts(width, crop[1], self.stride[1])
+        ]
+        weights = window_weights(crop, self.weighting).to(image.device)
+        total = image.new_zeros(height, width)
+        merged: Tensor | None = None
+        head: Tensor | None = None
+        for first in range(0, len(corners), self.crops_per_batch):
+            batch = corners[first : first + self.crops_per_batch]
+            crops = [image[:, top : top + crop[0], left : left + crop[1]] for top, left in batch]
+            outputs = predict(torch.stack(crops))
+            if merged is None:
+                merged = image.new_zeros(outputs.masks.shape[1], height, width)
+            for (top, left), probabilities in zip(batch, outputs.masks, strict=True):
+                merged[:, top : top + crop[0], left : left + crop[1]] += probabilities * weights
+                total[top : top + crop[0], left : left + crop[1]] += weights
+            if outputs.empty is not None:
+                best = outputs.empty.max()
+                head = best if head is None else head.maximum(best)
+        assert merged is not None  # an image has at least one window
+        return merged / total, head
+
+
+def window_weights(size: tuple[int, int], weighting: Weighting) -> Tensor:
+    """A window's pixel weights ``[H, W]`` (before they are normalised over the windows covering a pixel)."""
+    import torch
+
+    if weighting == "uniform":
+        return torch.ones(size)
+    axes = []
+    for side in size:
+        offsets = torch.arange(side, dtype=torch.float32) - (side - 1) / 2
+        axes.append(torch.exp(-0.5 * (offsets / (side * GAUSSIAN_SIGMA)) ** 2))
+    weights = axes[0][:, None] * axes[1][None, :]
+    return (weights / weights.max()).clamp_min(GAUSSIAN_FLOOR)
+
+
+# What ``--window`` takes to turn off a window the model's config sets.
+NO_WINDOW = "none"
+
+
+@dataclass(frozen=True)
+class WindowOverride:
+    """Per-call changes to a model's own sliding window (``inference`` in its config); None keeps a value.
+
+    Attributes:
+        size: A new window; its stride is then the window itself unless ``stride`` is given.
+        stride: A new stride (needs a window, given here or in the config).
+        weighting: A new weighting.
+        whole: Predict whole images, whatever the config says.
+    """
+
+    size: tuple[int, int] | None = None
+    stride: tuple[int, int] | None = None
+    weighting: Weighting | None = None
+    whole: bool = False
+
+    @classmethod
+    def parse(cls, window: str | None, stride: str | None, weighting: str | None) -> WindowOverride:
+        """The override of ``--window HxW|none``, ``--stride SxS`` and ``--window-weighting``.
+
+        Raises:
+            ConfigError: a malformed size, an unknown weighting, or a stride or weighting with ``--window none``.
+        """
+        whole = window is not None and window.lower() == NO_WINDOW
+        if whole and (stride is not None or weighting is not None):
+            raise ConfigError("--window none predicts whole images: it takes no --stride or --window-weighting")
+        if weighting is not None and weighting not in WEIGHTINGS:
+            raise ConfigError(f"--window-weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
+        return cls(
+            None if window is None or whole else parse_size(window, "--window"),
+            None if stride is None else parse_size(stride, "--stride"),
+            weighting,  # type: ignore[arg-type]  # checked above
+            whole,
+        )
+
+    def apply(self, base: SlidingWindow | None) -> SlidingWindow | None:
+        """``base`` (the config's window, or None) with the changes.
+
+        Raises:
+            ConfigError: a stride or weighting without any window, or a stride larger than the window.
+        """
+        if self.whole:
+            return None
+        size = self.size or (base.size if base is not None else None)
+        if size is None:
+            if self.stride is not None or self.weighting is not None:
+                raise ConfigError("--stride and --window-weighting need a window: --window HxW (or inference.window)")
+            return None
+        kept_stride = base.stride if base is not None and self.size is None else size
+        return SlidingWindow(
+            size,
+            self.stride or kept_stride,
+            self.weighting or (base.weighting if base is not None else WEIGHTINGS[0]),
+            base.crops_per_batch if base is not None else SlidingWindow.crops_per_batch,
+        )
