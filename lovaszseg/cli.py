@@ -449,6 +449,63 @@ def submit_command(
     console.print(f"wrote {path} (threshold {used.threshold:.2f}, min-area {used.min_area}{gate})")
 
 
+@app.command("pseudo-label")
+def pseudo_label_command(
+    runs: list[Path] = typer.Argument(..., help=MODELS_HELP),
+    images_dir: Path = typer.Argument(..., help="Folder of unlabelled images (e.g. Kaggle's test/images)."),
+    out: Path = typer.Option(..., "--out", help="The pseudo-label folder to write (images/, masks/, pseudo.csv)."),
+    weights: str | None = typer.Option(None, help=WEIGHTS_HELP),
+    tta: str | None = typer.Option(None, help=TTA_HELP + " Default: the TTA the post-processing was tuned with."),
+    threshold: str = typer.Option("auto", help=THRESHOLD_HELP + " Default here: auto."),
+    min_area: str = typer.Option("auto", help=MIN_AREA_HELP + " Default here: auto."),
+    empty_gate: str | None = typer.Option(None, help=EMPTY_GATE_HELP),
+    band: str = typer.Option("0.2,0.8", help="Probabilities in LOW,HIGH are uncertain."),
+    max_uncertain: float = typer.Option(0.05, help="Keep images with at most this share of uncertain pixels."),
+    min_agreement: float = typer.Option(
+        0.8, help="Ensembles: keep images whose members agree with the ensemble at least this much (mean IoU)."
+    ),
+    overwrite: bool = typer.Option(False, help="Replace what --out holds."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    amp: str | None = AMP_OPTION,
+    channels_last: bool | None = CHANNELS_LAST_OPTION,
+    compile_model: bool | None = COMPILE_OPTION,
+) -> None:
+    """Label unlabelled images with a model and keep the confident ones as training data.
+
+    Writes a folder of the kept images, their post-processed masks and a table of every image's
+    confidence (pseudo.csv); a config adds it to the training data with data.pseudo: [FOLDER].
+    """
+    from lovaszseg.workflows.pseudo import ConfidenceRule, pseudo_label
+
+    rule = _user_errors(ConfidenceRule, _parse_band(band), max_uncertain, min_agreement)
+    result = _user_errors(
+        pseudo_label,
+        runs,
+        images_dir,
+        out,
+        weights=_parse_weights(weights),
+        tta=tta,
+        threshold=_parse_auto("threshold", threshold, float),
+        min_area=_parse_auto("min-area", min_area, int),
+        empty_gate=_parse_auto("empty-gate", empty_gate, float),
+        rule=rule,
+        overwrite=overwrite,
+        device=device,
+        acceleration=_acceleration(amp, channels_last, compile_model),
+        console=console,
+    )
+    console.print(f"kept {result.kept} of {result.images} images in {result.out}")
+
+
+def _parse_band(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        console.print(f"[red]error:[/red] --band must be two probabilities LOW,HIGH, got {text!r}")
+        raise typer.Exit(USER_ERROR_EXIT) from None
+    return low, high
+
+
 @app.command("export")
 def export_command(
     run: Path = typer.Argument(..., help="Run folder or model file (a run's .pt, or an exported .safetensors)."),

@@ -92,6 +92,10 @@ class DataConfig(_Strict):
     # Training batches: shuffled, or balanced (each batch holds empty_share images without foreground).
     sampler: Literal["shuffle", "balanced"] = "shuffle"
     empty_share: float = Field(0.5, gt=0, lt=1)
+    # Pseudo-label folders (lovaszseg pseudo-label) whose images join every training split, never a
+    # validation split; pseudo_share: each training batch's share of them (null: ordinary training images).
+    pseudo: list[str] = Field(default_factory=list)
+    pseudo_share: float | None = Field(None, gt=0, lt=1)
     # Dataset and transform-preset options, e.g. {fold: 0, pad_size: 128, resize: 202}.
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -111,6 +115,27 @@ class DataConfig(_Strict):
         if unknown := sorted(set(options) - allowed):
             raise ValueError(f"unknown option(s) {unknown} for dataset {name!r}; allowed: {sorted(allowed)}")
         return options
+
+    @model_validator(mode="after")
+    def _one_batch_make_up(self) -> DataConfig:
+        if self.pseudo_share is not None and not self.pseudo:
+            raise ValueError("data.pseudo_share needs pseudo-label folders in data.pseudo")
+        if self.pseudo_share is not None and self.sampler == "balanced":
+            raise ValueError("data.pseudo_share and data.sampler: balanced both set what a batch holds; choose one")
+        return self
+
+    def training_set(self, split: str, *, root: str | Path | None = None) -> Dataset:
+        """A training split with its training transform, and the images of :attr:`pseudo` after it."""
+        from lovaszseg.data.pseudo import with_pseudo_labels
+
+        dataset = self.build(split, train=True, root=root)
+        labelled = self.spec().labelled_split
+        return with_pseudo_labels(
+            dataset,
+            self.pseudo,
+            lambda: self.transform(train=True),
+            lambda: self.build(labelled, train=False, root=root).ids,
+        )
 
     def spec(self) -> DatasetSpec:
         """What the dataset is (task, channels, classes, ignore index, sizes), without reading any file."""

@@ -54,7 +54,7 @@ def salt_run(tiny_salt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize(
-    "command", ["train", "cv", "ensemble", "eval", "predict", "submit", "export", "compare", "data"]
+    "command", ["train", "cv", "ensemble", "eval", "predict", "submit", "pseudo-label", "export", "compare", "data"]
 )
 def test_every_command_has_help(command: str) -> None:
     result = runner.invoke(app, [command, "--help"])

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from lovaszseg.config import load_config
 from lovaszseg.data import build_dataset
+from lovaszseg.data.pseudo import PSEUDO_KINDS
 from lovaszseg.data.sampling import BalancedBatchSampler, foreground_flags
 from lovaszseg.errors import ConfigError
 from lovaszseg.runtime.distributed import DistInfo
@@ -84,9 +85,11 @@ def test_ranks_share_one_draw_and_each_keeps_the_share() -> None:
 
 
 @pytest.mark.parametrize(("flags", "kind"), [([True] * 10, "without"), ([False] * 10, "with")])
-def test_nothing_to_balance_is_an_error_naming_the_sampler(flags: list[bool], kind: str) -> None:
-    with pytest.raises(ConfigError, match=f"data.sampler balanced: the training split has no image {kind} foreground"):
+def test_nothing_to_balance_is_an_error_naming_the_share(flags: list[bool], kind: str) -> None:
+    with pytest.raises(ConfigError, match=f"data.empty_share: the training split has no image {kind} foreground"):
         BalancedBatchSampler(flags, 4, 0.5, seed=0)
+    with pytest.raises(ConfigError, match="data.pseudo_share: the training split has no (labelled|pseudo-labelled) im"):
+        BalancedBatchSampler(flags, 4, 0.5, seed=0, option="data.pseudo_share", kinds=PSEUDO_KINDS)
 
 
 @pytest.mark.parametrize("share", [0.0, 1.0, -0.2])

@@ -1,10 +1,11 @@
-"""Balanced training batches: a set share of images without foreground in every batch.
+"""Balanced training batches: a set share of images without foreground (or pseudo-labelled) in every batch.
 
 With most images empty (or most full), a per-image loss can collapse to predicting the majority; an
 issue on the Lovász authors' repository reports exactly that, fixed by batches balanced between empty
 and non-empty images. :class:`BalancedBatchSampler` draws each batch's empty and non-empty images from
 two shuffled streams (each image of a pool seen once before any is seen twice), so the epoch keeps its
-length and the minority pool is revisited as often as the share asks.
+length and the minority pool is revisited as often as the share asks. The same draw mixes labelled
+and pseudo-labelled images at ``data.pseudo_share``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from torch.utils.data import Sampler
 from lovaszseg.data.registry import SegmentationDataset
 from lovaszseg.errors import ConfigError
 
-__all__ = ["BalancedBatchSampler", "foreground_flags"]
+__all__ = ["FOREGROUND_KINDS", "BalancedBatchSampler", "foreground_flags"]
+
+# What a True and a False foreground flag are, in the messages.
+FOREGROUND_KINDS = ("image with foreground", "image without foreground")
 
 
 def foreground_flags(dataset: SegmentationDataset) -> list[bool]:
@@ -41,9 +45,11 @@ class BalancedBatchSampler(Sampler[list[int]]):
         seed: Seed of the draws; :meth:`set_epoch` varies them per epoch.
         rank: This process's rank.
         world_size: Number of processes.
+        option: The config key of the share, for messages.
+        kinds: What a True and a False flag are, for messages.
 
     Raises:
-        ConfigError: the images are all empty or all non-empty (nothing to balance), or a share outside (0, 1).
+        ConfigError: the images are all of one kind (nothing to balance), or a share outside (0, 1).
     """
 
     def __init__(
@@ -54,17 +60,17 @@ class BalancedBatchSampler(Sampler[list[int]]):
         seed: int,
         rank: int = 0,
         world_size: int = 1,
+        *,
+        option: str = "data.empty_share",
+        kinds: tuple[str, str] = FOREGROUND_KINDS,
     ) -> None:
         if not 0 < empty_share < 1:
-            raise ConfigError(f"data.empty_share must be in (0, 1), got {empty_share!r}")
+            raise ConfigError(f"{option} must be in (0, 1), got {empty_share!r}")
         flags = np.asarray(foreground, dtype=bool)
         self.empty, self.full = np.flatnonzero(~flags), np.flatnonzero(flags)
         if not len(self.empty) or not len(self.full):
-            kind = "without" if not len(self.empty) else "with"
-            raise ConfigError(
-                f"data.sampler balanced: the training split has no image {kind} foreground "
-                f"({len(flags)} images); use data.sampler: shuffle"
-            )
+            kind = kinds[1] if not len(self.empty) else kinds[0]
+            raise ConfigError(f"{option}: the training split has no {kind} ({len(flags)} images) to balance")
         self.empty_share, self.seed, self.rank, self.world_size = empty_share, seed, rank, world_size
         per_rank = math.ceil(len(flags) / world_size)
         # As a shuffled loader with drop_last: whole batches only, unless the data fill less than one.

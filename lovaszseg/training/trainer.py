@@ -26,8 +26,9 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from lovaszseg.config import Config, ModelConfig, StageConfig, builtin_config, load_config
-from lovaszseg.data.sampling import BalancedBatchSampler, foreground_flags
+from lovaszseg.config import Config, DataConfig, ModelConfig, StageConfig, builtin_config, load_config
+from lovaszseg.data.pseudo import PSEUDO_KINDS
+from lovaszseg.data.sampling import FOREGROUND_KINDS, BalancedBatchSampler, foreground_flags
 from lovaszseg.errors import CheckpointError, ConfigError, TrainingError
 from lovaszseg.losses import build_loss
 from lovaszseg.models import ADDABLE_HEADS, build_model, check_input_size
@@ -135,6 +136,15 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def _batch_make_up(data: DataConfig, train_set: Any) -> tuple[list[bool], float, str, tuple[str, str]] | None:
+    """What balanced batches balance (flags, the share of False, its key, the kinds), or None: shuffled."""
+    if data.sampler == "balanced":
+        return foreground_flags(train_set), data.empty_share, "data.empty_share", FOREGROUND_KINDS
+    if data.pseudo_share is not None:
+        return list(train_set.labelled), data.pseudo_share, "data.pseudo_share", PSEUDO_KINDS
+    return None
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -264,7 +274,7 @@ class Trainer:
     def _build_data(self) -> None:
         config, info = self.config, self.info
         root = distributed.on_main(info, config.data.resolved_root)  # rank 0 generates the demo data first
-        self.train_set = config.data.build(config.data.train_split, train=True, root=root)
+        self.train_set = config.data.training_set(config.data.train_split, root=root)
         self.val_set = config.data.build(config.data.val_split, train=False, root=root)
         self.generator = torch.Generator()
         loading: dict[str, Any] = {
@@ -273,10 +283,17 @@ class Trainer:
             "generator": self.generator,
         }
         self.train_sampler: DistributedSampler | BalancedBatchSampler | None = None
-        if config.data.sampler == "balanced":
-            flags = foreground_flags(self.train_set)
+        if (make_up := _batch_make_up(config.data, self.train_set)) is not None:
+            flags, share, option, kinds = make_up
             self.train_sampler = BalancedBatchSampler(
-                flags, config.data.batch_size, config.data.empty_share, config.train.seed, info.rank, info.world_size
+                flags,
+                config.data.batch_size,
+                share,
+                config.train.seed,
+                info.rank,
+                info.world_size,
+                option=option,
+                kinds=kinds,
             )
             self.train_loader = DataLoader(self.train_set, batch_sampler=self.train_sampler, **loading)
         else:
@@ -454,8 +471,10 @@ class Trainer:
         self.generator.manual_seed(seed)
         if self.train_sampler is not None:
             self.train_sampler.set_epoch(index * 100_000 + epoch)
-        if hasattr(self.train_set.transform, "set_random_seed"):
-            self.train_set.transform.set_random_seed(seed)
+        # The split's transform, and each pseudo-label folder's (its own draws: offset seeds).
+        for offset, part in enumerate(getattr(self.train_set, "parts", [self.train_set])):
+            if hasattr(part.transform, "set_random_seed"):
+                part.transform.set_random_seed(seed + offset)
 
     # One epoch ----------------------------------------------------------------------------------------
     def train_epoch(self, stage: Stage, epoch: int, folder: RunFolder, progress: Progress) -> float | None:
