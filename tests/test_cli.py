@@ -136,6 +136,14 @@ def test_submit_with_auto_threshold_and_safetensors_export(salt_run: Path, tiny_
     assert len(read_rle_csv(out)) == 6 and f"(threshold {best:.2f}, min-area 0)" in result.output
 
 
+def test_a_tta_transform_the_data_has_no_symmetry_for_is_a_warning_line_and_is_used(salt_run: Path) -> None:
+    result = runner.invoke(app, ["eval", str(salt_run), "--tta", "hflip+vflip:gmean", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    line = "warning: tta 'hflip+vflip:gmean': vflip is not a symmetry of tgs images (valid there: hflip); used as asked"
+    assert line in result.output, result.output
+    assert json.loads((salt_run / "eval.json").read_text())["tta"] == "hflip+vflip:gmean"
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
@@ -164,14 +172,6 @@ def test_submit_with_auto_threshold_and_safetensors_export(salt_run: Path, tiny_
         ),
     ],
 )
-def test_a_tta_transform_the_data_has_no_symmetry_for_is_a_warning_line_and_is_used(salt_run: Path) -> None:
-    result = runner.invoke(app, ["eval", str(salt_run), "--tta", "hflip+vflip:gmean", "--device", "cpu"])
-    assert result.exit_code == 0, result.output
-    line = "warning: tta 'hflip+vflip:gmean': vflip is not a symmetry of tgs images (valid there: hflip); used as asked"
-    assert line in result.output, result.output
-    assert json.loads((salt_run / "eval.json").read_text())["tta"] == "hflip+vflip:gmean"
-
-
 def test_user_errors_are_one_clear_line_and_exit_2(
     arguments: list[str], message: str, salt_run: Path, tiny_salt: Path, tmp_path: Path
 ) -> None:

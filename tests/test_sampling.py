@@ -88,7 +88,7 @@ def test_ranks_share_one_draw_and_each_keeps_the_share() -> None:
 def test_nothing_to_balance_is_an_error_naming_the_share(flags: list[bool], kind: str) -> None:
     with pytest.raises(ConfigError, match=f"data.empty_share: the training split has no image {kind} foreground"):
         BalancedBatchSampler(flags, 4, 0.5, seed=0)
-    with pytest.raises(ConfigError, match="data.pseudo_share: the training split has no (labelled|pseudo-labelled) im"):
+    with pytest.raises(ConfigError, match=r"data.pseudo_share: the training split has no (labelled|pseudo-labelled) "):
         BalancedBatchSampler(flags, 4, 0.5, seed=0, option="data.pseudo_share", kinds=PSEUDO_KINDS)
 
 

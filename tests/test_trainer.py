@@ -30,8 +30,8 @@ def _loss_with_hook(hook: Callable[[int, torch.Tensor], torch.Tensor]) -> Callab
     real_build_loss = engine_train.build_loss
     calls = {"n": 0}
 
-    def build(spec, ignore_index=None):
-        loss = real_build_loss(spec, ignore_index=ignore_index)
+    def build(spec, ignore_index=None, num_classes=None):
+        loss = real_build_loss(spec, ignore_index=ignore_index, num_classes=num_classes)
 
         def forward(logits, masks):
             calls["n"] += 1

@@ -148,14 +148,16 @@ class FolderDataset(Dataset):
             raise DataError(
                 f"no mask in {self.root / 'masks'} for {len(missing)} image(s), e.g. {', '.join(missing[:5])}"
             )
-        self._foreground: dict[str, bool] = {}
-        for sample_id in self.ids:
-            image_path, mask_path = self._images[sample_id], self._masks[sample_id]
-            mask = read_mask(mask_path)
-            check_same_size(read_image_size(image_path), mask, image_path, mask_path)
-            check_mask_values(mask, self._allowed, mask_path)
-            labelled = mask != 0 if ignore_index is None else (mask != 0) & (mask != ignore_index)
-            self._foreground[sample_id] = bool(labelled.any())
+        self._foreground = {sample_id: self._check_mask(sample_id, ignore_index) for sample_id in self.ids}
+
+    def _check_mask(self, sample_id: str, ignore_index: int | None) -> bool:
+        """Check a mask against its image (size, values); whether it has foreground."""
+        image_path, mask_path = self._images[sample_id], self._masks[sample_id]
+        mask = read_mask(mask_path)
+        check_same_size(read_image_size(image_path), mask, image_path, mask_path)
+        check_mask_values(mask, self._allowed, mask_path)
+        labelled = mask != 0 if ignore_index is None else (mask != 0) & (mask != ignore_index)
+        return bool(labelled.any())
 
     def _split_ids(self, split: str | Path, val_fraction: float, seed: int) -> list[str]:
         ids = list(self._images)

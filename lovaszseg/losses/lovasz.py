@@ -170,13 +170,8 @@ def lovasz_softmax(
             errors = (foreground.to(class_probs.dtype) - class_probs).abs()
             row_valid = None if valid is None else valid[image_ids]
             row_losses = _weighted_row_losses(errors, errors, foreground, row_valid)
-            if weights is None:
-                per_image_sum = torch.zeros(batch, dtype=probs.dtype, device=probs.device).index_add(
-                    0, image_ids, row_losses
-                )
-                per_image_count = torch.bincount(image_ids, minlength=batch).clamp(min=1)
-                return (per_image_sum / per_image_count).mean()
-            row_weights = weights[class_ids]
+            # Unweighted: each row weighs 1, and an image's weight is its number of selected classes.
+            row_weights = torch.ones_like(row_losses) if weights is None else weights[class_ids]
             zeros = torch.zeros(batch, dtype=probs.dtype, device=probs.device)
             per_image_sum = zeros.index_add(0, image_ids, row_losses * row_weights)
             per_image_weight = zeros.index_add(0, image_ids, row_weights)

@@ -183,18 +183,10 @@ def pseudo_label(
                 f"none of the {len(rows)} images of {images_dir} passes the rule ({_describe(rule)}); "
                 "loosen --max-uncertain or --min-agreement"
             )
-        record = {
-            "task": predictor.spec.task,
-            "num_classes": predictor.spec.num_classes,
-            "dataset": predictor.spec.name,
-            "model": predictor.name,
-            "images_dir": str(images_dir),
-            "tta": tta,
-            "post_processing": None if post is None else post.values(),
-            "rule": asdict(rule),
-            "images": len(rows),
-            "kept": kept,
-        }
+        spec = predictor.spec
+        record = {"task": spec.task, "num_classes": spec.num_classes, "dataset": spec.name, "model": predictor.name}
+        record |= {"images_dir": str(images_dir), "tta": tta, "rule": asdict(rule)}
+        record |= {"post_processing": None if post is None else post.values(), "images": len(rows), "kept": kept}
         with atomic_write(staging / PSEUDO_RECORD) as handle:
             json.dump(record, handle, indent=2)
         if out.exists():

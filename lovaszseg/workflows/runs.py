@@ -256,13 +256,18 @@ def _out_of_fold_metrics(predictor: Predictor) -> dict[str, float]:
     return metrics
 
 
-def _load_for_tta(
-    sources: Sources, weights: Sequence[float] | None, acceleration: AccelerationOverride, tta: Tta
-) -> Predictor:
-    """The model of ``sources``, with a warning for transforms of ``tta`` its data has no symmetry for."""
+def _load(
+    sources: Sources,
+    weights: Sequence[float] | None,
+    acceleration: AccelerationOverride,
+    tta: Tta,
+    window: WindowOverride,
+) -> tuple[Predictor, SlidingWindow | None]:
+    """The model of ``sources`` (with a warning for transforms of ``tta`` its data has no symmetry for)
+    and the sliding window to predict with: its config's, changed by ``window``."""
     predictor = load_predictor(sources, weights, acceleration)
     warn_if_invalid(tta, predictor.spec.valid_tta, predictor.spec.name)
-    return predictor
+    return predictor, window.apply(predictor.config.inference.sliding_window())
 
 
 def evaluate_run(
@@ -295,8 +300,7 @@ def evaluate_run(
             its out-of-fold predictions) or ``holdout`` (its held-out images). Default ``val``.
         tta: A setting of :mod:`lovaszseg.inference.tta` (``none``, ``hflip``, ``d4:gmean``, ...); not for
             ``oof`` (the cv's own).
-        window: Changes to the model's own sliding window (``inference.window`` of its config;
-            ``--window``, ``--stride``, ``--window-weighting``); by default, as the config says.
+        window: Changes to the model's own ``inference`` window (``--window``, ``--stride``, ...).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         acceleration: Changes to each model's own ``train.amp``, ``train.channels_last`` and
             ``train.compile`` (``--amp``, ``--channels-last``, ``--compile``).
@@ -318,8 +322,7 @@ def evaluate_run(
     check_tta(tta)
     if out is not None:
         check_writable(out, "--out", folder=True)
-    predictor = _load_for_tta(run_or_checkpoint, weights, acceleration, tta)
-    sliding = window.apply(predictor.config.inference.sliding_window())
+    predictor, sliding = _load(run_or_checkpoint, weights, acceleration, tta, window)
     with _writable_home(predictor, console) as home:
         if predictor.cv is not None and split in (None, OUT_OF_FOLD):
             split, tta = OUT_OF_FOLD, predictor.cv.settings()[1]["tta"]
@@ -399,8 +402,7 @@ def predict_run(
         out_dir: Where ``masks/`` and ``overlays/`` go.
         weights: One weight per source, for an ensemble.
         tta: A setting of :mod:`lovaszseg.inference.tta` (``none``, ``hflip``, ``d4:gmean``, ...).
-        window: Changes to the model's own sliding window (``inference.window`` of its config;
-            ``--window``, ``--stride``, ``--window-weighting``); by default, as the config says.
+        window: Changes to the model's own ``inference`` window (``--window``, ``--stride``, ...).
         threshold: Binary models: probability threshold in [0, 1] (default 0.5), or ``"auto"`` (tuned).
         min_area: Binary models: masks with fewer foreground pixels are emptied (default 0: none);
             ``"auto"``: tuned for the threshold used.
@@ -423,9 +425,8 @@ def predict_run(
         raise ConfigError(f"output folder {out_dir} is a file")
     check_writable(out_dir, "output folder", folder=True)
     check_tta(tta)
-    predictor = _load_for_tta(run_or_checkpoint, weights, acceleration, tta)
+    predictor, sliding = _load(run_or_checkpoint, weights, acceleration, tta, window)
     requested = {"threshold": threshold, "min_area": min_area, "empty_gate": empty_gate}
-    sliding = window.apply(predictor.config.inference.sliding_window())
     post = _postprocessing(predictor, requested, tta, sliding, device, console)
     count = 0
     for path, image, probs, empty in _predict_images(
@@ -496,8 +497,7 @@ def submit_run(
         out: CSV to write.
         weights: One weight per source, for an ensemble.
         tta: A setting of :mod:`lovaszseg.inference.tta` (``none``, ``hflip``, ``d4:gmean``, ...).
-        window: Changes to the model's own sliding window (``inference.window`` of its config;
-            ``--window``, ``--stride``, ``--window-weighting``); by default, as the config says.
+        window: Changes to the model's own ``inference`` window (``--window``, ``--stride``, ...).
         threshold: Probability threshold in [0, 1] (default 0.5), or ``"auto"``: the tuned one (out of
             fold for a cv folder; on the validation split for a run, tuned first if it has not been).
         min_area: Predicted masks with fewer pixels are submitted empty (default 0); ``"auto"``: the
@@ -515,8 +515,7 @@ def submit_run(
         ``(path of the CSV, post-processing used)``.
 
     Raises:
-        ConfigError: a multi-class model, a bad threshold or min-area, ``auto`` without a tuning, or
-            ``out`` naming a folder.
+        ConfigError: a multi-class model, a bad threshold or min-area, ``auto`` untuned, ``out`` a folder.
         DataError: an image that is not 101x101 (named), ids that do not match the sample submission.
         OutputError: ``out`` cannot be written.
     """
@@ -527,11 +526,10 @@ def submit_run(
     check_tta(tta)
     images_dir = test_dir / "images" if (test_dir / "images").is_dir() else test_dir
     expected = _expected_ids(images_dir, Path(sample_submission) if sample_submission else None)
-    predictor = _load_for_tta(run_or_checkpoint, weights, acceleration, tta)
+    predictor, sliding = _load(run_or_checkpoint, weights, acceleration, tta, window)
     if not predictor.spec.binary:
         raise ConfigError("submit writes binary RLE masks; this model is multi-class")
     requested = {"threshold": threshold, "min_area": min_area, "empty_gate": empty_gate}
-    sliding = window.apply(predictor.config.inference.sliding_window())
     post = _postprocessing(predictor, requested, tta, sliding, device, console)
     assert post is not None  # a binary model's
 
