@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from lovaszseg.data import DatasetSpec, build_dataset, build_transform, dataset_options, describe_dataset
 from lovaszseg.data.registry import registration
 from lovaszseg.errors import ConfigError
-from lovaszseg.inference.window import WEIGHTINGS, SlidingWindow, Weighting, parse_size
+from lovaszseg.inference.window import CROPS_PER_BATCH, WEIGHTINGS, SlidingWindow, Weighting, parse_size
 from lovaszseg.losses import LossSpec, build_loss
 from lovaszseg.runtime.acceleration import Acceleration, Amp
 
@@ -272,7 +272,7 @@ class InferenceConfig(_Strict):
     window: list[int] | None = None
     stride: list[int] | None = None
     window_weighting: Weighting = WEIGHTINGS[0]
-    crops_per_batch: int = Field(8, ge=1)
+    crops_per_batch: int = Field(CROPS_PER_BATCH, ge=1)
 
     @field_validator("window", "stride", mode="before")
     @classmethod

@@ -111,7 +111,8 @@ class TrainingSet(Dataset):
         self._by_id = {sample_id: part for part in self.parts for sample_id in part.ids}
 
     def fold_key(self, sample_id: str) -> float:
-        return self.parts[0].fold_key(sample_id) if sample_id in self.parts[0].ids else 0.0
+        part = self._by_id[sample_id]
+        return part.fold_key(sample_id) if part is self.parts[0] else 0.0
 
     def has_foreground(self, sample_id: str) -> bool:
         return self._by_id[sample_id].has_foreground(sample_id)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: the CLI reads WEIGHTING
     from lovaszseg.heads import Outputs
 
 __all__ = [
+    "CROPS_PER_BATCH",
     "NO_WINDOW",
     "WEIGHTINGS",
     "SlidingWindow",
@@ -41,6 +42,8 @@ WEIGHTINGS: tuple[Weighting, ...] = ("uniform", "gaussian")
 GAUSSIAN_SIGMA = 1 / 8
 # The gaussian window's weights are at least this share of its centre's, so that corners still count.
 GAUSSIAN_FLOOR = 1e-3
+# Crops per forward pass unless a config says otherwise.
+CROPS_PER_BATCH = 8
 _SEPARATOR = "x"
 
 
@@ -90,8 +93,8 @@ class SlidingWindow:
 
     size: tuple[int, int]
     stride: tuple[int, int]
-    weighting: Weighting = "uniform"
-    crops_per_batch: int = 8
+    weighting: Weighting = WEIGHTINGS[0]
+    crops_per_batch: int = CROPS_PER_BATCH
 
     def __post_init__(self) -> None:
         if any(step > side for step, side in zip(self.stride, self.size, strict=True)):
@@ -122,26 +125,37 @@ class SlidingWindow:
 
         from lovaszseg.heads import Outputs
 
-        masks, heads = [], []
-        for image in images:
-            mask, head = self._predict_image(predict, image)
-            masks.append(mask)
-            heads.append(head)
-        empty = None if any(head is None for head in heads) else torch.stack(heads)
-        return Outputs(torch.stack(masks), empty)
-
-    def _predict_image(self, predict: Callable[[Tensor], Outputs], image: Tensor) -> tuple[Tensor, Tensor | None]:
-        import torch
-
-        height, width = image.shape[-2:]
+        # The images of a batch share a size, hence the windows' corners and the weights' sum.
+        height, width = images.shape[-2:]
         crop = self.crop_size((height, width))
         corners = [
             (top, left)
             for top in window_starts(height, crop[0], self.stride[0])
             for left in window_starts(width, crop[1], self.stride[1])
         ]
-        weights = window_weights(crop, self.weighting).to(image.device)
-        total = image.new_zeros(height, width)
+        weights = window_weights(crop, self.weighting).to(images.device)
+        total = images.new_zeros(height, width)
+        for top, left in corners:
+            total[top : top + crop[0], left : left + crop[1]] += weights
+        masks, heads = [], []
+        for image in images:
+            mask, head = self._predict_image(predict, image, crop, corners, weights)
+            masks.append(mask / total)
+            heads.append(head)
+        empty = None if any(head is None for head in heads) else torch.stack(heads)
+        return Outputs(torch.stack(masks), empty)
+
+    def _predict_image(
+        self,
+        predict: Callable[[Tensor], Outputs],
+        image: Tensor,
+        crop: tuple[int, int],
+        corners: list[tuple[int, int]],
+        weights: Tensor,
+    ) -> tuple[Tensor, Tensor | None]:
+        """An image's weighted sum of its windows' probabilities, and its windows' largest head probability."""
+        import torch
+
         merged: Tensor | None = None
         head: Tensor | None = None
         for first in range(0, len(corners), self.crops_per_batch):
@@ -149,15 +163,14 @@ class SlidingWindow:
             crops = [image[:, top : top + crop[0], left : left + crop[1]] for top, left in batch]
             outputs = predict(torch.stack(crops))
             if merged is None:
-                merged = image.new_zeros(outputs.masks.shape[1], height, width)
+                merged = image.new_zeros(outputs.masks.shape[1], *image.shape[-2:])
             for (top, left), probabilities in zip(batch, outputs.masks, strict=True):
                 merged[:, top : top + crop[0], left : left + crop[1]] += probabilities * weights
-                total[top : top + crop[0], left : left + crop[1]] += weights
             if outputs.empty is not None:
                 best = outputs.empty.max()
                 head = best if head is None else head.maximum(best)
         assert merged is not None  # an image has at least one window
-        return merged / total, head
+        return merged, head
 
 
 def window_weights(size: tuple[int, int], weighting: Weighting) -> Tensor:
@@ -231,5 +244,5 @@ class WindowOverride:
             size,
             self.stride or kept_stride,
             self.weighting or (base.weighting if base is not None else WEIGHTINGS[0]),
-            base.crops_per_batch if base is not None else SlidingWindow.crops_per_batch,
+            base.crops_per_batch if base is not None else CROPS_PER_BATCH,
         )

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from rich.console import Console
+from torch import nn
 
 from lovaszseg.data.io import atomic_write, check_writable, list_stems
 from lovaszseg.data.pseudo import BINARY_FOREGROUND, PSEUDO_IMAGES, PSEUDO_MASKS, PSEUDO_RECORD, PSEUDO_TABLE
@@ -40,6 +41,7 @@ from lovaszseg.runtime.acceleration import AccelerationOverride
 from lovaszseg.runtime.distributed import resolve_device
 from lovaszseg.runtime.progress import LoopProgress
 from lovaszseg.scoring.postprocess import AUTO, PostProcessing, resolve
+from lovaszseg.thresholds import DEFAULT_THRESHOLD
 
 __all__ = ["ConfidenceRule", "PseudoLabelResult", "pseudo_label"]
 
@@ -98,23 +100,26 @@ def _agreement(members: Sequence[np.ndarray], labels: np.ndarray, binary: bool) 
     return float(np.mean(scores))
 
 
+def _predictions(predictor: Predictor, model: nn.Module, images_dir: Path, tta: Tta, device: str) -> Iterator:
+    """``(path, image, probabilities, head probability)`` of every image, by ``model`` (the predictor's or a member)."""
+    return predict_folder(
+        model,
+        images_dir,
+        predictor.config.data.transform(),
+        in_channels=predictor.spec.in_channels,
+        device=device,
+        tta=tta,
+        resized=predictor.spec.resize,
+        with_empty=True,
+    )
+
+
 def _member_labels(predictor: Predictor, images_dir: Path, tta: Tta, device: str, threshold: float) -> Iterator:
     """Per image, every member's labels (binary: probability above ``threshold``; else argmax)."""
     models = list(getattr(predictor.model, "members", [predictor.model]))
-    streams = [
-        predict_folder(
-            model,
-            images_dir,
-            predictor.config.data.transform(),
-            in_channels=predictor.spec.in_channels,
-            device=device,
-            tta=tta,
-            resized=predictor.spec.resize,
-        )
-        for model in models
-    ]
+    streams = [_predictions(predictor, model, images_dir, tta, device) for model in models]
     for predictions in zip(*streams, strict=True):
-        yield [probs[0] > threshold if predictor.spec.binary else probs.argmax(0) for _, _, probs in predictions]
+        yield [probs[0] > threshold if predictor.spec.binary else probs.argmax(0) for _, _, probs, _ in predictions]
 
 
 def pseudo_label(
@@ -230,19 +235,10 @@ def _write(
 ) -> tuple[int, list[dict[str, object]]]:
     """Predict, score and write every image into ``staging``: the kept ones' files and the whole table."""
     target = resolve_device(device)
-    threshold = post.threshold if post is not None else 0.5
+    threshold = post.threshold if post is not None else DEFAULT_THRESHOLD  # multi-class: not used
     several = len(predictor.members) > 1
     members = _member_labels(predictor, images_dir, tta, target, threshold) if several else None
-    predictions = predict_folder(
-        predictor.model,
-        images_dir,
-        predictor.config.data.transform(),
-        in_channels=predictor.spec.in_channels,
-        device=target,
-        tta=tta,
-        resized=predictor.spec.resize,
-        with_empty=True,
-    )
+    predictions = _predictions(predictor, predictor.model, images_dir, tta, target)
     rows: list[dict[str, object]] = []
     kept = 0
     interval = predictor.config.output.progress_seconds

@@ -20,6 +20,7 @@ here is imported with the package, so adding a transform is adding a file.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import itertools
 import pkgutil
@@ -152,6 +153,7 @@ def _values(part: str, text: str) -> tuple[float, ...]:
     return values
 
 
+@functools.cache  # every batch asks; a setting's plan never changes
 def tta_plan(tta: Tta) -> TtaPlan:
     """Parse a setting (see the module's docstring).
 
@@ -240,11 +242,10 @@ def merge_probabilities(views: Sequence[Tensor], merge: str, *, class_dim: int |
         return sum(views) / len(views)
     import torch
 
-    logs = torch.stack(views).clamp(_EPS, 1 - _EPS).log()
+    clamped = torch.stack(views).clamp(_EPS, 1 - _EPS)
     if class_dim is None or views[0].shape[class_dim] == 1:  # sigmoid: the classes are p and 1 - p
-        complement = torch.stack(views).clamp(_EPS, 1 - _EPS).neg().log1p()
-        return torch.sigmoid((logs - complement).mean(0))
-    return torch.softmax(logs.mean(0), dim=class_dim)
+        return torch.sigmoid((clamped.log() - clamped.neg().log1p()).mean(0))
+    return torch.softmax(clamped.log().mean(0), dim=class_dim)
 
 
 for _module in pkgutil.iter_modules(__path__):
