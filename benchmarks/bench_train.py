@@ -631,6 +631,7 @@ SPEED_SETTINGS: dict[str, dict] = {
     "compiled channels-last": {"channels_last": True, "compile": True},
     # What docs/benchmarks.md recommends: bf16 only where the CPU or GPU has it natively.
     "amp auto + channels-last": {"amp": "auto", "channels_last": True},
+    "compiled amp auto + channels-last": {"amp": "auto", "channels_last": True, "compile": True},
 }
 
 

@@ -95,6 +95,20 @@ def interval_text(difference: Interval) -> str:
     return f"{difference.estimate:+.4f} [{difference.low:+.4f}, {difference.high:+.4f}] {verdict}"
 
 
+def report(scored: dict[str, list[ImageStatistics]], baseline: str, seeds: list[int]) -> None:
+    """Per entry: its held-out mean over seeds with a t-interval, and its paired difference to ``baseline``."""
+    images = len(scored[baseline][0].ids)
+    print(f"\n{METRIC} on the {images} held-out images, post-processing tuned on the validation fold; seeds {seeds}")
+    print(f"{'entry':<28} {'mean over seeds':>16}  95% interval (seeds)   difference to {baseline} [95% paired]")
+    for name, statistics in scored.items():
+        per_seed = [float(s.metric(METRIC)[0]) for s in statistics]
+        spread = mean_interval(per_seed)
+        line = f"{name:<28} {spread.estimate:>16.4f}  [{spread.low:.4f}, {spread.high:.4f}]"
+        if name != baseline:
+            line += f"   {interval_text(paired_bootstrap(statistics, scored[baseline], METRIC))}"
+        print(line)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("config", type=Path)
@@ -128,17 +142,7 @@ def main() -> None:
             print(f"{run}: {chosen.describe()} (tuned on the validation fold)")
         if "empty_head" in ENTRIES[name].get("model", {}):
             scored[f"{name}, gate off"] = [held_out_statistics(run, holdout, GATE_OFF)[0] for run in runs]
-    images = len(next(iter(scored.values()))[0].ids)
-    print(f"\n{METRIC} on the {images} held-out images, post-processing tuned on the validation fold; seeds {seeds}")
-    print(f"{'entry':<28} {'mean over seeds':>16}  95% interval (seeds)   difference to {BASELINE} [95% paired]")
-    for name, statistics in scored.items():
-        per_seed = [float(s.metric(METRIC)[0]) for s in statistics]
-        spread = mean_interval(per_seed)
-        line = f"{name:<28} {spread.estimate:>16.4f}  [{spread.low:.4f}, {spread.high:.4f}]"
-        if name != BASELINE:
-            difference = paired_bootstrap(statistics, scored[BASELINE], METRIC)
-            line += f"   {interval_text(difference)}"
-        print(line)
+    report(scored, BASELINE, seeds)
     for name in [name for name in scored if f"{name}, gate off" in scored]:
         worth = paired_bootstrap(scored[name], scored[f"{name}, gate off"], METRIC)
         print(f"the gate's worth in {name}: {interval_text(worth)}")

@@ -125,6 +125,10 @@ class RunFolder:
         """Whether training ran to the end (the model is exported only then)."""
         return self.export_path.is_file()
 
+    def finished_as(self, config: Config) -> bool:
+        """Whether the folder holds a run of exactly ``config`` that trained to the end (to reuse, not retrain)."""
+        return self.finished and self.config_path.is_file() and self.config() == config
+
     # Creating and locking -----------------------------------------------------------------------------
     @classmethod
     def create(cls, config: Config, path: str | Path | None = None, *, overwrite: bool = False) -> RunFolder:

@@ -278,11 +278,6 @@ def _check_models(configs: dict[tuple[str, int], Config], entries: Sequence[Entr
             raise ConfigError(f"compare entry {entry.name!r}: {error}") from error
 
 
-def _finished_run(folder: RunFolder, config: Config) -> bool:
-    """Whether ``folder`` holds a run of exactly ``config`` that trained to the end."""
-    return folder.finished and folder.config_path.is_file() and folder.config() == config
-
-
 def _safe_name(entry: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", entry.replace(">", "-then-")).strip("_")
 
@@ -374,7 +369,7 @@ def compare(
     for (entry, seed), entry_config in configs.items():
         console.rule(f"[bold]{entry}" + (f", seed {seed}" if seeds else ""))
         folder = RunFolder(_run_path(out_dir, entry, seed if seeds else None))
-        if not retrain and _finished_run(folder, entry_config):
+        if not retrain and folder.finished_as(entry_config):
             console.print(f"reusing the finished run {folder.path}")
             histories[entry, seed] = folder.summary()
         else:
