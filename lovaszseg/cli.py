@@ -465,6 +465,9 @@ def pseudo_label_command(
         0.8, help="Ensembles: keep images whose members agree with the ensemble at least this much (mean IoU)."
     ),
     overwrite: bool = typer.Option(False, help="Replace what --out holds."),
+    window: str | None = WINDOW_OPTION,
+    stride: str | None = STRIDE_OPTION,
+    window_weighting: str | None = WINDOW_WEIGHTING_OPTION,
     device: str = typer.Option("auto", help=DEVICE_HELP),
     amp: str | None = AMP_OPTION,
     channels_last: bool | None = CHANNELS_LAST_OPTION,
@@ -492,6 +495,7 @@ def pseudo_label_command(
         overwrite=overwrite,
         device=device,
         acceleration=_acceleration(amp, channels_last, compile_model),
+        window=_window(window, stride, window_weighting),
         console=console,
     )
     console.print(f"kept {result.kept} of {result.images} images in {result.out}")

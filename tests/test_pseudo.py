@@ -24,6 +24,7 @@ from lovaszseg.data.pseudo import PSEUDO_RECORD, PSEUDO_TABLE, PseudoLabels
 from lovaszseg.data.transforms import crop_to_original
 from lovaszseg.errors import ConfigError, DataError
 from lovaszseg.inference.predict import predict_folder
+from lovaszseg.inference.window import WindowOverride
 from lovaszseg.runtime.distributed import DistInfo
 from lovaszseg.scoring.postprocess import PostProcessing
 from lovaszseg.storage.run_folder import load_model
@@ -78,6 +79,7 @@ def test_the_folder_holds_the_images_their_masks_and_every_images_confidence(
         assert rows[path.stem]["agreement"] == "" and rows[path.stem]["kept"] == "1"  # one model: no agreement
     record = json.loads((pseudo_dir / PSEUDO_RECORD).read_text())
     assert (record["task"], record["tta"], record["images"], record["kept"]) == ("binary", "none", 6, 6)
+    assert record["window"] == "none"
     assert record["post_processing"] == {"threshold": 0.5, "min_area": 0, "empty_gate": 0.0}
 
 
@@ -99,6 +101,25 @@ def test_the_rule_keeps_only_images_with_few_uncertain_pixels(
     assert result.kept == len(kept) == 3 and kept == {i for i, value in highest.items() if value < cut}
     assert kept == {p.stem for p in (tmp_path / "strict" / "images").iterdir()}
     assert kept == {p.stem for p in (tmp_path / "strict" / "masks").iterdir()}
+
+
+def test_a_sliding_window_labels_each_image_from_its_crops_and_is_recorded(
+    salt_run: Path, tiny_salt: Path, tmp_path: Path
+) -> None:
+    images, out = tiny_salt / "test" / "images", tmp_path / "pseudo"
+    window = WindowOverride((64, 64), (32, 32), "gaussian")
+    pseudo_label(salt_run, images, out, threshold=0.5, min_area=0, rule=KEEP_ALL, window=window)
+    loaded = load_model(salt_run)
+    transform = build_transform("tgs", train=False, **loaded.config.data.options)
+    crops = predict_folder(loaded.model, images, transform, in_channels=1, window=window.apply(None))
+    whole = {path.stem: probs for path, _, probs in predict_folder(loaded.model, images, transform, in_channels=1)}
+    differs = []
+    for path, _, probs in crops:
+        differs.append(not np.allclose(probs, whole[path.stem]))  # the crops see less context
+        mask = np.asarray(Image.open(out / "masks" / f"{path.stem}.png"))
+        np.testing.assert_array_equal(mask, PostProcessing(threshold=0.5).apply(probs[0]).astype(np.uint8) * 255)
+    assert any(differs) and len(differs) == 6
+    assert json.loads((out / PSEUDO_RECORD).read_text())["window"] == "64x64 windows every 32x32 (gaussian)"
 
 
 def test_an_ensemble_keeps_images_its_members_agree_on(salt_run: Path, pseudo_dir: Path, tmp_path: Path) -> None:

@@ -473,6 +473,27 @@ def test_min_area_auto_at_a_given_threshold_is_the_one_tuned_for_that_threshold(
         submit_run(run, tiny_salt / "test", tmp_path / "t.csv", threshold=0.337, min_area="auto", device="cpu")
 
 
+@pytest.mark.parametrize("first", [WindowOverride((64, 64), (32, 32)), WindowOverride()])
+def test_a_tuning_names_its_window_and_a_run_is_tuned_again_for_another_one(
+    first: WindowOverride, salt_run: Path, tiny_salt: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(salt_run, run)
+    (run / "postprocess.json").unlink(missing_ok=True)
+    evaluate_run(run, device="cpu", window=first)
+    tuned = json.loads((run / "postprocess.json").read_text())
+    windowed = first.size is not None
+    assert tuned["window"] == ("64x64 windows every 32x32 (uniform)" if windowed else "none")
+    # submit with the other window: the validation split is scored and tuned again, as for another TTA
+    other = WindowOverride() if windowed else WindowOverride((64, 64), (32, 32))
+    submit_run(
+        run, tiny_salt / "test", tmp_path / "s.csv", threshold="auto", min_area="auto", window=other, device="cpu"
+    )
+    retuned = json.loads((run / "postprocess.json").read_text())
+    assert retuned["window"] == ("none" if windowed else "64x64 windows every 32x32 (uniform)")
+    assert retuned["before"] != tuned["before"]  # other predictions: other counts
+
+
 def test_eval_of_a_run_another_process_writes_scores_it_without_writing_into_it(salt_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(salt_run, run)

@@ -31,6 +31,7 @@ __all__ = [
     "Weighting",
     "WindowOverride",
     "parse_size",
+    "window_label",
     "window_starts",
     "window_weights",
 ]
@@ -189,6 +190,11 @@ def window_weights(size: tuple[int, int], weighting: Weighting) -> Tensor:
 
 # What ``--window`` takes to turn off a window the model's config sets.
 NO_WINDOW = "none"
+
+
+def window_label(window: SlidingWindow | None) -> str:
+    """How a tuning or a record names the window predictions were made with: ``none`` for whole images."""
+    return NO_WINDOW if window is None else window.describe()
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from lovaszseg.errors import ConfigError
 from lovaszseg.inference.ensemble import model_names, resolve_members
 from lovaszseg.inference.predict import predict_outputs
 from lovaszseg.inference.tta import NO_TTA, Tta, check_tta, warn_if_invalid
+from lovaszseg.inference.window import window_label
 from lovaszseg.runtime import distributed
 from lovaszseg.runtime.accelerated import accelerate
 from lovaszseg.runtime.progress import LoopProgress
@@ -170,7 +171,7 @@ def _out_of_fold(
 ) -> tuple[list[dict[str, Any]], Tuning | None]:
     """Predict every fold's validation images with that fold's model: ``oof.npz``, metrics, tuning."""
     spec = config.data.spec()
-    root, tta = config.data.resolved_root(), settings["tta"]
+    root, tta, window = config.data.resolved_root(), settings["tta"], config.inference.sliding_window()
     device = distributed.resolve_device(config.train.device)
     oof_scorer, rows = Scorer(spec, device, keep_images=True), []
     with _oof_writer(folder.oof_path) as write:
@@ -192,7 +193,7 @@ def _out_of_fold(
                     loader,
                     spec,
                     device=device,
-                    predict=partial(predict_outputs, tta=tta, window=config.inference.sliding_window()),
+                    predict=partial(predict_outputs, tta=tta, window=window),
                     progress=bar.advance,
                     on_predictions=record,
                     across_processes=False,
@@ -208,6 +209,7 @@ def _out_of_fold(
             tuning_metric(config.train.monitor, spec),
             split=OUT_OF_FOLD,
             tta=tta,
+            window=window_label(window),
             models=names,
         )
         save_tuning(folder.path, tuning)

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from rich.console import Console
 from torch import nn
@@ -37,6 +38,7 @@ from lovaszseg.errors import ConfigError, DataError
 from lovaszseg.inference.ensemble import Predictor, Sources, load_predictor
 from lovaszseg.inference.predict import predict_folder
 from lovaszseg.inference.tta import NO_TTA, Tta, check_tta, warn_if_invalid
+from lovaszseg.inference.window import SlidingWindow, WindowOverride, window_label
 from lovaszseg.runtime.acceleration import AccelerationOverride
 from lovaszseg.runtime.distributed import resolve_device
 from lovaszseg.runtime.progress import LoopProgress
@@ -100,24 +102,34 @@ def _agreement(members: Sequence[np.ndarray], labels: np.ndarray, binary: bool) 
     return float(np.mean(scores))
 
 
-def _predictions(predictor: Predictor, model: nn.Module, images_dir: Path, tta: Tta, device: str) -> Iterator:
+@dataclass(frozen=True)
+class _Inference:
+    """How every image is predicted: the TTA, the sliding window (None: whole images) and the device."""
+
+    tta: Tta
+    window: SlidingWindow | None
+    device: torch.device
+
+
+def _predictions(predictor: Predictor, model: nn.Module, images_dir: Path, how: _Inference) -> Iterator:
     """``(path, image, probabilities, head probability)`` of every image, by ``model`` (the predictor's or a member)."""
     return predict_folder(
         model,
         images_dir,
         predictor.config.data.transform(),
         in_channels=predictor.spec.in_channels,
-        device=device,
-        tta=tta,
+        device=how.device,
+        tta=how.tta,
         resized=predictor.spec.resize,
         with_empty=True,
+        window=how.window,
     )
 
 
-def _member_labels(predictor: Predictor, images_dir: Path, tta: Tta, device: str, threshold: float) -> Iterator:
+def _member_labels(predictor: Predictor, images_dir: Path, how: _Inference, threshold: float) -> Iterator:
     """Per image, every member's labels (binary: probability above ``threshold``; else argmax)."""
     models = list(getattr(predictor.model, "members", [predictor.model]))
-    streams = [_predictions(predictor, model, images_dir, tta, device) for model in models]
+    streams = [_predictions(predictor, model, images_dir, how) for model in models]
     for predictions in zip(*streams, strict=True):
         yield [probs[0] > threshold if predictor.spec.binary else probs.argmax(0) for _, _, probs, _ in predictions]
 
@@ -136,6 +148,7 @@ def pseudo_label(
     overwrite: bool = False,
     device: str = "auto",
     acceleration: AccelerationOverride = AccelerationOverride(),
+    window: WindowOverride = WindowOverride(),
     console: Console | None = None,
 ) -> PseudoLabelResult:
     """Predict a folder of unlabelled images and write the confident ones as a pseudo-label folder.
@@ -156,6 +169,7 @@ def pseudo_label(
         overwrite: Replace what ``out`` holds.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         acceleration: Changes to each model's own acceleration.
+        window: Changes to the model's own ``inference`` window (``--window``, ``--stride``, ...).
         console: Where progress goes.
 
     Returns:
@@ -175,6 +189,7 @@ def pseudo_label(
     tuning = predictor.tuning()
     tta = check_tta(tta if tta is not None else (tuning.tta if tuning is not None else NO_TTA))
     warn_if_invalid(tta, predictor.spec.valid_tta, predictor.spec.name)
+    how = _Inference(tta, window.apply(predictor.config.inference.sliding_window()), resolve_device(device))
     post = _postprocessing(predictor, threshold, min_area, empty_gate)
     paths = list_stems(images_dir)
     if not paths:
@@ -182,7 +197,7 @@ def pseudo_label(
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        kept, rows = _write(predictor, images_dir, staging, tta, post, rule, device, console or Console(), len(paths))
+        kept, rows = _write(predictor, images_dir, staging, how, post, rule, console or Console(), len(paths))
         if not kept:
             raise DataError(
                 f"none of the {len(rows)} images of {images_dir} passes the rule ({_describe(rule)}); "
@@ -190,7 +205,7 @@ def pseudo_label(
             )
         spec = predictor.spec
         record = {"task": spec.task, "num_classes": spec.num_classes, "dataset": spec.name, "model": predictor.name}
-        record |= {"images_dir": str(images_dir), "tta": tta, "rule": asdict(rule)}
+        record |= {"images_dir": str(images_dir), "tta": tta, "window": window_label(how.window), "rule": asdict(rule)}
         record |= {"post_processing": None if post is None else post.values(), "images": len(rows), "kept": kept}
         with atomic_write(staging / PSEUDO_RECORD) as handle:
             json.dump(record, handle, indent=2)
@@ -226,19 +241,17 @@ def _write(
     predictor: Predictor,
     images_dir: Path,
     staging: Path,
-    tta: Tta,
+    how: _Inference,
     post: PostProcessing | None,
     rule: ConfidenceRule,
-    device: str,
     console: Console,
     total: int,
 ) -> tuple[int, list[dict[str, object]]]:
     """Predict, score and write every image into ``staging``: the kept ones' files and the whole table."""
-    target = resolve_device(device)
     threshold = post.threshold if post is not None else DEFAULT_THRESHOLD  # multi-class: not used
     several = len(predictor.members) > 1
-    members = _member_labels(predictor, images_dir, tta, target, threshold) if several else None
-    predictions = _predictions(predictor, predictor.model, images_dir, tta, target)
+    members = _member_labels(predictor, images_dir, how, threshold) if several else None
+    predictions = _predictions(predictor, predictor.model, images_dir, how)
     rows: list[dict[str, object]] = []
     kept = 0
     interval = predictor.config.output.progress_seconds

@@ -37,7 +37,7 @@ from lovaszseg.inference.ensemble import Predictor, Sources, load_predictor
 from lovaszseg.inference.predict import predict_folder, predict_outputs
 from lovaszseg.inference.submission import write_submission
 from lovaszseg.inference.tta import NO_TTA, Tta, check_tta, warn_if_invalid
-from lovaszseg.inference.window import SlidingWindow, WindowOverride
+from lovaszseg.inference.window import SlidingWindow, WindowOverride, window_label
 from lovaszseg.rle import read_rle_csv
 from lovaszseg.runtime.acceleration import AccelerationOverride
 from lovaszseg.runtime.distributed import resolve_device
@@ -196,14 +196,18 @@ def _postprocessed_metrics(predictor: Predictor, tuning: Tuning, after: Mapping[
     return steps | {postprocessed_key(name): after[name] for name in names} | without
 
 
-def _tune_here(predictor: Predictor, scorer: Scorer, split: str, tta: Tta, home: Path | None) -> dict[str, float]:
+def _tune_here(
+    predictor: Predictor, scorer: Scorer, split: str, tta: Tta, window: SlidingWindow | None, home: Path | None
+) -> dict[str, float]:
     """Metrics after post-processing: the predictor's tuned values when they were tuned on another
     split (e.g. out of fold), else tuned here, on this split, and kept in its folder when it may be written."""
     tuning = predictor.tuning()
     if tuning is not None and tuning.split != split:
         return _postprocessed_metrics(predictor, tuning, evaluate_postprocessing(scorer.image_counts(), tuning.chosen))
     metric = tuning_metric(predictor.config.train.monitor, predictor.spec)
-    tuning = tune_postprocessing(scorer.image_counts(), metric, split=split, tta=tta, models=predictor.model_names)
+    tuning = tune_postprocessing(
+        scorer.image_counts(), metric, split=split, tta=tta, window=window_label(window), models=predictor.model_names
+    )
     if home is not None:
         predictor.save_tuning(tuning)
     predictor.tuned = tuning
@@ -244,7 +248,7 @@ def _score_split(
         )
     if recorder is not None:
         recorder.finish(metrics, scorer.image_counts() if predictor.spec.binary else None)
-    return metrics | (_tune_here(predictor, scorer, split, tta, home) if predictor.spec.binary else {})
+    return metrics | (_tune_here(predictor, scorer, split, tta, window, home) if predictor.spec.binary else {})
 
 
 def _out_of_fold_metrics(predictor: Predictor) -> dict[str, float]:
@@ -350,7 +354,8 @@ def _postprocessing(
     """The post-processing asked for (None for a multi-class model, which takes none).
 
     ``auto`` values come from the predictor's tuning; a single run without one, or with one tuned on
-    its validation split with another TTA, is tuned there first, with the TTA it will be used with.
+    its validation split with another TTA or window, is tuned there first, with the TTA and window it
+    will be used with.
 
     Raises:
         ConfigError: a binary-only option given for a multi-class model, a bad value, or ``auto``
@@ -368,7 +373,8 @@ def _postprocessing(
         return PostProcessing(**given)
     tuning = predictor.tuning()
     single_run = predictor.cv is None and predictor.home is not None and len(predictor.members) == 1
-    if single_run and (tuning is None or (tuning.split == "val" and tuning.tta != tta)):
+    tuned_elsewise = tuning is not None and (tuning.tta, tuning.window) != (tta, window_label(window))
+    if single_run and (tuning is None or (tuning.split == "val" and tuned_elsewise)):
         console = console or Console()
         with _writable_home(predictor, console) as home:
             _score_split(predictor, "val", tta, window, device, None, console, home)

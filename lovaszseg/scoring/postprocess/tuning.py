@@ -53,6 +53,8 @@ class Tuning:
         images: How many images it was tuned on.
         split: The split tuned on (``oof`` for a cv folder's out-of-fold predictions).
         tta: The test-time augmentation of the predictions.
+        window: The sliding window of the predictions (:func:`~lovaszseg.inference.window.window_label`),
+            ``none`` for whole images.
         models: The model files (relative to the folder keeping the tuning) and weights tuned for.
         by_threshold: Each tuned rule's best value at every threshold of the grid.
         without: For each tuned rule, every binary metric when it is off and the other steps are tuned
@@ -67,6 +69,7 @@ class Tuning:
     images: int
     split: str = ""
     tta: str = "none"
+    window: str = "none"
     models: tuple[str, ...] = ()
     by_threshold: dict[str, list[Any]] = field(default_factory=dict)
     without: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -79,7 +82,7 @@ class Tuning:
         """One line for people: what was chosen, on what."""
         return (
             f"{self.chosen.describe()} (maximising {self.metric} on {self.split or 'the scored images'}, "
-            f"{self.images} images, tta {self.tta})"
+            f"{self.images} images, tta {self.tta}{'' if self.window == 'none' else f', {self.window}'})"
         )
 
 
@@ -92,7 +95,7 @@ def tune_postprocessing(
         counts: Per-image counts of predictions with known truth (out-of-fold, or a validation split).
         metric: ``salt_score`` (TGS), ``iou`` (dataset IoU) or ``image_iou`` (mean per-image IoU).
         fixed: Steps whose value is given (e.g. ``{"threshold": 0.5}``: tune the rules for it).
-        **record: ``split``, ``tta`` and ``models``: what the counts come from, kept with the result.
+        **record: ``split``, ``tta``, ``window`` and ``models``: what the counts come from, kept with the result.
 
     Returns:
         :class:`Tuning`; ties go to the lower threshold and then the rule that empties least, and the
