@@ -15,7 +15,8 @@ may change any key: ``data.sampler``, ``data.pseudo``, ``train.amp``, ...
 3. **Score** every run on the held-out images, with the threshold and min-area tuned on its validation
    fold; each arm minus the baseline with a paired bootstrap interval over seeds and held-out images.
    The median training time of an epoch per arm (``summary.csv``) is printed with it: for the speed
-   settings it is the other half of the answer.
+   settings it is the other half of the answer. ``--raw`` adds the same comparison at threshold 0.5
+   without any rule, which shows a collapsed model that a tuned min-area would hide.
 """
 
 from __future__ import annotations
@@ -30,7 +31,11 @@ from winners_evidence import held_out_statistics, report, write_split
 from lovaszseg.config import load_config
 from lovaszseg.scoring.evidence import ImageStatistics
 from lovaszseg.storage.run_folder import RunFolder
+from lovaszseg.thresholds import DEFAULT_THRESHOLD
 from lovaszseg.training import train
+
+# What --raw scores: the model's masks as they come, no tuned step.
+RAW = {"threshold": DEFAULT_THRESHOLD, "min_area": 0}
 
 
 def read_arm(text: str) -> tuple[str, list[str]]:
@@ -55,6 +60,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--holdout", type=int, default=300)
     parser.add_argument("--folds", type=int, default=9)
+    parser.add_argument("--raw", action="store_true", help="also compare at threshold 0.5 without rules")
     args = parser.parse_intermixed_args()  # overrides may follow the options
     arms = dict(read_arm(text) for text in args.arm)
     if len(arms) < 2 or len(arms) != len(args.arm):
@@ -83,6 +89,12 @@ def main() -> None:
         times = [epoch_seconds(args.out_dir / arm / f"seed-{seed}") for seed in seeds]
         print(f"{arm}: {' '.join(keys) or '(the config as is)'}; median epoch {statistics.median(times):.1f} s")
     report(scored, next(iter(arms)), seeds)
+    if args.raw:
+        raw = {
+            arm: [held_out_statistics(args.out_dir / arm / f"seed-{seed}", holdout, RAW)[0] for seed in seeds]
+            for arm in arms
+        }
+        report(raw, next(iter(arms)), seeds, "threshold 0.5, no min-area (no post-processing)")
 
 
 if __name__ == "__main__":

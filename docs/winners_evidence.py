@@ -95,10 +95,15 @@ def interval_text(difference: Interval) -> str:
     return f"{difference.estimate:+.4f} [{difference.low:+.4f}, {difference.high:+.4f}] {verdict}"
 
 
-def report(scored: dict[str, list[ImageStatistics]], baseline: str, seeds: list[int]) -> None:
+def report(
+    scored: dict[str, list[ImageStatistics]],
+    baseline: str,
+    seeds: list[int],
+    masks: str = "post-processing tuned on the validation fold",
+) -> None:
     """Per entry: its held-out mean over seeds with a t-interval, and its paired difference to ``baseline``."""
     images = len(scored[baseline][0].ids)
-    print(f"\n{METRIC} on the {images} held-out images, post-processing tuned on the validation fold; seeds {seeds}")
+    print(f"\n{METRIC} on the {images} held-out images, {masks}; seeds {seeds}")
     print(f"{'entry':<28} {'mean over seeds':>16}  95% interval (seeds)   difference to {baseline} [95% paired]")
     for name, statistics in scored.items():
         per_seed = [float(s.metric(METRIC)[0]) for s in statistics]
@@ -106,7 +111,7 @@ def report(scored: dict[str, list[ImageStatistics]], baseline: str, seeds: list[
         line = f"{name:<28} {spread.estimate:>16.4f}  [{spread.low:.4f}, {spread.high:.4f}]"
         if name != baseline:
             line += f"   {interval_text(paired_bootstrap(statistics, scored[baseline], METRIC))}"
-        print(line)
+        print(f"{line}   per seed {', '.join(f'{value:.4f}' for value in per_seed)}")
 
 
 def main() -> None:
