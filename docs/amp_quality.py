@@ -9,7 +9,7 @@ Run the same comparison twice, once per setting, with the same entries and seeds
 
 then summarise them as one comparison whose entries are the settings:
 
-    python docs/amp_quality.py runs/quality-fp32 runs/quality-fast [--names fp32,fast] [--out summary.csv]
+    python docs/amp_quality.py runs/quality-fp32 runs/quality-fast [--names fp32,fast] [--entry E] [--out FILE]
 
 Each run keeps its per-image statistics, so the difference of every metric (fast minus float32) gets
 the paired bootstrap interval of :mod:`lovaszseg.scoring.evidence` (seeds and validation images
@@ -26,16 +26,18 @@ from rich.console import Console
 from lovaszseg.workflows.compare import comparison_tables, load_comparison, summarise, write_rows_csv
 
 
-def merged(folders: list[Path], names: list[str]) -> tuple[list[dict], dict]:
-    """The rows and statistics of several comparisons of one entry each, the entry renamed per folder."""
+def merged(folders: list[Path], names: list[str], entry: str | None = None) -> tuple[list[dict], dict]:
+    """The rows and statistics of one entry of several comparisons (``entry``, or the only one each
+    holds), the entry renamed per folder."""
     rows, statistics = [], {}
     for folder, name in zip(folders, names, strict=True):
         folder_rows, folder_statistics = load_comparison(folder)
         entries = {row["loss"] for row in folder_rows}
-        if len(entries) != 1:
-            raise SystemExit(f"{folder} compares {sorted(entries)}: give each setting's folder one entry")
-        rows += [{**row, "loss": name} for row in folder_rows]
-        statistics |= {(name, seed): value for (_, seed), value in folder_statistics.items()}
+        chosen = entry if entry is not None else next(iter(entries)) if len(entries) == 1 else None
+        if chosen not in entries:
+            raise SystemExit(f"{folder} compares {sorted(entries)}: name one of them with --entry")
+        rows += [{**row, "loss": name} for row in folder_rows if row["loss"] == chosen]
+        statistics |= {(name, seed): value for (loss, seed), value in folder_statistics.items() if loss == chosen}
     return rows, statistics
 
 
@@ -45,9 +47,10 @@ def main() -> None:
     parser.add_argument("fast_dir", type=Path, help="the faster setting's --out-dir (same entry and seeds)")
     parser.add_argument("--names", default="fp32,fast", help="the two settings' names in the table")
     parser.add_argument("--out", type=Path, help="write the summary rows to this CSV file")
+    parser.add_argument("--entry", help="the entry to pair, where the comparisons hold several")
     args = parser.parse_args()
     names = args.names.split(",")
-    rows, statistics = merged([args.baseline_dir, args.fast_dir], names)
+    rows, statistics = merged([args.baseline_dir, args.fast_dir], names, args.entry)
     summary = summarise(rows, statistics, names[0])
     for table in comparison_tables(summary, names[0]):
         Console(width=200).print(table)
