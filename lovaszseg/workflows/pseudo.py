@@ -179,12 +179,7 @@ def pseudo_label(
         ConfigError: a bad option, ``out`` taken (without ``overwrite``) or a file.
         DataError: no images in ``images_dir``, or no image passing the rule.
     """
-    out, images_dir = Path(out), Path(images_dir)
-    if out.is_file():
-        raise ConfigError(f"--out {out} is a file; name the folder to write")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"--out {out} is not empty; name a new folder, or replace it with --overwrite")
-    check_writable(out, "--out", folder=True)
+    out, images_dir = _checked_out(Path(out), overwrite), Path(images_dir)
     predictor = load_predictor(sources, weights, acceleration)
     tuning = predictor.tuning()
     tta = check_tta(tta if tta is not None else (tuning.tta if tuning is not None else NO_TTA))
@@ -215,6 +210,16 @@ def pseudo_label(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return PseudoLabelResult(out, len(rows), kept)
+
+
+def _checked_out(out: Path, overwrite: bool) -> Path:
+    """``out``, once it is known to be a folder it may write (new, empty, or replaced with ``overwrite``)."""
+    if out.is_file():
+        raise ConfigError(f"--out {out} is a file; name the folder to write")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"--out {out} is not empty; name a new folder, or replace it with --overwrite")
+    check_writable(out, "--out", folder=True)
+    return out
 
 
 def _describe(rule: ConfidenceRule) -> str:
