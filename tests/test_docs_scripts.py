@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 import subprocess
 import sys
@@ -9,11 +11,13 @@ from pathlib import Path
 
 import numpy as np
 from conftest import tiny_salt_config, write_config
+from rich.console import Console
 
 from lovaszseg.config import load_config
 from lovaszseg.data import build_dataset
 from lovaszseg.storage.cv_folder import FOLDS_FILE
 from lovaszseg.training import train
+from lovaszseg.workflows.compare import compare
 from lovaszseg.workflows.cv import cross_validate
 from lovaszseg.workflows.runs import evaluate_run
 
@@ -106,18 +110,79 @@ def test_budget_evidence_scores_the_cv_ensemble_and_one_run_on_the_same_held_out
     folds = cross_validate(load_config(config), n_folds=2, holdout=6)
     single = dict(config, data={**config["data"], "options": {"folds_csv": str(folds.cv_dir / FOLDS_FILE)}})
     run = train(load_config(single), run_dir=tmp_path / "single").run_dir
-    process = subprocess.run(
-        [sys.executable, str(ROOT / "docs" / "budget_evidence.py"), str(folds.cv_dir), str(run)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    )
-    scores = dict(re.findall(r"^(2-fold ensemble|one run) \(.*\): ([\d.]+) \[", process.stdout, re.MULTILINE))
+    process = _run_script("budget_evidence.py", str(folds.cv_dir), str(run))
+    scores = dict(re.findall(r": (2-fold ensemble|one run) \(.*\): ([\d.]+) \[", process.stdout))
     assert set(scores) == {"2-fold ensemble", "one run"}, process.stdout
     # The ensemble's score is what `eval --split holdout` reports with the out-of-fold tuning.
     held_out = evaluate_run(folds.cv_dir, split="holdout")
     assert np.isclose(float(scores["2-fold ensemble"]), held_out["salt_score_postprocessed"], atol=1e-4)
-    difference = re.search(r"one run - ensemble: ([+-][\d.]+)", process.stdout)
+    difference = re.search(r"B - A: ([+-][\d.]+)", process.stdout)
     expected = float(scores["one run"]) - float(scores["2-fold ensemble"])
     assert np.isclose(float(difference.group(1)), expected, atol=2e-4)
+    # Two cv folders with the same held-out images: here the same one twice, so B - A is 0.
+    same = _run_script("budget_evidence.py", str(folds.cv_dir), str(folds.cv_dir))
+    assert re.search(r"B - A: [+-]0\.0000 \[[+-]0\.0000, [+-]0\.0000\] noise", same.stdout), same.stdout
+
+
+def _run_script(name: str, *arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "docs" / name), *arguments], capture_output=True, text=True, timeout=600, check=True
+    )
+
+
+def _report_rows(stdout: str, names: str) -> list[dict[str, float]]:
+    """Each report table of winners_evidence.report as {entry: mean}, its differences checked against the means."""
+    tables: list[dict[str, float]] = []
+    for line in stdout.splitlines():
+        if line.startswith("entry "):
+            tables.append({})
+        elif match := re.match(rf"({names}) +([\d.]+) +\[([-\d.]+), ([-\d.]+)\]", line):
+            rows = tables[-1]
+            rows[match.group(1)] = float(match.group(2))
+            difference = re.search(r"([+-][\d.]+) \[([+-][\d.]+), ([+-][\d.]+)\] (real|noise)", line)
+            if difference is not None:  # every entry but the first, the baseline
+                baseline = next(iter(rows.values()))
+                assert np.isclose(float(difference.group(1)), rows[match.group(1)] - baseline, atol=2e-4)
+                low, high = float(difference.group(2)), float(difference.group(3))
+                assert low <= float(difference.group(1)) <= high
+    return tables
+
+
+def test_arms_evidence_trains_each_setting_on_one_split_and_compares_them_held_out(
+    tiny_salt: Path, tmp_path: Path
+) -> None:
+    config = tiny_salt_config(tiny_salt, tmp_path / "runs")
+    config["stages"] = config["stages"][:1]
+    config["train"]["max_steps_per_epoch"] = 1
+    path, out = str(write_config(tmp_path / "c.yaml", config)), tmp_path / "arms"
+    arms = ["--arm", "shuffle:", "--arm", "balanced: data.sampler=balanced data.empty_share=0.5"]
+    options = ["--out-dir", str(out), "--seeds", "0,1", "--holdout", "6", "--folds", "3", "--raw"]
+    process = _run_script("arms_evidence.py", path, *arms, *options)
+    held = set((out / "holdout.txt").read_text().split())
+    for arm, sampler in (("shuffle", "shuffle"), ("balanced", "balanced")):
+        for seed in (0, 1):
+            saved = load_config(out / arm / f"seed-{seed}" / "config.yaml")
+            assert (saved.data.sampler, saved.train.seed) == (sampler, seed)
+            assert not held & set(saved.data.build("train", train=False).ids)
+    tuned, raw = _report_rows(process.stdout, "shuffle|balanced")
+    assert set(tuned) == set(raw) == {"shuffle", "balanced"}, process.stdout
+    assert "threshold 0.5, no min-area" in process.stdout
+    again = _run_script("arms_evidence.py", path, *arms, *options)  # finished runs are reused, not retrained
+    assert again.stdout.count("reusing the finished run") == 4
+    assert _report_rows(again.stdout, "shuffle|balanced")[0] == tuned
+
+
+def test_tta_evidence_pairs_each_setting_with_the_runs_own_scores_without_tta(tiny_salt: Path, tmp_path: Path) -> None:
+    config = tiny_salt_config(tiny_salt, tmp_path / "runs")
+    config["stages"] = config["stages"][:1]
+    config["train"]["max_steps_per_epoch"] = 1
+    out = tmp_path / "compare"
+    compare(load_config(config), ["bce"], seeds=[0, 1], out_dir=out, console=Console(file=io.StringIO()))
+    process = _run_script("tta_evidence.py", str(out), "--entry", "bce", "--tta", "hflip")
+    none = re.search(r"^salt_score: no TTA ([\d.]+)", process.stdout, re.MULTILINE)
+    rows = [row for row in csv.DictReader((out / "compare.csv").open())]
+    assert np.isclose(float(none.group(1)), np.mean([float(row["salt_score"]) for row in rows]), atol=1e-4)
+    flipped = re.search(r"^  hflip: ([\d.]+), difference ([+-][\d.]+)", process.stdout, re.MULTILINE)
+    expected = np.mean([evaluate_run(out / "bce" / f"seed-{seed}", tta="hflip")["salt_score"] for seed in (0, 1)])
+    assert np.isclose(float(flipped.group(1)), expected, atol=1e-4)
+    assert np.isclose(float(flipped.group(2)), expected - float(none.group(1)), atol=2e-4)
