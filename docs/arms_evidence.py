@@ -26,16 +26,13 @@ import shlex
 import statistics
 from pathlib import Path
 
-from winners_evidence import held_out_statistics, report, write_split
+from winners_evidence import held_out_scores, held_out_statistics, report, write_split
 
 from lovaszseg.config import load_config
 from lovaszseg.scoring.evidence import ImageStatistics
+from lovaszseg.scoring.postprocess import PostProcessing
 from lovaszseg.storage.run_folder import RunFolder
-from lovaszseg.thresholds import DEFAULT_THRESHOLD
 from lovaszseg.training import train
-
-# What --raw scores: the model's masks as they come, no tuned step.
-RAW = {"threshold": DEFAULT_THRESHOLD, "min_area": 0}
 
 
 def read_arm(text: str) -> tuple[str, list[str]]:
@@ -79,21 +76,18 @@ def main() -> None:
             print(f"reusing the finished run {folder.path}")
         elif not train(config, run_dir=folder.path, overwrite=True).completed:
             raise SystemExit("interrupted: run the same command again to continue")
+    runs = {arm: [args.out_dir / arm / f"seed-{seed}" for seed in seeds] for arm in arms}
     scored: dict[str, list[ImageStatistics]] = {arm: [] for arm in arms}
-    for arm, seed in configs:
-        run = args.out_dir / arm / f"seed-{seed}"
-        held_out, chosen = held_out_statistics(run, holdout, {})
-        scored[arm].append(held_out)
-        print(f"{run}: {chosen.describe()} (tuned on the validation fold), epoch {epoch_seconds(run):.1f} s")
-    for arm, keys in arms.items():
-        times = [epoch_seconds(args.out_dir / arm / f"seed-{seed}") for seed in seeds]
-        print(f"{arm}: {' '.join(keys) or '(the config as is)'}; median epoch {statistics.median(times):.1f} s")
+    for arm, paths in runs.items():
+        for run in paths:
+            held_out, chosen = held_out_statistics(run, holdout, {})
+            scored[arm].append(held_out)
+            print(f"{run}: {chosen.describe()} (tuned on the validation fold), epoch {epoch_seconds(run):.1f} s")
+        median = statistics.median(epoch_seconds(run) for run in paths)
+        print(f"{arm}: {' '.join(arms[arm]) or '(the config as is)'}; median epoch {median:.1f} s")
     report(scored, next(iter(arms)), seeds)
-    if args.raw:
-        raw = {
-            arm: [held_out_statistics(args.out_dir / arm / f"seed-{seed}", holdout, RAW)[0] for seed in seeds]
-            for arm in arms
-        }
+    if args.raw:  # the masks as they come: no tuning, so no pass over the validation fold
+        raw = {arm: [held_out_scores(run, holdout, PostProcessing()) for run in paths] for arm, paths in runs.items()}
         report(raw, next(iter(arms)), seeds, "threshold 0.5, no min-area (no post-processing)")
 
 

@@ -47,12 +47,18 @@ def test_demo_empty_images_splits_the_tgs_metric_by_empty_masks(tiny_salt: Path,
     assert not (run / "eval.json").exists()  # the script's evaluation leaves the run's eval.json alone
 
 
-def test_winners_evidence_scores_every_entry_on_held_out_images_against_the_plain_unet(
-    tiny_salt: Path, tmp_path: Path
-) -> None:
+def _one_step_config(tiny_salt: Path, tmp_path: Path) -> dict:
+    """The tiny config with one stage of one-step epochs: what the evidence scripts' tests train."""
     config = tiny_salt_config(tiny_salt, tmp_path / "runs")
     config["stages"] = config["stages"][:1]
     config["train"]["max_steps_per_epoch"] = 1
+    return config
+
+
+def test_winners_evidence_scores_every_entry_on_held_out_images_against_the_plain_unet(
+    tiny_salt: Path, tmp_path: Path
+) -> None:
+    config = _one_step_config(tiny_salt, tmp_path)
     out = tmp_path / "winners"
     options = [
         "--out-dir",
@@ -66,18 +72,7 @@ def test_winners_evidence_scores_every_entry_on_held_out_images_against_the_plai
         "--folds",
         "3",
     ]
-    process = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "docs" / "winners_evidence.py"),
-            str(write_config(tmp_path / "c.yaml", config)),
-            *options,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    )
+    process = _run_script("winners_evidence.py", str(write_config(tmp_path / "c.yaml", config)), *options)
     folds = (out / "folds.csv").read_text().splitlines()[1:]
     held = {row.split(",")[0] for row in folds if row.endswith(",holdout")}
     assert len(held) == 6 and set((out / "holdout.txt").read_text().split()) == held
@@ -85,18 +80,7 @@ def test_winners_evidence_scores_every_entry_on_held_out_images_against_the_plai
         validation = load_config(run / "config.yaml").data.build("val", train=False).ids
         training = load_config(run / "config.yaml").data.build("train", train=False).ids
         assert len(validation) == 6 and len(training) == 12 and not held & (set(validation) | set(training))
-    rows = {}
-    for line in process.stdout.splitlines():
-        if match := re.match(r"(plain|empty-head(?:, gate off)?) +([\d.]+) +\[([-\d.]+), ([-\d.]+)\]", line):
-            rows[match.group(1)] = float(match.group(2))
-            difference = re.search(r"([+-][\d.]+) \[([+-][\d.]+), ([+-][\d.]+)\] (real|noise)", line)
-            if match.group(1) == "plain":
-                assert difference is None
-            else:  # the paired difference of the means is the difference of the printed means
-                assert np.isclose(float(difference.group(1)), rows[match.group(1)] - rows["plain"], atol=2e-4)
-                low, high = float(difference.group(2)), float(difference.group(3))
-                assert low <= float(difference.group(1)) <= high
-                assert difference.group(4) == ("noise" if low <= 0 <= high else "real")
+    (rows,) = _report_rows(process.stdout, "plain|empty-head(?:, gate off)?")
     assert set(rows) == {"plain", "empty-head", "empty-head, gate off"}, process.stdout
     worth = re.search(r"the gate's worth in empty-head: ([+-][\d.]+)", process.stdout)
     assert np.isclose(float(worth.group(1)), rows["empty-head"] - rows["empty-head, gate off"], atol=2e-4)
@@ -145,15 +129,16 @@ def _report_rows(stdout: str, names: str) -> list[dict[str, float]]:
                 assert np.isclose(float(difference.group(1)), rows[match.group(1)] - baseline, atol=2e-4)
                 low, high = float(difference.group(2)), float(difference.group(3))
                 assert low <= float(difference.group(1)) <= high
+                assert difference.group(4) == ("noise" if low <= 0 <= high else "real")
+            else:
+                assert len(rows) == 1, line  # only the baseline, the first row, has no difference
     return tables
 
 
 def test_arms_evidence_trains_each_setting_on_one_split_and_compares_them_held_out(
     tiny_salt: Path, tmp_path: Path
 ) -> None:
-    config = tiny_salt_config(tiny_salt, tmp_path / "runs")
-    config["stages"] = config["stages"][:1]
-    config["train"]["max_steps_per_epoch"] = 1
+    config = _one_step_config(tiny_salt, tmp_path)
     path, out = str(write_config(tmp_path / "c.yaml", config)), tmp_path / "arms"
     arms = ["--arm", "shuffle:", "--arm", "balanced: data.sampler=balanced data.empty_share=0.5"]
     options = ["--out-dir", str(out), "--seeds", "0,1", "--holdout", "6", "--folds", "3", "--raw"]
@@ -173,9 +158,7 @@ def test_arms_evidence_trains_each_setting_on_one_split_and_compares_them_held_o
 
 
 def test_tta_evidence_pairs_each_setting_with_the_runs_own_scores_without_tta(tiny_salt: Path, tmp_path: Path) -> None:
-    config = tiny_salt_config(tiny_salt, tmp_path / "runs")
-    config["stages"] = config["stages"][:1]
-    config["train"]["max_steps_per_epoch"] = 1
+    config = _one_step_config(tiny_salt, tmp_path)
     out = tmp_path / "compare"
     compare(load_config(config), ["bce"], seeds=[0, 1], out_dir=out, console=Console(file=io.StringIO()))
     process = _run_script("tta_evidence.py", str(out), "--entry", "bce", "--tta", "hflip")

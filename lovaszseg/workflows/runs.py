@@ -373,8 +373,8 @@ def _postprocessing(
         return PostProcessing(**given)
     tuning = predictor.tuning()
     single_run = predictor.cv is None and predictor.home is not None and len(predictor.members) == 1
-    tuned_elsewise = tuning is not None and (tuning.tta, tuning.window) != (tta, window_label(window))
-    if single_run and (tuning is None or (tuning.split == "val" and tuned_elsewise)):
+    tuned_for_another = tuning is not None and (tuning.tta, tuning.window) != (tta, window_label(window))
+    if single_run and (tuning is None or (tuning.split == "val" and tuned_for_another)):
         console = console or Console()
         with _writable_home(predictor, console) as home:
             _score_split(predictor, "val", tta, window, device, None, console, home)
