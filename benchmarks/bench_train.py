@@ -826,7 +826,13 @@ def main() -> None:
     )
     parser.add_argument("--wait", type=float, default=180.0, help="seconds to wait for a quiet machine first")
     parser.add_argument("--keep", type=Path, default=None, help="work folder to use and keep (default: a temp dir)")
+    parser.add_argument(
+        "--decoder-channels",
+        default=",".join(map(str, MODEL["options"]["decoder_channels"])),
+        help="the UNet decoder's channels, comma-separated (issue 20's targets were set on 128,64,32,16,16)",
+    )
     args = parser.parse_args()
+    MODEL["options"]["decoder_channels"] = [int(c) for c in args.decoder_channels.split(",")]
     args.data = args.data.resolve()  # the test subset links to it from a temporary folder
     sections = {s.strip() for s in args.only.split(",") if s.strip()}
     if not 0 <= args.s1 < args.s2:

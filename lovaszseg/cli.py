@@ -206,6 +206,24 @@ CHANNELS_LAST_OPTION = typer.Option(
 COMPILE_OPTION = typer.Option(
     None, "--compile/--no-compile", help="torch.compile the models. Default: each model's train.compile."
 )
+# cv and compare train the models they predict with: the options set the config's train keys, as the
+# dotted overrides train.amp=... would, for training, validation and prediction alike.
+TRAIN_AMP_OPTION = typer.Option(
+    None,
+    "--amp",
+    help=f"Mixed precision: {', '.join(AMP_MODES)} (auto: bf16 where the device computes it natively, "
+    "else float32). Sets train.amp of every run it trains (default: the config's).",
+)
+TRAIN_CHANNELS_LAST_OPTION = typer.Option(
+    None,
+    "--channels-last/--no-channels-last",
+    help="Channels-last memory. Sets train.channels_last of every run it trains (default: the config's).",
+)
+TRAIN_COMPILE_OPTION = typer.Option(
+    None,
+    "--compile/--no-compile",
+    help="torch.compile the model. Sets train.compile of every run it trains (default: the config's).",
+)
 
 
 def _acceleration(amp: str | None, channels_last: bool | None, compile_model: bool | None) -> AccelerationOverride:
@@ -253,6 +271,9 @@ def cv_command(
         0, help="Labelled images kept out of every fold as a final test (eval --split holdout)."
     ),
     tta: str = typer.Option("none", help=TTA_HELP + " Used for the out-of-fold predictions."),
+    amp: str | None = TRAIN_AMP_OPTION,
+    channels_last: bool | None = TRAIN_CHANNELS_LAST_OPTION,
+    compile_model: bool | None = TRAIN_COMPILE_OPTION,
     resume: Path | None = typer.Option(
         None, "--resume", help="cv folder to continue (no CONFIG): finished folds are skipped."
     ),
@@ -285,6 +306,7 @@ def cv_command(
         folds=chosen,
         holdout=holdout,
         tta=tta,
+        acceleration=_acceleration(amp, channels_last, compile_model),
         run_dir=run_dir,
         resume=resume,
         overwrite=overwrite,
@@ -578,6 +600,9 @@ def compare_command(
     retrain: bool = typer.Option(
         False, help="Train every entry again instead of re-scoring finished runs of the same config."
     ),
+    amp: str | None = TRAIN_AMP_OPTION,
+    channels_last: bool | None = TRAIN_CHANNELS_LAST_OPTION,
+    compile_model: bool | None = TRAIN_COMPILE_OPTION,
 ) -> None:
     """Train the same model, data, seeds and budget once per loss; compare them on the validation split.
 
@@ -600,6 +625,7 @@ def compare_command(
         init_from=init_from,
         out_dir=out_dir,
         retrain=retrain,
+        acceleration=_acceleration(amp, channels_last, compile_model),
         console=console,
     )
     _exit_if_interrupted(result.stop_signal)

@@ -18,9 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from lovaszseg.data import DatasetSpec, build_dataset, build_transform, dataset_options, describe_dataset
 from lovaszseg.data.registry import registration
 from lovaszseg.errors import ConfigError
-from lovaszseg.inference.window import CROPS_PER_BATCH, WEIGHTINGS, SlidingWindow, Weighting, parse_size
 from lovaszseg.losses import LossSpec, build_loss
 from lovaszseg.runtime.acceleration import Acceleration, Amp
+from lovaszseg.runtime.progress import PROGRESS_SECONDS
+from lovaszseg.windowing import CROPS_PER_BATCH, WEIGHTINGS, SlidingWindow, Weighting, parse_size
 
 if TYPE_CHECKING:
     import albumentations as A
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONFIG_METADATA_KEY",
-    "PROGRESS_SECONDS",
     "Config",
     "ConfigError",
     "DataConfig",
@@ -47,9 +47,6 @@ MAX_LR = 10.0
 MAX_WEIGHT_DECAY = 1.0
 # The trainer reseeds torch with seed * 1_000_003 + ..., which must stay below 2**64.
 MAX_SEED = 2**32 - 1
-# Seconds between plain progress lines where no live bar can be drawn (a log file, nohup, CI, a scheduler):
-# often enough to see a run is alive, rare enough to keep a log short.
-PROGRESS_SECONDS = 30.0
 # The key under which exported models (safetensors header, ONNX metadata) carry their run's config.
 CONFIG_METADATA_KEY = "lovaszseg_config"
 
@@ -266,7 +263,7 @@ class InferenceConfig(_Strict):
     ``window``: predict images larger than the network in overlapping crops of HxW (``512x512``, ``512``
     or ``[512, 384]``; None: whole images), ``stride`` apart (default: the window, tiles),
     ``window_weighting`` ``uniform`` or ``gaussian``, ``crops_per_batch`` at a time
-    (:mod:`lovaszseg.inference.window`). Validation during training sees whole images.
+    (:mod:`lovaszseg.windowing`, :mod:`lovaszseg.inference.window`). Validation during training sees whole images.
     """
 
     window: list[int] | None = None

@@ -14,6 +14,12 @@ from torch import nn
 from lovaszseg.data.synth import synth_salt, synth_voc
 
 SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
+# cv and compare's --amp/--channels-last/--compile against a config with amp auto, compile on and a
+# dotted train.amp=none: (options, the (amp, channels_last, compile) every run must get).
+ACCELERATION_CASES = [
+    ([], ("none", False, True)),  # the config's own, with its dotted override train.amp=none
+    (["--amp", "bf16", "--channels-last", "--no-compile"], ("bf16", True, False)),  # typed options win
+]
 
 
 @pytest.fixture(scope="session")
@@ -120,3 +126,19 @@ def full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
         return fd, temporary
 
     monkeypatch.setattr(lovaszseg.data.io, "_create_temporary", on_full_disk)
+
+
+@pytest.fixture
+def window_passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of images of each call of the sliding-window machinery (the merged maps it holds at once)."""
+    import lovaszseg.inference.predict
+
+    passes: list[int] = []
+    predict_windows = lovaszseg.inference.predict.predict_windows
+
+    def counted(window: Any, predict: Any, images: torch.Tensor) -> Any:
+        passes.append(len(images))
+        return predict_windows(window, predict, images)
+
+    monkeypatch.setattr(lovaszseg.inference.predict, "predict_windows", counted)
+    return passes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterator
 
 import pytest
 import segmentation_models_pytorch as smp
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 import lovaszseg.runtime.accelerated as accelerated
+from lovaszseg.config import load_config
 from lovaszseg.errors import ConfigError
 from lovaszseg.losses import LOSSES, build_loss
 from lovaszseg.models import output_stride
@@ -53,15 +55,100 @@ def test_auto_is_bf16_only_where_the_device_has_it_natively(
     assert amp_dtype(Acceleration("none"), CPU) is None
 
 
-def test_native_bf16_reads_the_cpu_flags(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+@pytest.mark.parametrize(
+    ("override", "overrides", "expected"),
+    [
+        (AccelerationOverride(), [], ("auto", False, True)),
+        (
+            AccelerationOverride("none", True, False),
+            ['train.amp="none"', "train.channels_last=true", "train.compile=false"],
+            ("none", True, False),
+        ),
+        (AccelerationOverride(amp="bf16"), ['train.amp="bf16"'], ("bf16", False, True)),
+    ],
+)
+def test_an_override_sets_the_train_keys_as_dotted_overrides_would(
+    override: AccelerationOverride, overrides: list[str], expected: tuple[str, bool, bool]
+) -> None:
+    assert override.config_overrides() == overrides
+    base = ["train.amp=auto", "train.compile=true"]  # the config's own, which the override then changes
+    train = load_config(None, [*base, *override.config_overrides()]).train
+    assert (train.amp, train.channels_last, train.compile) == expected  # "none" stays a string, not null
+
+
+@pytest.fixture
+def avx512_bf16_cpu(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """A CPU with AVX-512 BF16 (no AMX) that torch runs at AVX512, no oneDNN cap; native_bf16 forgets its answers."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     native_bf16.cache_clear()  # it remembers the answer per device
+    yield monkeypatch
+    native_bf16.cache_clear()  # the real answer again for the tests after this one
+
+
+def test_native_bf16_reads_the_cpu_flags(avx512_bf16_cpu: pytest.MonkeyPatch) -> None:
+    assert native_bf16(CPU)
+    avx512_bf16_cpu.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    native_bf16.cache_clear()
     assert not native_bf16(CPU)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    avx512_bf16_cpu.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     native_bf16.cache_clear()
     assert native_bf16(CPU)
-    native_bf16.cache_clear()  # the real flags again for the tests after this one
+
+
+@pytest.mark.parametrize(
+    ("capability", "env", "native"),
+    [
+        ("AVX512", {}, True),
+        ("AVX2", {}, False),  # ATEN_CPU_CAPABILITY=avx2, or torch's own choice
+        ("DEFAULT", {}, False),
+        ("AVX512", {"ONEDNN_MAX_CPU_ISA": "AVX2"}, False),
+        ("AVX512", {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"}, False),
+        ("AVX512", {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, True),
+        ("AVX512", {"ONEDNN_MAX_CPU_ISA": "avx512_core_amx"}, True),
+        ("AVX512", {"ONEDNN_MAX_CPU_ISA": "ALL"}, True),
+        ("AVX512", {"ONEDNN_MAX_CPU_ISA": "AVX512_SOMETHING_NEW"}, False),  # unknown: counted as a cap
+        ("AVX512", {"DNNL_MAX_CPU_ISA": "AVX2"}, False),  # oneDNN's older name
+        ("AVX2", {"ONEDNN_MAX_CPU_ISA": "ALL"}, False),
+    ],
+)
+def test_native_bf16_honours_the_process_caps(
+    capability: str, env: dict[str, str], native: bool, avx512_bf16_cpu: pytest.MonkeyPatch
+) -> None:
+    """A capped process emulates bf16 (10-30x slower than float32): amp auto must then stay float32."""
+    avx512_bf16_cpu.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    for name, value in env.items():
+        avx512_bf16_cpu.setenv(name, value)
+    assert native_bf16(CPU) is native
+    assert amp_dtype(Acceleration("auto"), CPU) is (torch.bfloat16 if native else None)
+
+
+def test_a_torch_without_the_probes_is_not_native(avx512_bf16_cpu: pytest.MonkeyPatch) -> None:
+    avx512_bf16_cpu.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    avx512_bf16_cpu.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert not native_bf16(CPU)
+    avx512_bf16_cpu.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    avx512_bf16_cpu.delattr(torch.backends.cpu, "get_cpu_capability")
+    native_bf16.cache_clear()
+    assert not native_bf16(CPU)
+
+
+@pytest.mark.parametrize(
+    ("probe", "native"),
+    [
+        (lambda including_emulation=True: not including_emulation, True),  # asked without emulation
+        (lambda including_emulation=True: False, False),
+        (lambda: True, False),  # an older torch: no including_emulation argument
+    ],
+)
+def test_native_bf16_on_cuda_excludes_emulation(
+    probe: Callable[..., bool], native: bool, avx512_bf16_cpu: pytest.MonkeyPatch
+) -> None:
+    avx512_bf16_cpu.setattr(torch.cuda, "is_bf16_supported", probe)
+    assert native_bf16(torch.device("cuda")) is native
 
 
 def test_fp16_needs_cuda() -> None:
@@ -150,4 +237,5 @@ def test_every_loss_of_bf16_logits_equals_the_float32_loss_of_the_same_values(na
     loss_fn = build_loss(name)
     loss = loss_fn(logits, labels)
     assert loss.dtype == torch.float32
-    assert loss.item() == pytest.approx(loss_fn(logits.float(), labels).item(), rel=1e-6)
+    # Exactly: the losses cast to float32 first, so bf16 changes the values given, not the arithmetic.
+    assert torch.equal(loss, loss_fn(logits.float(), labels))

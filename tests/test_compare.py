@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import tiny_salt_config, write_config
+from conftest import ACCELERATION_CASES, tiny_salt_config, write_config
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -20,7 +20,7 @@ from lovaszseg.cli import app
 from lovaszseg.config import Config, load_config
 from lovaszseg.errors import ConfigError
 from lovaszseg.storage.run_folder import RunFolder, read_weights
-from lovaszseg.training.trainer import Trainer, train
+from lovaszseg.training.trainer import RunResult, Trainer, train
 from lovaszseg.workflows.compare import (
     Entry,
     compare,
@@ -401,3 +401,31 @@ def test_entries_that_differ_in_a_model_key_give_runs_whose_configs_differ_in_th
     assert channels["model.options.decoder_channels"] == [16, 8, 4]
     scse_weights, _ = read_weights(folders[1])
     assert any("attention" in name for name in scse_weights)  # smp built its scSE blocks
+
+
+@pytest.mark.parametrize(("options", "expected"), ACCELERATION_CASES)
+def test_compare_acceleration_options_set_the_config_of_every_run(
+    options: list[str],
+    expected: tuple[str, bool, bool],
+    tiny_salt: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--amp, --channels-last and --compile set train.amp, .channels_last and .compile of every entry's
+    run, so it trains, validates and is evaluated with them. Nothing trains here: each run's config is
+    taken and the comparison stops as if interrupted."""
+    train_keys = {"seed": 0, "device": "cpu", "amp": "auto", "compile": True}
+    config = write_config(tmp_path / "c.yaml", tiny_salt_config(tiny_salt, tmp_path / "runs", train=train_keys))
+    given: list[Config] = []
+
+    def taking_the_config(entry_config: Config, **kwargs: Any) -> RunResult:
+        given.append(entry_config)
+        return RunResult(kwargs["run_dir"], {}, completed=False)
+
+    monkeypatch.setattr(lovaszseg.workflows.compare, "train", taking_the_config)
+    arguments = ["compare", str(config), "train.amp=none", "--losses", "bce", "--out-dir", str(tmp_path / "cmp")]
+    result = CliRunner().invoke(app, [*arguments, *options])
+    assert result.exit_code == 0, result.output
+    assert [(c.train.amp, c.train.channels_last, c.train.compile) for c in given] == [expected]
+    unknown = CliRunner().invoke(app, ["compare", str(config), "--amp", "half"])
+    assert unknown.exit_code == 2 and "unknown --amp 'half'" in unknown.output

@@ -12,21 +12,24 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_salt_config, write_config
+from conftest import ACCELERATION_CASES, tiny_salt_config, write_config
 from rich.console import Console
 from typer.testing import CliRunner
 
 import lovaszseg.inference.predict
 import lovaszseg.inference.submission
+import lovaszseg.workflows.cv
 from lovaszseg.cli import app
-from lovaszseg.config import load_config
+from lovaszseg.config import Config, load_config
 from lovaszseg.data import build_dataset, crop_to_original
 from lovaszseg.data.io import read_lines
 from lovaszseg.errors import ConfigError, DataError, RunFolderError
 from lovaszseg.inference.ensemble import load_predictor, resolve_members
 from lovaszseg.inference.predict import predict_probabilities
 from lovaszseg.rle import read_rle_csv
+from lovaszseg.storage.cv_folder import CvFolder
 from lovaszseg.storage.run_folder import RunFolder, load_model
+from lovaszseg.training import RunResult
 from lovaszseg.workflows.cv import cross_validate, parse_folds
 from lovaszseg.workflows.runs import evaluate_run, submit_run
 
@@ -111,6 +114,28 @@ def test_out_of_fold_metrics_pool_the_folds_and_tuning_never_lowers_them(salt_cv
     assert rows["oof, tuned"]["min_area"] == tuning["chosen"]["min_area"]
     with (salt_cv / "cv.csv").open() as handle:
         assert [row["fold"] for row in csv.DictReader(handle)] == list(rows)
+
+
+def test_windowed_out_of_fold_predictions_go_one_image_at_a_time_with_the_same_results(
+    salt_cv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, window_passes: list[int]
+) -> None:
+    passes = window_passes
+    results = {}
+    for how in ("one_by_one", "batched"):
+        folder = CvFolder(shutil.copytree(salt_cv, tmp_path / how))
+        config, settings = folder.settings()
+        windowed = load_config(config.model_dump(), ["inference.window=64", "inference.stride=32"])
+        if how == "batched":  # as before: a batch of data.batch_size (4) images, their merged maps together
+            monkeypatch.setattr(lovaszseg.workflows.cv, "images_per_pass", lambda window, batch_size: batch_size)
+        rows, _ = lovaszseg.workflows.cv._out_of_fold(folder, windowed, settings, _quiet())
+        oof = np.load(folder.oof_path)
+        results[how] = (rows, {name: oof[name] for name in oof.files}, list(passes))
+        passes.clear()
+    (rows, oof, passes), (batched_rows, batched_oof, batched_passes) = results["one_by_one"], results["batched"]
+    assert passes == [1] * 21 and max(batched_passes) == 4  # 21 images out of fold
+    assert rows == batched_rows and oof.keys() == batched_oof.keys()
+    for name, probs in oof.items():
+        np.testing.assert_array_equal(probs, batched_oof[name])
 
 
 def test_eval_of_a_cv_folder_is_out_of_fold_or_on_its_held_out_images(salt_cv: Path) -> None:
@@ -310,3 +335,198 @@ def test_an_interrupted_cv_says_to_resume_the_cv(tiny_salt: Path, tmp_path: Path
     assert not stopped.completed
     assert f"continue with: lovaszseg cv --resume {tmp_path / 'cv'}" in out.getvalue()
     assert "lovaszseg train --resume" not in out.getvalue()
+
+
+@pytest.mark.parametrize(("options", "expected"), ACCELERATION_CASES)
+def test_cv_acceleration_options_set_the_config_of_every_fold(
+    options: list[str],
+    expected: tuple[str, bool, bool],
+    tiny_salt: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--amp, --channels-last and --compile set train.amp, .channels_last and .compile of the cv's config,
+    so each fold trains, validates and predicts out of fold with them. Nothing trains here: the first
+    fold's config is taken and the cv stops as if interrupted."""
+    train = {"seed": 0, "device": "cpu", "amp": "auto", "compile": True}
+    config = write_config(tmp_path / "c.yaml", tiny_salt_config(tiny_salt, tmp_path, stages=ONE_EPOCH, train=train))
+    given: list[Config] = []
+
+    def taking_the_config(config: Config, **kwargs: Any) -> RunResult:
+        given.append(config)
+        return RunResult(kwargs["run_dir"], {}, completed=False)
+
+    monkeypatch.setattr(lovaszseg.workflows.cv, "train", taking_the_config)
+    cv_dir = tmp_path / "cv"
+    arguments = ["cv", str(config), "train.amp=none", "--folds", "2", "--run-dir", str(cv_dir), *options]
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    assert [(c.train.amp, c.train.channels_last, c.train.compile) for c in given] == [expected]
+    saved = CvFolder.existing(cv_dir).settings()[0].train  # cv.yaml: what a resumed cv continues with
+    assert (saved.amp, saved.channels_last, saved.compile) == expected
+    resumed = runner.invoke(app, ["cv", "--resume", str(cv_dir), "--amp", "none"])
+    assert resumed.exit_code == 2 and "nor --amp, --channels-last or --compile" in resumed.output
+    unknown = runner.invoke(app, ["cv", str(config), "--amp", "half"])
+    assert unknown.exit_code == 2 and "unknown --amp 'half'" in unknown.output
+
+
+# --- a cv of models with an empty-image head: the gate tuned out of fold ------------------------------
+
+
+@pytest.fixture(scope="module")
+def head_cv(tiny_salt: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """A 2-fold cv of models with an empty-image head (``model.empty_head``), 3 images held out, out-of-fold
+    predictions with :data:`CV_TTA`; with the per-image counts its post-processing was tuned on."""
+    tmp = tmp_path_factory.mktemp("head-cv")
+    config = _config(tiny_salt, tmp)
+    config.model.empty_head = 0.5
+    tuned_on = []
+    real_tune = lovaszseg.workflows.cv.tune_postprocessing
+
+    def recording_tune(counts: Any, *args: Any, **kwargs: Any) -> Any:
+        tuned_on.append(counts)
+        return real_tune(counts, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(lovaszseg.workflows.cv, "tune_postprocessing", recording_tune)
+        result = cross_validate(config, n_folds=2, holdout=3, tta=CV_TTA, run_dir=tmp / "cv", console=_quiet())
+    assert result.completed and result.tuning is not None and len(tuned_on) == 1
+    return result.cv_dir, tuned_on[0]
+
+
+def _predicted(model: Any, dataset: Any, tta: str = CV_TTA) -> list[tuple[np.ndarray, float, np.ndarray]]:
+    """Each image's probabilities ``[101, 101]``, head probability and true mask, by hand."""
+    from torch.utils.data import DataLoader
+
+    from lovaszseg.inference.predict import predict_outputs
+
+    found = []
+    with torch.no_grad():
+        for batch in DataLoader(dataset, batch_size=4):
+            outputs = predict_outputs(model.eval(), batch["image"], tta)
+            assert outputs.empty is not None
+            probs = crop_to_original(outputs.masks[:, 0], (101, 101)).numpy()
+            masks = crop_to_original(batch["mask"], (101, 101)).numpy() > 0
+            found += list(zip(probs, outputs.empty.numpy().tolist(), masks, strict=True))
+    return found
+
+
+def _mean_salt_score(found: list[tuple[np.ndarray, float, np.ndarray]], post: Any) -> float:
+    from lovaszseg.scoring.metrics import salt_score
+
+    predicted = np.stack([post.apply(prob, head) for prob, head, _ in found])
+    return float(salt_score(predicted, np.stack([mask for _, _, mask in found])).mean())
+
+
+def _with_gate(folder: Path, gate: float) -> Any:
+    """Replace the kept tuning's choice by threshold 0.5, no min-area and ``gate`` (as a tuning with a
+    discriminating head would leave it; the tiny models' heads are not), for every threshold."""
+    from lovaszseg.scoring.postprocess import PostProcessing
+
+    record = json.loads((folder / "postprocess.json").read_text())
+    record["chosen"] = {"threshold": 0.5, "min_area": 0, "empty_gate": gate}
+    record["by_threshold"] = {
+        name: [value] * len(values)
+        for (name, values), value in zip(record["by_threshold"].items(), (0, gate), strict=True)
+    }
+    (folder / "postprocess.json").write_text(json.dumps(record))
+    return PostProcessing(0.5, 0, gate)
+
+
+def test_a_cv_with_an_empty_head_tunes_its_gate_out_of_fold_on_the_heads_probabilities(
+    head_cv: tuple[Path, Any], tiny_salt: Path
+) -> None:
+    from lovaszseg.scoring.postprocess import PostProcessing
+
+    cv_dir, counts = head_cv
+    rows, tuning = _rows(cv_dir), json.loads((cv_dir / "postprocess.json").read_text())
+    chosen = PostProcessing(**tuning["chosen"])
+    assert tuning["split"] == "oof" and rows["oof, tuned"]["empty_gate"] == chosen.empty_gate
+    assert list(tuning["by_threshold"]) == ["min_area", "empty_gate"] and "empty_gate" in tuning["without"]
+    # Each training image, predicted by the fold model that did not train on it: masks and head, by hand.
+    found = []
+    for fold in range(2):
+        dataset = build_dataset("tgs", tiny_salt, str(cv_dir / "splits" / f"fold-{fold}-val.txt"), train=False)
+        of_fold = _predicted(load_model(cv_dir / f"fold-{fold}").model, dataset)
+        accuracy = np.mean([(head > 0.5) == mask.any() for _, head, mask in of_fold])
+        assert rows[str(fold)]["empty_head_accuracy"] == pytest.approx(accuracy, abs=1e-9)
+        found += of_fold
+    assert len(found) == rows["oof"]["images"] == len(np.load(cv_dir / "oof.npz").files) == 21
+    heads = np.array([head for _, head, _ in found])
+    assert ((heads > 0.0) & (heads < 1.0)).all()
+    assert rows["oof"]["empty_head_accuracy"] == pytest.approx(
+        np.mean([(head > 0.5) == mask.any() for _, head, mask in found]), abs=1e-9
+    )
+    # The per-image records the gate was tuned on carry each image's out-of-fold head probability.
+    assert counts.empty is not None and len(counts) == 21
+    np.testing.assert_allclose(counts.empty, heads, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(counts.truth, [mask.sum() for _, _, mask in found])
+    # The tuned numbers are those of the chosen steps on these predictions, the gate included.
+    assert rows["oof, tuned"]["salt_score"] == pytest.approx(_mean_salt_score(found, chosen), abs=1e-9)
+    assert rows["oof"]["salt_score"] == pytest.approx(_mean_salt_score(found, PostProcessing()), abs=1e-9)
+    without = tuning["without"]["empty_gate"]["salt_score"]
+    assert rows["oof"]["salt_score"] <= without <= rows["oof, tuned"]["salt_score"]
+
+
+def test_eval_and_submit_of_a_head_cv_use_the_out_of_fold_gate(
+    head_cv: tuple[Path, Any], tiny_salt: Path, tmp_path: Path
+) -> None:
+    from lovaszseg.scoring.postprocess import PostProcessing
+
+    cv_dir = tmp_path / "cv"
+    shutil.copytree(head_cv[0], cv_dir)  # a copied cv folder keeps its tuning
+    rows, tuning = _rows(cv_dir), json.loads((cv_dir / "postprocess.json").read_text())
+    chosen = PostProcessing(**tuning["chosen"])
+    oof = evaluate_run(cv_dir, device="cpu", console=_quiet())
+    assert oof["postprocess_empty_gate"] == chosen.empty_gate
+    assert oof["salt_score_postprocessed"] == rows["oof, tuned"]["salt_score"]
+    assert oof["salt_score_postprocessed_without_empty_gate"] == tuning["without"]["empty_gate"]["salt_score"]
+    assert oof["empty_head_accuracy"] == rows["oof"]["empty_head_accuracy"]
+    written = json.loads((cv_dir / "eval.json").read_text())
+    assert written["split"] == "oof" and written["postprocess_empty_gate"] == chosen.empty_gate
+    # The held-out images: the ensemble of the folds (its head's probability their mean), with the
+    # out-of-fold tuning, not tuned again on themselves.
+    holdout = build_dataset("tgs", tiny_salt, str(cv_dir / "splits" / "holdout.txt"), train=False)
+    ensemble = load_predictor(cv_dir).model
+    plain = _predicted(ensemble, holdout, "none")
+    folds = [_predicted(load_model(cv_dir / f"fold-{k}").model, holdout, "none") for k in range(2)]
+    for k, (prob, head, _) in enumerate(plain):
+        assert head == pytest.approx((folds[0][k][1] + folds[1][k][1]) / 2, abs=1e-6)
+        np.testing.assert_allclose(prob, (folds[0][k][0] + folds[1][k][0]) / 2, rtol=0, atol=1e-6)
+    held = evaluate_run(cv_dir, split="holdout", tta=CV_TTA, device="cpu", console=_quiet())
+    assert held["postprocess_empty_gate"] == chosen.empty_gate
+    expected = _mean_salt_score(_predicted(ensemble, holdout), chosen)
+    assert held["salt_score_postprocessed"] == pytest.approx(expected, abs=1e-9)
+    assert json.loads((cv_dir / "postprocess.json").read_text()) == tuning
+    # A kept gate that empties one held-out image: eval applies it to the ensemble's head.
+    heads = sorted(head for _, head, _ in plain)
+    assert heads[0] < heads[1]
+    kept = _with_gate(cv_dir, (heads[0] + heads[1]) / 2)
+    held = evaluate_run(cv_dir, split="holdout", device="cpu", console=_quiet())
+    assert held["postprocess_empty_gate"] == kept.empty_gate
+    assert held["salt_score_postprocessed"] == pytest.approx(_mean_salt_score(plain, kept), abs=1e-9)
+    # submit: auto is the kept gate (one that empties half the test images here) ...
+    from lovaszseg.data import build_transform
+    from lovaszseg.inference.predict import predict_folder
+    from lovaszseg.rle import encode
+
+    images, transform = tiny_salt / "test" / "images", build_transform("tgs", train=False)
+    predicted = {
+        path.stem: (probs[0], head)
+        for path, _, probs, head in predict_folder(ensemble, images, transform, in_channels=1, with_empty=True)
+    }
+    heads = sorted(head for _, head in predicted.values())
+    assert heads[2] < heads[3]
+    kept = _with_gate(cv_dir, (heads[2] + heads[3]) / 2)
+    auto = {"threshold": "auto", "min_area": "auto", "empty_gate": "auto"}
+    path, used = submit_run(cv_dir, tiny_salt / "test", tmp_path / "auto.csv", device="cpu", **auto)
+    assert used == kept
+    rows = read_rle_csv(path)
+    assert rows == {i: encode(kept.apply(prob, head)) for i, (prob, head) in predicted.items()}
+    assert sum(rows[i] == "" for i, (_, head) in predicted.items() if head < kept.empty_gate) == 3
+    # ... and an explicit gate overrides it (1.0: every image submitted empty).
+    path, used = submit_run(
+        cv_dir, tiny_salt / "test", tmp_path / "one.csv", device="cpu", **auto | {"empty_gate": 1.0}
+    )
+    assert used == PostProcessing(0.5, 0, 1.0)
+    assert len(read_rle_csv(path)) == 6 and set(read_rle_csv(path).values()) == {""}

@@ -152,3 +152,43 @@ def test_cross_validation_under_torchrun_trains_every_fold_with_both_processes(t
     rows = json.loads((tmp_path / "cv" / "cv.json").read_text())["rows"]
     assert [row["fold"] for row in rows] == ["0", "1", "oof", "oof, tuned"] and rows[2]["images"] == 24
     assert completed.stdout.count("lovaszseg cv") == 1  # the table, printed by rank 0 only
+
+
+def test_two_cpu_processes_train_heads_and_an_swa_average_that_scores_as_one_process(
+    tiny_salt: Path, tmp_path: Path
+) -> None:
+    """An empty-image head, deep supervision and an SWA average under DDP: the ranks end equal, and the
+    average (its BatchNorm statistics recomputed on each rank's shard, then rank 0's broadcast) scores in
+    two processes what it scores in one."""
+    config = tiny_salt_config(
+        tiny_salt,
+        tmp_path,
+        model={**tiny_salt_config(tiny_salt, tmp_path)["model"], "empty_head": 0.5, "deep_supervision": 0.5},
+        stages=[{"name": "bce", "loss": "bce", "epochs": 2, "lr": 0.01, "swa_epochs": 2}],
+        data={"batch_size": 4},
+        train={"find_unused_parameters": True},
+    )
+    path = write_config(tmp_path / "ddp.yaml", config)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "lovaszseg"]
+    command += ["train", str(path), "--run-dir", str(tmp_path / "ddp")]
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    checksums = json.loads((tmp_path / "ddp" / "distributed.json").read_text())["weights_checksum_per_rank"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1]
+    rows = read_summary(tmp_path / "ddp" / "summary.csv")
+    assert [row["epoch"] for row in rows] == ["1", "2", "swa"]  # rank 0 alone writes; the average validated once
+    swa = load_checkpoint(tmp_path / "ddp" / "stage1_swa.pt")
+    assert swa["swa_n_averaged"] == 2
+    heads = {name.split(".")[0] for name in swa["model"]} & {"classification_head", "deep_heads"}
+    assert heads == {"classification_head", "deep_heads"}
+    scored = ("salt_score", "iou", "image_iou", "empty_head_accuracy")
+    for name in ("stage1_swa.pt", "last.pt"):
+        checkpoint = load_checkpoint(tmp_path / "ddp" / name)
+        single = evaluate_run(tmp_path / "ddp" / name, device="cpu", out=tmp_path / name)
+        for metric in scored:
+            assert checkpoint["metrics"][metric] == pytest.approx(single[metric], rel=1e-6, abs=1e-9), (name, metric)
+    assert float(rows[-1]["salt_score"]) == pytest.approx(swa["metrics"]["salt_score"], abs=1e-6)
+    # best.pt is the best of the epochs and the average.
+    best = load_checkpoint(tmp_path / "ddp" / "best.pt")["metrics"]["salt_score"]
+    assert best == pytest.approx(max(float(row["salt_score"]) for row in rows), abs=1e-6)

@@ -30,6 +30,9 @@ NOT_RUN = {
     "kaggle competitions": "uploads to Kaggle; needs the network and an account",
     "head ": "shows the start of the file the command before it wrote",
 }
+# Commands a page repeats from the page that runs them, by (page, command prefix): that page's run.
+# The speed benchmark (compiled and bf16 models, minutes) runs with speed.md's slow check.
+RUN_ON_ANOTHER_PAGE = {("benchmarks.md", "python benchmarks/bench_train.py --only speed"): "speed.md"}
 # A tiny model and two steps per epoch: every train and compare command finishes in seconds.
 TINY_MODEL = [
     "model.encoder=resnet18",
@@ -174,6 +177,8 @@ def run_page(page: Path, full_size: bool) -> dict[str, str]:
         words = shlex.join(command.argv)
         if any(words.startswith(prefix) for prefix in NOT_RUN):
             continue
+        if any(command.page == name and words.startswith(prefix) for name, prefix in RUN_ON_ANOTHER_PAGE):
+            continue
         if command.abbreviated:
             output = outputs[shlex.join(command.argv[:2])]
         else:
@@ -210,6 +215,15 @@ def test_commands_are_found_in_bash_and_text_blocks(tmp_path: Path) -> None:
 )
 def test_skeleton_ignores_numbers_and_padding(shown: list[str], printed: list[str], same_shape: bool) -> None:
     assert (_skeleton(shown) == _skeleton(printed)) is same_shape
+
+
+def test_a_command_repeated_from_another_page_runs_there() -> None:
+    for (page, prefix), runner_page in RUN_ON_ANOTHER_PAGE.items():
+        shown = [
+            shlex.join(c.argv) for c in doc_commands(ROOT / "docs" / page) if shlex.join(c.argv).startswith(prefix)
+        ]
+        run = {shlex.join(c.argv) for c in doc_commands(ROOT / "docs" / runner_page)}
+        assert shown and set(shown) <= run, f"{page} shows {shown}, which {runner_page} does not run"
 
 
 def test_every_page_with_commands_is_covered() -> None:

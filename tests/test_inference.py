@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import os
 import re
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -189,6 +191,41 @@ def test_a_submission_on_a_full_disk_names_the_csv_and_keeps_the_previous_one(
         write_submission(masks, path, shape=(3, 3), expected_ids=ids[::-1] if ordered else None)
     assert path.read_bytes() == b"id,rle_mask\r\nold,1 1\r\n"
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left
+
+
+def test_a_submission_spools_beside_the_csv_not_in_the_system_temporary_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-tmp"))  # as a /tmp that takes no files
+    path = tmp_path / "out" / "submission.csv"
+    write_submission(iter(_masks(("a", (3, 3)), ("b", (3, 3)))), path, shape=(3, 3))
+    assert list(read_rle_csv(path)) == ["a", "b"]
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # the spool is gone
+
+
+@pytest.mark.parametrize("count", [2, 3000], ids=["few_rows", "rows_beyond_the_buffer"])
+def test_a_full_disk_while_spooling_names_the_csv_keeps_the_previous_one_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int
+) -> None:
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full")
+    spool = tempfile.TemporaryFile
+
+    def on_a_full_disk(*args: object, **kwargs: object) -> object:
+        handle = spool(*args, **kwargs)  # type: ignore[call-overload]
+        full = os.open("/dev/full", os.O_WRONLY)
+        os.dup2(full, handle.fileno())  # its writes fail with ENOSPC, as on a full disk
+        os.close(full)
+        return handle
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", on_a_full_disk)
+    path = tmp_path / "submission.csv"
+    path.write_bytes(b"id,rle_mask\r\nold,1 1\r\n")
+    masks = ((f"id{i}", np.eye(3, dtype=bool)) for i in range(count))
+    with pytest.raises(OutputError, match=rf"^cannot write {re.escape(str(path))}: No space left on device$"):
+        write_submission(masks, path, shape=(3, 3))
+    assert path.read_bytes() == b"id,rle_mask\r\nold,1 1\r\n"
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
 def test_submission_to_a_folder_is_refused(tmp_path: Path) -> None:

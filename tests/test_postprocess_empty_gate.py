@@ -106,3 +106,20 @@ def test_the_gate_is_saved_with_the_tuning_and_old_records_load_without_it(tmp_p
     (tmp_path / "postprocess.json").write_text(json.dumps(record))
     old = load_tuning(tmp_path, ("m*1",))
     assert old is not None and old.chosen.empty_gate == 0.0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_rule_asked_auto_without_a_threshold_is_the_one_tuned_for_the_default_threshold(seed: int) -> None:
+    """``submit --empty-gate auto`` (or ``--min-area auto``) with no ``--threshold``: the threshold is the
+    default 0.5 and the rule the one tuned for it (this was a KeyError)."""
+    from lovaszseg.scoring.postprocess import AUTO, resolve
+    from lovaszseg.thresholds import DEFAULT_THRESHOLD
+
+    tuning = tune_postprocessing(_counts(seed))
+    column = THRESHOLD_GRID.index(DEFAULT_THRESHOLD)
+    gate, area = tuning.by_threshold["empty_gate"][column], tuning.by_threshold["min_area"][column]
+    at_default = {"threshold": DEFAULT_THRESHOLD}
+    assert resolve({"empty_gate": AUTO}, tuning, "m") == resolve({**at_default, "empty_gate": AUTO}, tuning, "m")
+    assert resolve({"empty_gate": AUTO}, tuning, "m") == PostProcessing(DEFAULT_THRESHOLD, 0, gate)
+    assert resolve({"min_area": AUTO, "empty_gate": AUTO}, tuning, "m") == PostProcessing(DEFAULT_THRESHOLD, area, gate)
+    assert resolve({"min_area": AUTO, "empty_gate": 0.0}, tuning, "m") == PostProcessing(DEFAULT_THRESHOLD, area, 0.0)

@@ -21,6 +21,7 @@ from lovaszseg.config import load_config
 from lovaszseg.data import describe_dataset
 from lovaszseg.errors import ConfigError
 from lovaszseg.runtime.progress import LoopProgress, shows_bar
+from lovaszseg.scoring.postprocess.threshold import Threshold
 from lovaszseg.storage.summary import append_summary, plot_curves, read_summary
 from lovaszseg.training import train
 from lovaszseg.training.reporting import OVERLAY_IMAGES, TensorBoardLog, final_table
@@ -275,6 +276,34 @@ def test_tensorboard_overlays_of_images_of_their_own_sizes_show_their_own_pixels
     red, green = pixels[..., 0].astype(int), pixels[..., 1].astype(int)
     # The model's left half (input columns 0-31) is the crop's columns 0-19: class 1, blended in VOC red.
     assert (red[:, :20] > green[:, :20]).all() and (red[:, 20:] == green[:, 20:]).all()
+
+
+class _Everywhere(nn.Module):
+    """A binary model whose probability is ``probability`` at every pixel."""
+
+    def __init__(self, probability: float) -> None:
+        super().__init__()
+        self.logit = nn.Parameter(torch.logit(torch.tensor(probability)))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logit.expand(images.shape[0], 1, *images.shape[-2:])
+
+
+@pytest.mark.parametrize(("threshold", "foreground"), [(0.5, False), (0.3, True)])
+def test_tensorboard_binary_overlays_take_the_post_processing_default_threshold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threshold: float, foreground: bool
+) -> None:
+    monkeypatch.setattr(Threshold, "default", threshold)  # the one place the default threshold is applied
+    spec = describe_dataset("folder", {})
+    dataset = [{"image": torch.zeros(3, 32, 32), "size": torch.tensor([32, 32])}] * OVERLAY_IMAGES
+    board, row = TensorBoardLog(True, spec), {"stage": "1-bce", "epoch": 1, "lr": "0.01", "train_loss": "0.5"}
+    with board.writing(tmp_path, epochs_done=0):
+        board.log_epoch(row, _Everywhere(0.4), dataset)
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
+    events.Reload()
+    pixels = np.asarray(Image.open(io.BytesIO(events.Images("overlay/0")[0].encoded_image_string)))
+    tinted = pixels[..., 0].astype(int) != pixels[..., 1].astype(int)  # foreground is blended in red
+    assert tinted.all() if foreground else not tinted.any()
 
 
 def test_tensorboard_without_the_package_is_a_config_error_before_any_folder(

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,10 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from lovaszseg.config import load_config
+from lovaszseg.config import Config, builtin_config, load_config
 from lovaszseg.errors import CheckpointError, OutputError, RunFolderError
 from lovaszseg.models import build_model
 from lovaszseg.storage.checkpoint import load_checkpoint, save_checkpoint
+from lovaszseg.storage.cv_folder import CV_FILE, CvFolder
 from lovaszseg.storage.run_folder import CONFIG_FILE, LOCK_FILE, RunFolder, load_model
 
 _CONFIG = load_config(
@@ -246,3 +248,18 @@ def test_a_folder_that_cannot_be_emptied_is_an_output_error_and_released(
     folder = RunFolder(run)
     folder.lock()
     folder.release()
+
+
+@pytest.mark.parametrize("name", ["salt", "voc"])
+def test_cv_yaml_holds_the_config_as_the_config_writes_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    to_yaml = Config.to_yaml
+    monkeypatch.setattr(Config, "to_yaml", lambda self: to_yaml(self) + "# Config.to_yaml\n")  # marks its text
+    config, settings = load_config(builtin_config(name)), {"folds": [0, 1], "n_folds": 5, "holdout": 0, "tta": "none"}
+    folder = CvFolder(tmp_path / "cv")
+    folder.write_settings(config, settings)
+    text = (folder.path / CV_FILE).read_text(encoding="utf-8")
+    head, config_part = text.split("config:\n", 1)
+    assert head.startswith("cv:\n") and textwrap.dedent(config_part) == config.to_yaml()
+    assert folder.settings() == (config, settings)

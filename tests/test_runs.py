@@ -6,6 +6,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,9 @@ from torch.utils.data import DataLoader
 import lovaszseg.workflows.runs
 from lovaszseg.config import load_config
 from lovaszseg.data import build_dataset, build_transform
-from lovaszseg.errors import CheckpointError, ConfigError, DataError
+from lovaszseg.errors import CheckpointError, ConfigError, DataError, RunFolderError
 from lovaszseg.inference.predict import predict_folder
-from lovaszseg.inference.window import SlidingWindow, WindowOverride
+from lovaszseg.inference.window import WindowOverride
 from lovaszseg.rle import decode, read_rle_csv
 from lovaszseg.scoring.engine import Scorer
 from lovaszseg.scoring.metrics import ConfusionMatrix, binary_iou
@@ -32,6 +33,7 @@ from lovaszseg.storage.checkpoint import load_checkpoint
 from lovaszseg.storage.run_folder import RunFolder, load_model
 from lovaszseg.thresholds import DEFAULT_THRESHOLD, THRESHOLD_GRID
 from lovaszseg.training import train
+from lovaszseg.windowing import SlidingWindow
 from lovaszseg.workflows.runs import evaluate_run, predict_run, submit_run
 
 # One short epoch at a low rate: probabilities spread over (0, 1) rather than collapsed to 0 or 1.
@@ -122,6 +124,19 @@ def test_a_window_the_size_of_the_padded_image_is_whole_image_inference_and_eval
     written = json.loads((tmp_path / "crops" / "eval.json").read_text())
     assert written["window"] == "64x64 windows every 32x32 (gaussian)"
     assert "window" not in json.loads((tmp_path / "whole" / "eval.json").read_text())
+
+
+def test_windowed_eval_predicts_one_image_at_a_time_with_the_same_numbers(
+    salt_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, window_passes: list[int]
+) -> None:
+    passes = window_passes
+    window = WindowOverride((64, 64), (32, 32), "gaussian")
+    one_by_one = evaluate_run(salt_run, device="cpu", window=window, out=tmp_path / "one")
+    assert passes == [1] * 6  # the 6 validation images; data.batch_size is 4
+    passes.clear()
+    monkeypatch.setattr(lovaszseg.workflows.runs, "images_per_pass", lambda window, batch_size: batch_size)
+    batched = evaluate_run(salt_run, device="cpu", window=window, out=tmp_path / "batched")
+    assert passes == [4, 2] and batched.metrics == one_by_one.metrics  # as before: a batch of merged maps
 
 
 def test_predict_with_a_window_writes_the_windows_masks(salt_run: Path, tiny_salt: Path, tmp_path: Path) -> None:
@@ -514,6 +529,34 @@ def test_eval_of_a_run_another_process_writes_scores_it_without_writing_into_it(
     assert (run / "eval.json").is_file() and (run / "postprocess.json").is_file()
 
 
+@pytest.mark.parametrize("source", ["the_run_itself", "another_run"])
+def test_eval_out_into_a_run_another_process_holds_is_refused_before_loading_and_writes_nothing(
+    salt_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(salt_run, run)
+    for name in ("eval.json", "postprocess.json"):
+        (run / name).unlink(missing_ok=True)
+    before = sorted(path.name for path in run.iterdir())
+    evaluated = run if source == "the_run_itself" else salt_run
+    loaded: list[object] = []
+    load_predictor = lovaszseg.workflows.runs.load_predictor
+    monkeypatch.setattr(
+        lovaszseg.workflows.runs, "load_predictor", lambda *args: loaded.append(args) or load_predictor(*args)
+    )
+    trainer = RunFolder(run)
+    trainer.lock()  # as a training process holds it
+    try:
+        message = rf"^--out {re.escape(str(run))} is being written by another process \(PID {os.getpid()}\)"
+        with pytest.raises(RunFolderError, match=message):
+            evaluate_run(evaluated, device="cpu", out=run)
+    finally:
+        trainer.release()
+    assert not loaded and sorted(path.name for path in run.iterdir()) == before
+    # Once it is free, eval writes into it, also when it is the folder evaluated (locked once, not twice).
+    assert evaluate_run(evaluated, device="cpu", out=run).written == run / "eval.json"
+
+
 def test_a_sample_submission_that_does_not_match_is_refused_before_any_prediction(
     salt_run: Path, real_test_images: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -525,3 +568,207 @@ def test_a_sample_submission_that_does_not_match_is_refused_before_any_predictio
     with pytest.raises(DataError, match=rf"sample submission {tmp_path / 'sample_submission.csv'} does not match"):
         submit_run(salt_run, folder.parent, tmp_path / "s.csv", device="cpu")
     assert not (tmp_path / "s.csv").exists()
+
+
+# --- a model with an empty-image head and an SWA average: the empty gate, and the average as a member ------
+
+
+@pytest.fixture(scope="module")
+def head_run(tiny_salt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny TGS run with an empty-image head (``model.empty_head``) and a 2-epoch SWA average
+    (``stage1_swa.pt``), its post-processing (the gate with it) tuned on its 6 validation images."""
+    tmp = tmp_path_factory.mktemp("head")
+    stages = [{"name": "bce", "loss": "bce", "epochs": 2, "lr": 0.001, "swa_epochs": 2}]
+    config = tiny_salt_config(tiny_salt, tmp, data={"batch_size": 4}, stages=stages)
+    config["model"]["empty_head"] = 0.5
+    result = train(load_config(config), run_dir=tmp / "head", console=_quiet())
+    assert result.completed and (tmp / "head" / "stage1_swa.pt").is_file()
+    metrics = evaluate_run(tmp / "head", device="cpu", console=_quiet())
+    assert metrics["salt_score_postprocessed"] >= metrics["salt_score_postprocessed_without_empty_gate"]
+    return tmp / "head"
+
+
+def _with_heads(run: Path, images: Path) -> dict[str, tuple[np.ndarray, float]]:
+    """Each image's foreground probabilities ``[101, 101]`` and its head probability, by id."""
+    loaded = load_model(run)
+    transform = build_transform("tgs", train=False, **loaded.config.data.options)
+    predicted = predict_folder(loaded.model, images, transform, in_channels=1, with_empty=True)
+    return {path.stem: (probs[0], head) for path, _, probs, head in predicted}
+
+
+def _written(out: Path, csv: Path, ids: list[str]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The masks predict wrote to ``out`` and the ones submit wrote to ``csv``, as bool arrays by id."""
+    rows = read_rle_csv(csv)
+    assert sorted(rows) == sorted(ids)  # in the order of the sample submission beside test/
+    pngs = {i: np.asarray(Image.open(out / "masks" / f"{i}.png")) == 255 for i in ids}
+    return pngs, {i: decode(rows[i], (101, 101)) for i in ids}
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.4])
+@pytest.mark.parametrize("gate", [0.0, "middle", 1.0])
+def test_an_explicit_empty_gate_empties_exactly_the_images_whose_head_is_below_it(
+    gate: float | str, threshold: float, head_run: Path, tiny_salt: Path, tmp_path: Path
+) -> None:
+    images = tiny_salt / "test" / "images"
+    predicted = _with_heads(head_run, images)
+    heads = sorted(head for _, head in predicted.values())
+    assert len(set(heads)) == 6 and heads[0] > 0.0 and heads[-1] < 1.0  # 6 distinct probabilities inside (0, 1)
+    value = (heads[2] + heads[3]) / 2 if gate == "middle" else gate  # "middle": half the images are below it
+    predict_run(head_run, images, tmp_path / "p", threshold=threshold, empty_gate=value, device="cpu")
+    path, used = submit_run(
+        head_run, images.parent, tmp_path / "s.csv", threshold=threshold, empty_gate=value, device="cpu"
+    )
+    assert used == PostProcessing(threshold, 0, value)
+    pngs, rows = _written(tmp_path / "p", path, list(predicted))
+    for sample_id, (prob, head) in predicted.items():
+        expected = (prob > threshold) & (head >= value)
+        np.testing.assert_array_equal(pngs[sample_id], expected)
+        np.testing.assert_array_equal(rows[sample_id], expected)
+    gated = {sample_id for sample_id, (_, head) in predicted.items() if head < value}
+    assert len(gated) == {0.0: 0, "middle": 3, 1.0: 6}[gate]
+    assert all(not rows[i].any() for i in gated)
+    if threshold == 0.0:  # every probability is above 0: an image the gate lets through is all foreground
+        assert all(rows[i].all() for i in predicted if i not in gated)
+
+
+def _with_gate(run: Path, gate: float) -> PostProcessing:
+    """Replace the run's kept tuning by threshold 0.5, no min-area and ``gate`` at every threshold (as a
+    tuning with a discriminating head would leave it; the tiny model's head is not, its tuned gate is 0)."""
+    record = json.loads((run / "postprocess.json").read_text())
+    record["chosen"] = {"threshold": 0.5, "min_area": 0, "empty_gate": gate}
+    record["by_threshold"] = {"min_area": [0] * len(THRESHOLD_GRID), "empty_gate": [gate] * len(THRESHOLD_GRID)}
+    (run / "postprocess.json").write_text(json.dumps(record))
+    return PostProcessing(0.5, 0, gate)
+
+
+def test_empty_gate_auto_is_the_tuned_gate_and_an_explicit_gate_overrides_it(
+    head_run: Path, tiny_salt: Path, tmp_path: Path
+) -> None:
+    from lovaszseg.rle import encode
+
+    run = tmp_path / "run"
+    shutil.copytree(head_run, run)
+    tuning = json.loads((run / "postprocess.json").read_text())
+    chosen = PostProcessing(**tuning["chosen"])
+    assert json.loads((run / "eval.json").read_text())["postprocess_empty_gate"] == chosen.empty_gate
+    images = tiny_salt / "test" / "images"
+    predicted = _with_heads(run, images)
+    ids = list(predicted)
+
+    def expect(post: PostProcessing) -> dict[str, np.ndarray]:
+        return {i: post.apply(prob, head) for i, (prob, head) in predicted.items()}
+
+    auto = {"threshold": "auto", "min_area": "auto", "empty_gate": "auto"}
+    path, used = submit_run(run, images.parent, tmp_path / "tuned.csv", device="cpu", **auto)
+    assert used == chosen and read_rle_csv(path) == {i: encode(mask) for i, mask in expect(chosen).items()}
+    # auto at a given threshold: the gate tuned for it; with no threshold given, for the default 0.5.
+    for given, column in ((0.3, THRESHOLD_GRID.index(0.3)), (None, THRESHOLD_GRID.index(DEFAULT_THRESHOLD))):
+        _, used = submit_run(run, images.parent, tmp_path / "at.csv", threshold=given, empty_gate="auto", device="cpu")
+        assert used == PostProcessing(THRESHOLD_GRID[column], 0, tuning["by_threshold"]["empty_gate"][column])
+        assert read_rle_csv(tmp_path / "at.csv") == {i: encode(mask) for i, mask in expect(used).items()}
+
+    # A kept gate that empties half the test images: predict and submit auto apply it.
+    heads = sorted(head for _, head in predicted.values())
+    assert len(set(heads)) == 6
+    kept = _with_gate(run, (heads[2] + heads[3]) / 2)
+    record = json.loads((run / "postprocess.json").read_text())
+    predict_run(run, images, tmp_path / "auto", device="cpu", **auto)
+    path, used = submit_run(run, images.parent, tmp_path / "auto.csv", device="cpu", **auto)
+    assert used == kept
+    for written in _written(tmp_path / "auto", path, ids):
+        assert all(np.array_equal(written[i], mask) for i, mask in expect(kept).items())
+        assert sum(not written[i].any() for i, (_, head) in predicted.items() if head < kept.empty_gate) == 3
+    # An explicit gate overrides the kept one, the other steps staying auto: 1.0 empties every image,
+    # 0 turns the gate off.
+    for gate in (1.0, 0.0):
+        override = {**auto, "empty_gate": gate}
+        predict_run(run, images, tmp_path / f"p{gate}", device="cpu", **override)
+        path, used = submit_run(run, images.parent, tmp_path / f"s{gate}.csv", device="cpu", **override)
+        assert used == PostProcessing(0.5, 0, gate)
+        for written in _written(tmp_path / f"p{gate}", path, ids):
+            assert all(np.array_equal(written[i], mask) for i, mask in expect(used).items())
+        if gate == 1.0:
+            assert set(read_rle_csv(path).values()) == {""}
+        else:
+            assert read_rle_csv(path) == {i: encode(prob > 0.5) for i, (prob, _) in predicted.items()}
+    assert json.loads((run / "postprocess.json").read_text()) == record  # an override is not a new tuning
+
+
+def test_empty_gate_on_the_command_line(head_run: Path, tiny_salt: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from lovaszseg.cli import app
+    from lovaszseg.rle import encode
+
+    run = tmp_path / "run"
+    shutil.copytree(head_run, run)
+    images = tiny_salt / "test" / "images"
+    predicted = _with_heads(run, images)
+    heads = sorted(head for _, head in predicted.values())
+    kept = _with_gate(run, (heads[2] + heads[3]) / 2)
+    runner = CliRunner()
+    common = ["--threshold", "auto", "--min-area", "auto", "--device", "cpu"]
+    result = runner.invoke(app, ["predict", str(run), str(images), str(tmp_path / "p"), *common, "--empty-gate", "1"])
+    assert result.exit_code == 0, result.output
+    assert not any(np.asarray(Image.open(tmp_path / "p" / "masks" / f"{i}.png")).any() for i in predicted)
+    for gate, value in (("auto", kept.empty_gate), ("1", 1.0), ("0", 0.0)):
+        out = tmp_path / f"{gate}.csv"
+        arguments = ["submit", str(run), str(tiny_salt / "test"), "--out", str(out), *common, "--empty-gate", gate]
+        result = runner.invoke(app, arguments)
+        assert result.exit_code == 0, result.output
+        shown = f", empty-gate {value:.3f}" if value else ""
+        assert f"(threshold 0.50, min-area 0{shown})" in " ".join(result.output.split())
+        post = PostProcessing(0.5, 0, value)
+        assert read_rle_csv(out) == {i: encode(post.apply(prob, head)) for i, (prob, head) in predicted.items()}
+    assert set(read_rle_csv(tmp_path / "1.csv").values()) == {""}
+    assert sum(rle == "" for rle in read_rle_csv(tmp_path / "auto.csv").values()) >= 3
+    result = runner.invoke(app, ["submit", str(run), str(tiny_salt / "test"), "--empty-gate", "half"])
+    assert result.exit_code == 2
+    assert "--empty-gate must be a number in [0, 1] or 'auto', got 'half'" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("gate", [0.5, "auto"])
+def test_an_empty_gate_for_a_model_without_a_head_is_a_config_error(
+    gate: float | str, salt_run: Path, tiny_salt: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match=r"--empty-gate reads the empty-image head .* lack: .*model\.safetensors"):
+        submit_run(salt_run, tiny_salt / "test", tmp_path / "s.csv", empty_gate=gate, device="cpu")
+    assert not (tmp_path / "s.csv").exists()
+    _, used = submit_run(salt_run, tiny_salt / "test", tmp_path / "s.csv", empty_gate=0.0, device="cpu")
+    assert used == PostProcessing(0.5, 0, 0.0)  # a gate of 0 is off: no head needed
+
+
+def test_an_swa_checkpoint_is_an_ensemble_member_like_any_model_file(head_run: Path, tmp_path: Path) -> None:
+    from lovaszseg.inference.ensemble import load_predictor
+    from lovaszseg.inference.predict import predict_outputs
+
+    swa, last = head_run / "stage1_swa.pt", head_run / "stage1_last.pt"
+    checkpoint = load_checkpoint(swa)
+    assert checkpoint["swa_n_averaged"] == 2
+    alone = load_predictor(swa)
+    weights = alone.model.state_dict()
+    # The average's weights (and recomputed BatchNorm statistics), not the last epoch's.
+    assert all(torch.equal(weights[name], checkpoint["model"][name]) for name in weights)
+    trained = load_checkpoint(last)["model"]
+    assert any(not torch.equal(weights[name], trained[name]) for name in weights if "classification_head" in name)
+    images = torch.randn(3, 1, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        single = predict_outputs(alone.model, images, "hflip")
+        other = predict_outputs(load_predictor(last).model, images, "hflip")
+        twice = predict_outputs(load_predictor([swa, swa]).model, images, "hflip")
+        mixed = predict_outputs(load_predictor([swa, last], weights=[1, 3]).model, images, "hflip")
+    assert single.empty is not None and other.empty is not None
+    torch.testing.assert_close(twice.masks, single.masks, rtol=0, atol=1e-6)
+    torch.testing.assert_close(twice.empty, single.empty, rtol=0, atol=1e-6)
+    torch.testing.assert_close(mixed.masks, (single.masks + 3 * other.masks) / 4, rtol=0, atol=1e-6)
+    torch.testing.assert_close(mixed.empty, (single.empty + 3 * other.empty) / 4, rtol=0, atol=1e-6)
+    assert (mixed.masks - single.masks).abs().max() > 1e-4  # the members differ: the mix is not one of them
+    # Scored: the ensemble of the file with itself gives the file's numbers, its head's accuracy and gate included.
+    run = tmp_path / "run"
+    shutil.copytree(head_run, run)
+    by_file = evaluate_run(run / "stage1_swa.pt", device="cpu", console=_quiet())
+    by_ensemble = evaluate_run([run / "stage1_swa.pt"] * 2, device="cpu", console=_quiet())
+    assert by_file["salt_score"] == pytest.approx(checkpoint["metrics"]["salt_score"], abs=1e-6)
+    names = ("salt_score", "iou", "image_iou", "empty_head_accuracy", "postprocess_empty_gate")
+    for name in (*names, "salt_score_postprocessed", "salt_score_postprocessed_without_empty_gate"):
+        assert by_ensemble[name] == pytest.approx(by_file[name], abs=1e-6), name

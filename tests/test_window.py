@@ -15,7 +15,8 @@ from lovaszseg.config import Config, load_config
 from lovaszseg.errors import ConfigError
 from lovaszseg.inference.ensemble import Ensemble
 from lovaszseg.inference.predict import predict_folder, predict_outputs, predict_probabilities
-from lovaszseg.inference.window import SlidingWindow, WindowOverride, parse_size, window_starts, window_weights
+from lovaszseg.inference.window import WindowOverride, window_starts, window_weights
+from lovaszseg.windowing import SlidingWindow, parse_size
 
 
 class _PixelWise(nn.Module):

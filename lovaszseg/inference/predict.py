@@ -15,8 +15,9 @@ from lovaszseg.data.transforms import crop_to_original
 from lovaszseg.errors import DataError
 from lovaszseg.heads import Outputs, split_outputs
 from lovaszseg.inference.tta import NO_TTA, Tta, merge_probabilities, tta_plan
-from lovaszseg.inference.window import SlidingWindow
+from lovaszseg.inference.window import images_per_pass, predict_windows
 from lovaszseg.models import check_input_size, output_probabilities, probabilities
+from lovaszseg.windowing import SlidingWindow
 
 __all__ = ["model_outputs", "predict_folder", "predict_outputs", "predict_probabilities"]
 
@@ -50,7 +51,7 @@ def predict_outputs(
     if window is not None:
         if logits is not None:
             raise ValueError("the whole images' logits cannot stand in for their windows'")
-        return window.predict(lambda crops: predict_outputs(model, crops, tta), images)
+        return predict_windows(window, lambda crops: predict_outputs(model, crops, tta), images)
     plan = tta_plan(tta)
     first = model_outputs(model, images) if logits is None else Outputs(probabilities(logits))
     views = [first]
@@ -111,7 +112,7 @@ def predict_folder(
         batch_size: Most images per forward pass (with ``window``, one image at a time, its crops in
             batches of the window's ``crops_per_batch``).
         with_empty: Also yield the empty-image head's probability (None for a model without one).
-        window: Predict each image in overlapping crops (:class:`~lovaszseg.inference.window.SlidingWindow`).
+        window: Predict each image in overlapping crops (:class:`~lovaszseg.windowing.SlidingWindow`).
 
     Yields:
         ``(path, image, probabilities)``: the image file, the image as read (uint8 ``[H, W]`` or
@@ -127,7 +128,7 @@ def predict_folder(
     if not paths:
         raise DataError(f"no images (png, jpg, ...) in {images_dir}")
     pending: list[tuple[Path, np.ndarray, Tensor]] = []
-    images_per_pass = 1 if window is not None else batch_size  # a window's crops are its batch
+    per_pass = images_per_pass(window, batch_size)
 
     def flush() -> Iterator[tuple[Any, ...]]:
         batch = torch.stack([tensor for _, _, tensor in pending]).to(device)
@@ -148,7 +149,7 @@ def predict_folder(
             if window is not None:
                 size, what = window.crop_size(size), f"{window.describe()} of {what}"
             check_input_size(model, *size, what)
-        if pending and (len(pending) == images_per_pass or pending[-1][2].shape != tensor.shape):
+        if pending and (len(pending) == per_pass or pending[-1][2].shape != tensor.shape):
             yield from flush()
         pending.append((path, image, tensor))
     yield from flush()

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import csv
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO
 
 import numpy as np
 
-from lovaszseg.data.io import atomic_write
-from lovaszseg.errors import ConfigError, DataError
+from lovaszseg.data.io import atomic_write, make_folder
+from lovaszseg.errors import ConfigError, DataError, OutputError
 from lovaszseg.rle import encode, validate_rles
 
 __all__ = ["write_submission"]
@@ -26,9 +27,10 @@ def write_submission(
 ) -> Path:
     """Write a Kaggle submission CSV (``id,rle_mask``), validated before anything is written.
 
-    Masks are run-length encoded and checked as they come and spooled to a temporary file, so memory
-    holds only the ids, whatever the number of images and the length of their rows; the file is
-    written (atomically, in ``expected_ids`` order when given) only once every row and id is checked.
+    Masks are run-length encoded and checked as they come and spooled to a temporary file beside
+    ``path`` (not in the system's temporary folder, which may be small or full), so memory holds only
+    the ids, whatever the number of images and the length of their rows; the file is written
+    (atomically, in ``expected_ids`` order when given) only once every row and id is checked.
 
     Args:
         masks: ``(id, binary mask [H, W])`` pairs, e.g. straight from a prediction loop.
@@ -43,13 +45,14 @@ def write_submission(
     Raises:
         DataError: a mask of another size, an id given twice, or runs that fail validation.
         ConfigError: ``path`` is a folder.
-        OutputError: ``path`` cannot be written (e.g. a full disk); the previous file there is kept.
+        OutputError: ``path`` or the spool beside it cannot be written (e.g. a full disk); the message
+            names ``path`` and the reason, and the previous file there is kept.
     """
     if path.is_dir():
         raise ConfigError(f"submission path {path} is a folder; name the CSV file to write")
     expected = list(expected_ids) if expected_ids is not None else None
-    with tempfile.TemporaryFile("w+", encoding="utf-8", newline="") as spool:
-        rows = _spool_rows(masks, spool, shape)
+    with _spool_beside(path) as spool:
+        rows = _spool_rows(masks, spool, shape, path)
         try:
             validate_rles(dict.fromkeys(rows, ""), shape, expected)  # the ids; every row was checked as it came
         except ValueError as error:
@@ -57,13 +60,52 @@ def write_submission(
         with atomic_write(path, "w", newline="") as handle:
             csv.writer(handle).writerow(["id", "rle_mask"])
             for sample_id in expected if expected is not None else rows:
-                spool.seek(rows[sample_id])
-                handle.write(spool.readline())
+                handle.write(_spooled_row(spool, rows[sample_id], path))
     return path
 
 
-def _spool_rows(masks: Iterable[tuple[str, np.ndarray]], spool: IO[str], shape: tuple[int, int]) -> dict[str, int]:
-    """Encode, check and append each mask's CSV row to ``spool``; return each id's row offset."""
+def _spool_error(path: Path, error: OSError) -> OutputError:
+    """One line naming the submission that cannot be written because its spool cannot be, and why."""
+    return OutputError(f"cannot write {path}: {error.strerror or error}")
+
+
+@contextmanager
+def _spool_beside(path: Path) -> Iterator[IO[str]]:
+    """A nameless temporary file in ``path``'s folder, which the system deletes when it is closed
+    (whatever happens, even when the process is killed).
+
+    Raises:
+        OutputError: the folder or the file cannot be created.
+    """
+    make_folder(path.parent, "submission folder")
+    try:
+        spool = tempfile.TemporaryFile("w+", encoding="utf-8", newline="", dir=path.parent)  # noqa: SIM115 (closed below)
+    except OSError as error:
+        raise _spool_error(path, error) from error
+    try:
+        yield spool
+    finally:
+        with suppress(OSError):  # rows its buffer could not flush (a full disk) are dropped with it
+            spool.close()
+
+
+def _spooled_row(spool: IO[str], offset: int, path: Path) -> str:
+    """The spooled CSV row at ``offset`` (seeking flushes what the spool still buffers)."""
+    try:
+        spool.seek(offset)
+        return spool.readline()
+    except OSError as error:
+        raise _spool_error(path, error) from error
+
+
+def _spool_rows(
+    masks: Iterable[tuple[str, np.ndarray]], spool: IO[str], shape: tuple[int, int], path: Path
+) -> dict[str, int]:
+    """Encode, check and append each mask's CSV row to ``spool``; return each id's row offset.
+
+    Raises:
+        OutputError: the spool cannot be written (an error of ``masks`` passes through unchanged).
+    """
     offsets: dict[str, int] = {}
     writer = csv.writer(spool)
     for sample_id, mask in masks:
@@ -78,6 +120,9 @@ def _spool_rows(masks: Iterable[tuple[str, np.ndarray]], spool: IO[str], shape: 
             validate_rles({sample_id: rle}, shape)
         except ValueError as error:
             raise DataError(f"submission not written: {error}") from error
-        offsets[sample_id] = spool.tell()
-        writer.writerow((sample_id, rle))
+        try:
+            offsets[sample_id] = spool.tell()  # telling flushes the buffered rows: a full disk shows here
+            writer.writerow((sample_id, rle))
+        except OSError as error:
+            raise _spool_error(path, error) from error
     return offsets

@@ -1,72 +1,46 @@
 """Sliding-window inference: images larger than the network, predicted in overlapping crops.
 
-Windows of ``size`` start every ``stride`` pixels along each side, the last one moved back to end at the
-border, so that every pixel is covered; a side shorter than the window is one window of that side
-(the image has already been padded as in training by the evaluation preset, so every crop is a size the
-model takes). Each crop's probabilities are weighted (``uniform``, or ``gaussian``: a window centred,
-standard deviation 1/8 of its sides, as nnU-Net weights its patches) and the weights are normalised to
-sum to one at every pixel. Crops go through the model ``crops_per_batch`` at a time, with the TTA
-inside each crop; one image's probability map is accumulated at a time. The empty-image head's
-probability of an image is the largest of its windows' (foreground in any window is foreground in it).
+The settings (:class:`~lovaszseg.windowing.SlidingWindow`) live in :mod:`lovaszseg.windowing`, free of
+torch for the config and the CLI; here they are used. Windows of ``size`` start every ``stride`` pixels
+along each side, the last one moved back to end at the border, so that every pixel is covered; a side
+shorter than the window is one window of that side (the image has already been padded as in training by
+the evaluation preset, so every crop is a size the model takes). Each crop's probabilities are weighted
+(``uniform``, or ``gaussian``: a window centred, standard deviation 1/8 of its sides, as nnU-Net weights
+its patches) and the weights are normalised to sum to one at every pixel. Crops go through the model
+``crops_per_batch`` at a time, with the TTA inside each crop; one image's probability map is accumulated
+at a time, and the callers give windowed images one at a time (:func:`images_per_pass`), so that one
+merged map at most is held. The empty-image head's probability of an image is the largest of its
+windows' (foreground in any window is foreground in it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from lovaszseg.errors import ConfigError
+from lovaszseg.windowing import CROPS_PER_BATCH, WEIGHTINGS, SlidingWindow, Weighting, parse_size
 
-if TYPE_CHECKING:  # torch is imported where it is used: the CLI reads WEIGHTINGS for its help
+if TYPE_CHECKING:  # torch is imported where it is used: the CLI imports WindowOverride
     from torch import Tensor
 
     from lovaszseg.heads import Outputs
 
 __all__ = [
-    "CROPS_PER_BATCH",
     "NO_WINDOW",
-    "WEIGHTINGS",
-    "SlidingWindow",
-    "Weighting",
     "WindowOverride",
-    "parse_size",
+    "images_per_pass",
+    "predict_windows",
     "window_label",
     "window_starts",
     "window_weights",
 ]
 
-Weighting = Literal["uniform", "gaussian"]
-# How a window's pixels are weighted; the first is the default.
-WEIGHTINGS: tuple[Weighting, ...] = ("uniform", "gaussian")
 # The gaussian window's standard deviation, as a share of each side.
 GAUSSIAN_SIGMA = 1 / 8
 # The gaussian window's weights are at least this share of its centre's, so that corners still count.
 GAUSSIAN_FLOOR = 1e-3
-# Crops per forward pass unless a config says otherwise.
-CROPS_PER_BATCH = 8
-_SEPARATOR = "x"
-
-
-def parse_size(value: object, option: str) -> tuple[int, int]:
-    """``"512x384"``, ``"512"``, ``512`` or ``[512, 384]`` as ``(height, width)`` of positive integers.
-
-    Raises:
-        ConfigError: anything else; the message names ``option`` and the value.
-    """
-    if isinstance(value, str):
-        parts: list[object] = value.lower().split(_SEPARATOR)
-    elif isinstance(value, list | tuple):
-        parts = list(value)
-    else:
-        parts = [value]
-    try:
-        sides = [int(part) for part in parts if not isinstance(part, bool | float)] if len(parts) in (1, 2) else []
-    except (TypeError, ValueError):
-        sides = []
-    if len(sides) != len(parts) or not sides or any(side < 1 for side in sides):
-        raise ConfigError(f"{option} must be HxW (e.g. 512x512) or one side (512) of positive integers, got {value!r}")
-    return (sides[0], sides[-1])
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -77,101 +51,69 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
     return [*starts, length - window]
 
 
-@dataclass(frozen=True)
-class SlidingWindow:
-    """How large images are predicted: crops of ``size`` every ``stride`` pixels, merged by weight.
+def images_per_pass(window: SlidingWindow | None, batch_size: int) -> int:
+    """How many images to predict together: ``batch_size``, or one with a window, whose crops fill the
+    forward passes already; then one image's merged probability map at most is held at a time."""
+    return batch_size if window is None else 1
 
-    Attributes:
-        size: The window's ``(height, width)``; sides of the image shorter than it are taken whole.
-        stride: Pixels between window starts, ``(height, width)``; at most the window's (no gaps). Equal
-            to ``size``: windows tile the image (the last one shifted back to the border).
-        weighting: ``uniform`` or ``gaussian`` (see the module's docstring).
-        crops_per_batch: Most crops per forward pass.
 
-    Raises:
-        ConfigError: a stride larger than the window, an unknown weighting or a batch below 1.
+def predict_windows(window: SlidingWindow, predict: Callable[[Tensor], Outputs], images: Tensor) -> Outputs:
+    """Predict ``[B, C, H, W]`` images window by window with ``predict`` (crops -> their outputs).
+
+    Returns:
+        The merged probabilities ``[B, classes, H, W]`` and the head's probability ``[B]`` (or None).
     """
+    import torch
 
-    size: tuple[int, int]
-    stride: tuple[int, int]
-    weighting: Weighting = WEIGHTINGS[0]
-    crops_per_batch: int = CROPS_PER_BATCH
+    from lovaszseg.heads import Outputs
 
-    def __post_init__(self) -> None:
-        if any(step > side for step, side in zip(self.stride, self.size, strict=True)):
-            raise ConfigError(
-                f"stride {self.stride[0]}x{self.stride[1]} is larger than the window {self.size[0]}x{self.size[1]}: "
-                "pixels between windows would not be predicted"
-            )
-        if self.weighting not in WEIGHTINGS:
-            raise ConfigError(f"window weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
-        if self.crops_per_batch < 1:
-            raise ConfigError(f"crops per batch must be at least 1, got {self.crops_per_batch}")
+    # The images of a batch share a size, hence the windows' corners and the weights' sum.
+    height, width = images.shape[-2:]
+    crop = window.crop_size((height, width))
+    corners = [
+        (top, left)
+        for top in window_starts(height, crop[0], window.stride[0])
+        for left in window_starts(width, crop[1], window.stride[1])
+    ]
+    weights = window_weights(crop, window.weighting).to(images.device)
+    total = images.new_zeros(height, width)
+    for top, left in corners:
+        total[top : top + crop[0], left : left + crop[1]] += weights
+    masks, heads = [], []
+    for image in images:
+        mask, head = _predict_image(predict, image, crop, corners, weights, window.crops_per_batch)
+        masks.append(mask / total)
+        heads.append(head)
+    empty = None if any(head is None for head in heads) else torch.stack(heads)
+    return Outputs(torch.stack(masks), empty)
 
-    def describe(self) -> str:
-        """E.g. ``512x512 windows every 384x384 (gaussian)``."""
-        return f"{self.size[0]}x{self.size[1]} windows every {self.stride[0]}x{self.stride[1]} ({self.weighting})"
 
-    def crop_size(self, size: tuple[int, int]) -> tuple[int, int]:
-        """The crops' ``(height, width)`` for images of ``size``: the window, or a shorter side whole."""
-        return (min(self.size[0], size[0]), min(self.size[1], size[1]))
+def _predict_image(
+    predict: Callable[[Tensor], Outputs],
+    image: Tensor,
+    crop: tuple[int, int],
+    corners: list[tuple[int, int]],
+    weights: Tensor,
+    crops_per_batch: int,
+) -> tuple[Tensor, Tensor | None]:
+    """An image's weighted sum of its windows' probabilities, and its windows' largest head probability."""
+    import torch
 
-    def predict(self, predict: Callable[[Tensor], Outputs], images: Tensor) -> Outputs:
-        """Predict ``[B, C, H, W]`` images window by window with ``predict`` (crops -> their outputs).
-
-        Returns:
-            The merged probabilities ``[B, classes, H, W]`` and the head's probability ``[B]`` (or None).
-        """
-        import torch
-
-        from lovaszseg.heads import Outputs
-
-        # The images of a batch share a size, hence the windows' corners and the weights' sum.
-        height, width = images.shape[-2:]
-        crop = self.crop_size((height, width))
-        corners = [
-            (top, left)
-            for top in window_starts(height, crop[0], self.stride[0])
-            for left in window_starts(width, crop[1], self.stride[1])
-        ]
-        weights = window_weights(crop, self.weighting).to(images.device)
-        total = images.new_zeros(height, width)
-        for top, left in corners:
-            total[top : top + crop[0], left : left + crop[1]] += weights
-        masks, heads = [], []
-        for image in images:
-            mask, head = self._predict_image(predict, image, crop, corners, weights)
-            masks.append(mask / total)
-            heads.append(head)
-        empty = None if any(head is None for head in heads) else torch.stack(heads)
-        return Outputs(torch.stack(masks), empty)
-
-    def _predict_image(
-        self,
-        predict: Callable[[Tensor], Outputs],
-        image: Tensor,
-        crop: tuple[int, int],
-        corners: list[tuple[int, int]],
-        weights: Tensor,
-    ) -> tuple[Tensor, Tensor | None]:
-        """An image's weighted sum of its windows' probabilities, and its windows' largest head probability."""
-        import torch
-
-        merged: Tensor | None = None
-        head: Tensor | None = None
-        for first in range(0, len(corners), self.crops_per_batch):
-            batch = corners[first : first + self.crops_per_batch]
-            crops = [image[:, top : top + crop[0], left : left + crop[1]] for top, left in batch]
-            outputs = predict(torch.stack(crops))
-            if merged is None:
-                merged = image.new_zeros(outputs.masks.shape[1], *image.shape[-2:])
-            for (top, left), probabilities in zip(batch, outputs.masks, strict=True):
-                merged[:, top : top + crop[0], left : left + crop[1]] += probabilities * weights
-            if outputs.empty is not None:
-                best = outputs.empty.max()
-                head = best if head is None else head.maximum(best)
-        assert merged is not None  # an image has at least one window
-        return merged, head
+    merged: Tensor | None = None
+    head: Tensor | None = None
+    for first in range(0, len(corners), crops_per_batch):
+        batch = corners[first : first + crops_per_batch]
+        crops = [image[:, top : top + crop[0], left : left + crop[1]] for top, left in batch]
+        outputs = predict(torch.stack(crops))
+        if merged is None:
+            merged = image.new_zeros(outputs.masks.shape[1], *image.shape[-2:])
+        for (top, left), probabilities in zip(batch, outputs.masks, strict=True):
+            merged[:, top : top + crop[0], left : left + crop[1]] += probabilities * weights
+        if outputs.empty is not None:
+            best = outputs.empty.max()
+            head = best if head is None else head.maximum(best)
+    assert merged is not None  # an image has at least one window
+    return merged, head
 
 
 def window_weights(size: tuple[int, int], weighting: Weighting) -> Tensor:

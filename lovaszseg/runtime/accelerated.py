@@ -4,6 +4,7 @@ torch.compile, float32 output. Imported by training and inference, never by the 
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -20,13 +21,70 @@ __all__ = ["AcceleratedModel", "accelerate", "amp_dtype", "autocast", "native_bf
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-@functools.cache  # asked at every forward pass with amp auto; the hardware does not change
+# oneDNN's ISA caps (ONEDNN_MAX_CPU_ISA, or its older name DNNL_MAX_CPU_ISA) that still let it run bf16
+# in hardware: AVX512_CORE_BF16 and every ISA above it (with their AVX10 aliases), or no cap (ALL).
+# Lower caps (SSE41 ... AVX512_CORE_VNNI) and values not listed here, which may be newer or misspelt,
+# count as capped: amp auto then stays float32, the safe side, and an explicit amp bf16 still runs bf16.
+_ONEDNN_BF16_CAPS = frozenset(
+    {
+        "AVX512_CORE_BF16",
+        "AVX512_CORE_FP16",
+        "AVX10_1_512",
+        "AVX512_CORE_AMX",
+        "AVX10_1_512_AMX",
+        "AVX512_CORE_AMX_FP16",
+        "AVX10_1_512_AMX_FP16",
+        "AVX10_2",
+        "AVX10_2_512",
+        "AVX10_2_AMX_2",
+        "AVX10_2_512_AMX_2",
+        "ALL",
+    }
+)
+
+
+def _torch_flag(owner: object, name: str, **kwargs: bool) -> bool:
+    """``owner.name(**kwargs)``, or False where this torch lacks that function or argument.
+
+    The CPU flags are private torch functions and ``including_emulation`` is newer than some torch
+    versions the project allows: a torch without them gets "not native" (float32 for amp auto), not an error.
+    """
+    probe = getattr(owner, name, None)
+    if probe is None:
+        return False
+    try:
+        return bool(probe(**kwargs))
+    except TypeError:  # an argument this torch does not take
+        return False
+
+
+def _cpu_caps_allow_bf16() -> bool:
+    """Whether this process lets the CPU's bf16 instructions run: ATen's kernels at AVX512
+    (``ATEN_CPU_CAPABILITY``) and oneDNN's up to AVX512_CORE_BF16 at least (``ONEDNN_MAX_CPU_ISA``).
+
+    A cap below them makes bf16 emulated, 10 to 30 times slower than float32 (docs/speed.md).
+    """
+    get_capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
+    if get_capability is None or not str(get_capability()).upper().startswith("AVX512"):
+        return False  # DEFAULT, AVX2 (capped or an older CPU), or not x86
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    return not cap or cap.strip().upper() in _ONEDNN_BF16_CAPS
+
+
+@functools.cache  # asked at every forward pass with amp auto; the hardware and the caps do not change
 def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bf16 in hardware: a CUDA GPU with bf16, or a CPU with AVX-512 BF16 or AMX."""
+    """Whether ``device`` computes bf16 in hardware.
+
+    A CUDA GPU with bf16 (not emulated), or a CPU with AVX-512 BF16 or AMX whose use this process does
+    not cap: torch's CPU capability (``ATEN_CPU_CAPABILITY``) must be AVX512, and ``ONEDNN_MAX_CPU_ISA``
+    (or ``DNNL_MAX_CPU_ISA``), when set, AVX512_CORE_BF16 or above (an unknown value counts as a cap).
+    A torch too old for these checks gets False.
+    """
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
+        return _torch_flag(torch.cuda, "is_bf16_supported", including_emulation=False)
     if device.type == "cpu":  # torch's cpuinfo reads the CPU's feature flags
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+        flags = _torch_flag(torch.cpu, "_is_avx512_bf16_supported") or _torch_flag(torch.cpu, "_is_amx_tile_supported")
+        return flags and _cpu_caps_allow_bf16()
     return False
 
 

@@ -3,17 +3,23 @@
 A run's config holds the settings (``train.amp``, ``train.channels_last``, ``train.compile``); training
 uses them for its steps and validation, and ``eval``, ``predict``, ``submit``, ``cv`` and ``compare``
 use each model's own, overridden per call by ``--amp``, ``--channels-last`` and ``--compile``
-(:class:`AccelerationOverride`); :mod:`lovaszseg.runtime.accelerated` applies them (this module stays
-free of torch, for the CLI's start-up). Only the forward pass changes: the model's output is returned
-as float32, so losses and metrics compute from float32 values (the Lovász weights from exact counts).
+(:class:`AccelerationOverride`). ``eval``, ``predict`` and ``submit`` change the loaded models'
+settings for that call; ``cv`` and ``compare``, which train the models they then predict with, set
+them in the config of every run they train (:meth:`AccelerationOverride.config_overrides`), so that
+training, validation and the out-of-fold or comparison predictions all use them.
+:mod:`lovaszseg.runtime.accelerated` applies them (this module stays free of torch, for the CLI's
+start-up). Only the forward pass changes: the model's output is returned as float32, so losses and
+metrics compute from float32 values (the Lovász weights from exact counts).
 
 ``amp: auto`` is bf16 where the device computes it natively (a CUDA GPU with bf16, a CPU with AVX-512
-BF16 or AMX, read from the CPU's flags) and fp32 elsewhere: a CPU without them emulates bf16, slower
-than fp32 (docs/benchmarks.md).
+BF16 or AMX, read from the CPU's flags, in a process whose ``ATEN_CPU_CAPABILITY`` and
+``ONEDNN_MAX_CPU_ISA`` do not cap it below them) and fp32 elsewhere: a CPU without them emulates bf16,
+slower than fp32 (docs/speed.md).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, fields, replace
 from typing import Literal, get_args
 
@@ -62,5 +68,19 @@ class AccelerationOverride:
 
     def apply(self, base: Acceleration) -> Acceleration:
         """``base`` with every value this override sets."""
-        changes = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
-        return replace(base, **changes)
+        return replace(base, **self._changes())
+
+    def config_overrides(self) -> list[str]:
+        """The dotted config overrides (``train.amp="bf16"``, ``train.channels_last=true``, ...) that set
+        what this override sets.
+
+        For workflows that train the models they predict with (``cv``, ``compare``): appended after the
+        user's own overrides, they set the runs' ``train`` keys as ``train.amp=bf16`` would, so training,
+        validation and prediction all use them and each run folder records them.
+        """
+        # JSON values are YAML that reads back as given: "none" stays a string, booleans stay booleans.
+        return [f"train.{name}={json.dumps(value)}" for name, value in self._changes().items()]
+
+    def _changes(self) -> dict[str, object]:
+        """The fields this override sets, by name."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}

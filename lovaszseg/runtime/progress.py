@@ -9,9 +9,11 @@ from types import TracebackType
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from lovaszseg.config import PROGRESS_SECONDS
+__all__ = ["PROGRESS_SECONDS", "LoopProgress", "shows_bar"]
 
-__all__ = ["LoopProgress", "shows_bar"]
+# Seconds between plain progress lines where no live bar can be drawn (a log file, nohup, CI, a scheduler):
+# often enough to see a run is alive, rare enough to keep a log short (the default of output.progress_seconds).
+PROGRESS_SECONDS = 30.0
 
 
 def shows_bar(console: Console) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -99,8 +100,10 @@ class CvFolder:
 
     # Settings and split -------------------------------------------------------------------------------
     def write_settings(self, config: Config, settings: dict[str, Any]) -> None:
+        """``cv.yaml``: the cv settings, then the config as the config writes itself, under ``config``."""
         with atomic_write(self.path / CV_FILE) as handle:
-            yaml.safe_dump({"cv": settings, "config": config.model_dump()}, handle, sort_keys=False)
+            handle.write(yaml.safe_dump({"cv": settings}, sort_keys=False))
+            handle.write("config:\n" + textwrap.indent(config.to_yaml(), "  "))
 
     def settings(self) -> tuple[Config, dict[str, Any]]:
         """The base config and the cv settings saved in ``cv.yaml``."""

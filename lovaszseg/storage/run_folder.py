@@ -271,6 +271,11 @@ class RunFolder:
         self._lock = handle
         remove_stale_temporaries(self.path)
 
+    @property
+    def lockable(self) -> bool:
+        """Whether writers lock the folder (it has a ``.lock``: a run or cv folder, being written or not)."""
+        return (self.path / LOCK_FILE).is_file()
+
     def writer_pid(self) -> str:
         """The PID recorded by the process writing the folder ("unknown" when none is recorded)."""
         path = self.path / LOCK_FILE

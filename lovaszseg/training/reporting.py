@@ -19,8 +19,8 @@ from lovaszseg.data.transforms import crop_to_original
 from lovaszseg.errors import ConfigError
 from lovaszseg.heads import split_outputs
 from lovaszseg.models import probabilities
+from lovaszseg.scoring.postprocess import PostProcessing
 from lovaszseg.storage.summary import SWA_EPOCH, trained_rows
-from lovaszseg.thresholds import DEFAULT_THRESHOLD
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
@@ -107,13 +107,14 @@ class TensorBoardLog:
     def _overlays(self, model: nn.Module, dataset: Dataset) -> list[np.ndarray]:
         model.eval()
         device = next(model.parameters()).device
+        binary_mask = PostProcessing().apply  # the default threshold, as every binary prediction takes it
         pictures = []
         for index in range(min(OVERLAY_IMAGES, len(dataset))):
             sample = dataset[index]
             probs = probabilities(split_outputs(model(sample["image"][None].to(device))).masks)[0].cpu()
             image, probs = self._crop(sample["image"], sample), self._crop(probs, sample)
-            labels = probs[0] > DEFAULT_THRESHOLD if self.spec.binary else probs.argmax(0)
-            pictures.append(overlay(_as_uint8(image), labels.numpy().astype(np.intp)))
+            labels = binary_mask(probs[0].numpy()) if self.spec.binary else probs.argmax(0).numpy()
+            pictures.append(overlay(_as_uint8(image), labels.astype(np.intp)))
         return pictures
 
     def _crop(self, tensor: Tensor, sample: Mapping[str, Any]) -> Tensor:

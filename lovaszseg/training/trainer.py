@@ -27,6 +27,7 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from lovaszseg.config import Config, DataConfig, ModelConfig, StageConfig, builtin_config, load_config
+from lovaszseg.data.io import check_writable
 from lovaszseg.data.pseudo import PSEUDO_KINDS
 from lovaszseg.data.sampling import FOREGROUND_KINDS, BalancedBatchSampler, foreground_flags
 from lovaszseg.errors import CheckpointError, ConfigError, TrainingError
@@ -730,6 +731,8 @@ def train(
 
     Raises:
         ConfigError, DataError: bad config, options or data (before any run folder is created).
+        OutputError: the run folder cannot be created or written (a path under /proc, a read-only
+            mount), found before the datasets and the model are built.
         RunFolderError: the run folder is taken or being written by another process.
         CheckpointError: ``resume`` names no resumable run.
         TrainingError: a non-finite or exploding loss, or weights that turned non-finite.
@@ -739,6 +742,9 @@ def train(
     joined = distributed.joined()  # a caller (cross-validation) may hold the process group for several runs
     info = distributed.setup(config.train.device)
     try:
+        # Nothing is created yet (a config error must leave no empty run folder), only refused early.
+        destination = resume or run_dir or config.default_run_dir()
+        distributed.on_main(info, lambda: check_writable(destination, "run folder", folder=True))
         trainer = Trainer(config, info, console, pretrained=resume is None)
         trainer.resume_hint = resume_hint
         folder = trainer.open_folder(resume, run_dir, overwrite)

@@ -29,7 +29,8 @@ from lovaszseg.config import Config, ModelConfig, StageConfig, load_config
 from lovaszseg.data.io import atomic_write, read_csv_rows
 from lovaszseg.errors import ConfigError
 from lovaszseg.models import build_model
-from lovaszseg.scoring.catalogue import BINARY_METRICS, MULTICLASS_METRICS, at_best_threshold_key
+from lovaszseg.runtime.acceleration import AccelerationOverride
+from lovaszseg.scoring.catalogue import BINARY_METRICS, MULTICLASS_METRICS, at_best_threshold_key, metric_names
 from lovaszseg.scoring.evidence import (
     CONFIDENCE,
     ImageRecorder,
@@ -301,8 +302,16 @@ def load_comparison(out_dir: Path) -> tuple[list[dict[str, Any]], dict[tuple[str
     return rows, statistics
 
 
-def _with_init_from(base: Config, init_from: str | Path | None) -> Config:
-    """``base`` with ``model.init_from`` set to ``init_from`` (made absolute: runs go elsewhere)."""
+def _base_config(
+    config: Config | str | Path,
+    overrides: Sequence[str],
+    acceleration: AccelerationOverride,
+    init_from: str | Path | None,
+) -> Config:
+    """``config`` with ``overrides``, then ``acceleration``'s train keys (after them: a typed option wins
+    over a dotted override of the same key), and ``model.init_from`` set to ``init_from`` (made absolute:
+    runs go elsewhere)."""
+    base = resolve_config(config, [*overrides, *acceleration.config_overrides()], None)
     if init_from is None:
         return base
     path = Path(init_from)
@@ -324,6 +333,7 @@ def compare(
     init_from: str | Path | None = None,
     out_dir: Path | None = None,
     retrain: bool = False,
+    acceleration: AccelerationOverride = AccelerationOverride(),
     console: Console | None = None,
 ) -> CompareResult:
     """Train and evaluate the same setup once per loss and seed.
@@ -347,14 +357,16 @@ def compare(
         retrain: Train every run again. By default a run whose folder already holds a finished run of
             the same config is only evaluated again, so an interrupted comparison continues where it
             stopped and a finished one can be re-scored.
+        acceleration: ``train.amp``, ``train.channels_last`` and ``train.compile`` of every run (``--amp``,
+            ``--channels-last``, ``--compile``), set as the overrides ``train.amp=...`` would: each entry
+            trains, validates and is evaluated with them, and a finished run of other settings is retrained.
         console: Where progress and the tables go.
 
     Returns:
         :class:`CompareResult`.
     """
     console = console or Console()
-    base = resolve_config(config, overrides, None)
-    base = _with_init_from(base, init_from)
+    base = _base_config(config, overrides, acceleration, init_from)
     budget = epochs or sum(stage.epochs for stage in base.stages)
     entries, baseline = _read_entries(losses, baseline)
     seed_list = list(seeds) if seeds else [base.train.seed]
@@ -386,13 +398,28 @@ def compare(
         rows.append({"loss": entry, "seed": seed, "epochs": budget, **{k: round(v, 6) for k, v in metrics.items()}})
     if not rows:
         return CompareResult(out_dir, rows, [], stop_signal)
+    summary = _report(out_dir, rows, histories, statistics, baseline, metric_names(base.data.spec())[0], console)
+    return CompareResult(out_dir, rows, summary, stop_signal)
+
+
+def _report(
+    out_dir: Path,
+    rows: list[dict[str, Any]],
+    histories: dict[tuple[str, int], list[dict[str, str]]],
+    statistics: dict[tuple[str, int], ImageStatistics],
+    baseline: str,
+    metric: str,
+    console: Console,
+) -> list[dict[str, Any]]:
+    """Write ``compare.csv``, its summary and ``compare.png`` (curves of ``metric``), print the tables,
+    and return the summary."""
     summary = summarise(rows, statistics, baseline)
     write_rows_csv(out_dir / COMPARE_FILE, rows)
     write_rows_csv(out_dir / SUMMARY_FILE, summary)
-    _plot(histories, rows, summary, out_dir / "compare.png")
+    _plot(histories, rows, summary, out_dir / "compare.png", metric)
     for table in comparison_tables(summary, baseline):
         console.print(table)
-    return CompareResult(out_dir, rows, summary, stop_signal)
+    return summary
 
 
 def write_rows_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
@@ -478,14 +505,15 @@ def _plot(
     rows: Sequence[dict[str, Any]],
     summary: Sequence[dict[str, Any]],
     path: Path,
+    metric: str,
 ) -> None:
-    """Validation curves (a line per seed) and the final metrics: mean bars, interval whiskers, a dot per seed."""
+    """Validation curves of ``metric`` (a line per seed; the dataset's headline metric) and the final
+    metrics: mean bars, interval whiskers, a dot per seed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metric = "salt_score" if "salt_score" in rows[0] else ("iou" if "iou" in rows[0] else "miou")
     figure, (curve_axis, bar_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
     colours = dict(
         zip(

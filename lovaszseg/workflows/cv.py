@@ -35,9 +35,10 @@ from lovaszseg.errors import ConfigError
 from lovaszseg.inference.ensemble import model_names, resolve_members
 from lovaszseg.inference.predict import predict_outputs
 from lovaszseg.inference.tta import NO_TTA, Tta, check_tta, warn_if_invalid
-from lovaszseg.inference.window import window_label
+from lovaszseg.inference.window import images_per_pass, window_label
 from lovaszseg.runtime import distributed
 from lovaszseg.runtime.accelerated import accelerate
+from lovaszseg.runtime.acceleration import AccelerationOverride
 from lovaszseg.runtime.progress import LoopProgress
 from lovaszseg.scoring.catalogue import metric_names, tuning_metric
 from lovaszseg.scoring.engine import Scorer, evaluate
@@ -184,7 +185,7 @@ def _out_of_fold(
             loaded = load_model(folder.fold_path(fold))
             val_split = str(folder.split_path(fold, "val"))
             dataset = config.data.build(val_split, train=False, root=root)
-            loader = DataLoader(dataset, batch_size=config.data.eval_batch_size)
+            loader = DataLoader(dataset, batch_size=images_per_pass(window, config.data.eval_batch_size))
             interval = config.output.progress_seconds
             with LoopProgress(console, f"out-of-fold {fold}", len(dataset), unit="image", interval=interval) as bar:
                 model = accelerate(loaded.model.to(device), loaded.config.train.acceleration())
@@ -240,6 +241,7 @@ def cross_validate(
     folds: Sequence[int] | None = None,
     holdout: int = 0,
     tta: Tta = NO_TTA,
+    acceleration: AccelerationOverride = AccelerationOverride(),
     run_dir: Path | None = None,
     resume: Path | None = None,
     overwrite: bool = False,
@@ -256,6 +258,9 @@ def cross_validate(
         holdout: Labelled images to keep out of every fold (``--split holdout`` of ``eval`` scores them).
         tta: Test-time augmentation of the out-of-fold predictions (a setting of :mod:`lovaszseg.inference.tta`),
             recorded in ``cv.yaml``, ``cv.json`` and the tuning.
+        acceleration: ``train.amp``, ``train.channels_last`` and ``train.compile`` of the cv's config
+            (``--amp``, ``--channels-last``, ``--compile``), set as the overrides ``train.amp=...`` would:
+            every fold trains, validates and predicts out of fold with them.
         run_dir: The cv folder (default ``output.runs_dir/NAME-cv``, suffixed if taken).
         resume: A cv folder to continue: finished folds are skipped, an interrupted one resumed.
         overwrite: Replace what ``run_dir`` holds.
@@ -272,9 +277,12 @@ def cross_validate(
         TrainingError: a fold's training diverged.
     """
     console = console or Console()
+    # After the user's overrides: a typed option wins over a dotted override of the same key.
+    overrides = [*overrides, *acceleration.config_overrides()]
     if resume is not None and (config is not None or overrides or holdout):
         raise ConfigError(
-            "--resume continues a cv with its saved config and split: pass no config, overrides or holdout"
+            "--resume continues a cv with its saved config and split: pass no config, overrides or holdout "
+            "(nor --amp, --channels-last or --compile, which set the config)"
         )
     saved = CvFolder.existing(resume).settings() if resume is not None else None
     base = resolve_config(config, overrides, None) if saved is None else saved[0]

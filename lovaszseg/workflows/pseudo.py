@@ -38,12 +38,13 @@ from lovaszseg.errors import ConfigError, DataError
 from lovaszseg.inference.ensemble import Predictor, Sources, load_predictor
 from lovaszseg.inference.predict import predict_folder
 from lovaszseg.inference.tta import NO_TTA, Tta, check_tta, warn_if_invalid
-from lovaszseg.inference.window import SlidingWindow, WindowOverride, window_label
+from lovaszseg.inference.window import WindowOverride, window_label
 from lovaszseg.runtime.acceleration import AccelerationOverride
 from lovaszseg.runtime.distributed import resolve_device
 from lovaszseg.runtime.progress import LoopProgress
 from lovaszseg.scoring.postprocess import AUTO, PostProcessing, resolve
 from lovaszseg.thresholds import DEFAULT_THRESHOLD
+from lovaszseg.windowing import SlidingWindow
 
 __all__ = ["ConfidenceRule", "PseudoLabelResult", "pseudo_label"]
 

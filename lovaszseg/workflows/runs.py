@@ -37,7 +37,7 @@ from lovaszseg.inference.ensemble import Predictor, Sources, load_predictor
 from lovaszseg.inference.predict import predict_folder, predict_outputs
 from lovaszseg.inference.submission import write_submission
 from lovaszseg.inference.tta import NO_TTA, Tta, check_tta, warn_if_invalid
-from lovaszseg.inference.window import SlidingWindow, WindowOverride, window_label
+from lovaszseg.inference.window import WindowOverride, images_per_pass, window_label
 from lovaszseg.rle import read_rle_csv
 from lovaszseg.runtime.acceleration import AccelerationOverride
 from lovaszseg.runtime.distributed import resolve_device
@@ -62,6 +62,7 @@ from lovaszseg.scoring.postprocess import (
 from lovaszseg.scoring.postprocess.empty_gate import EmptyGate
 from lovaszseg.storage.cv_folder import OUT_OF_FOLD
 from lovaszseg.storage.run_folder import EVAL_FILE, RunFolder
+from lovaszseg.windowing import SlidingWindow
 
 __all__ = ["Evaluation", "evaluate_run", "predict_run", "submit_run"]
 
@@ -97,11 +98,40 @@ class Evaluation(Mapping[str, float]):
 
 
 @contextmanager
-def _writable_home(predictor: Predictor, console: Console) -> Iterator[Path | None]:
+def _held_out(out: Path | None) -> Iterator[Path | None]:
+    """``--out``, locked while the block runs, when writers lock it (a run or cv folder); else None.
+
+    Raises:
+        RunFolderError: another process holds it (e.g. a run still training): eval never writes into
+            such a folder.
+    """
+    folder = None if out is None else RunFolder(out)
+    if folder is None or not folder.lockable:
+        yield None
+        return
+    try:
+        folder.lock()
+    except RunFolderError as error:
+        raise RunFolderError(
+            f"--out {out} is being written by another process (PID {folder.writer_pid()}): eval does not "
+            "write into it; wait for that process to end or choose another --out"
+        ) from error
+    try:
+        yield folder.path
+    finally:
+        folder.release()
+
+
+@contextmanager
+def _writable_home(predictor: Predictor, console: Console, held: Path | None = None) -> Iterator[Path | None]:
     """The predictor's folder, locked for writing its results while the block runs; None when it has
-    none, or when another process writes it (a run still training): then nothing is written into it."""
+    none, or when another process writes it (a run still training): then nothing is written into it.
+    ``held`` is a folder this process already locked (``--out``): a second lock on it would fail."""
     if predictor.home is None or not predictor.home.is_dir():
         yield None
+        return
+    if held is not None and held.resolve() == predictor.home.resolve():
+        yield predictor.home
         return
     folder = RunFolder(predictor.home)
     try:
@@ -233,7 +263,7 @@ def _score_split(
             f"split {split!r} of {data_root or config.data.resolved_root()} has no masks to evaluate against"
         )
     _check_unseen(predictor, list(dataset.ids), split)
-    loader = DataLoader(dataset, batch_size=config.data.eval_batch_size)
+    loader = DataLoader(dataset, batch_size=images_per_pass(window, config.data.eval_batch_size))
     scorer = Scorer(predictor.spec, target, keep_images=True)
     with LoopProgress(console, f"eval {split}", len(loader), interval=config.output.progress_seconds) as bar:
         metrics = evaluate(
@@ -310,7 +340,8 @@ def evaluate_run(
             ``train.compile`` (``--amp``, ``--channels-last``, ``--compile``).
         data_root: Dataset root, if not the one in the config.
         out: Folder to write ``eval.json`` to (default: the run, cv or ensemble folder; a list of
-            several sources writes none).
+            several sources writes none); a run or cv folder is locked while it is written, and refused
+            when another process holds it.
         console: Where progress goes (default: a new rich console, which finds a terminal or notebook).
         recorder: Keeps each image's statistics of the scored split (e.g. for paired comparisons);
             not for a cv folder's out-of-fold metrics, which are not scored again.
@@ -321,25 +352,28 @@ def evaluate_run(
     Raises:
         CheckpointError, ConfigError, DataError: no such run, a bad option, a split without masks, or a
             split holding images a member of the ensemble trained on.
+        OutputError: ``out`` cannot be written.
+        RunFolderError: ``out`` is a folder another process holds (a run still training).
     """
     console = console or Console()
     check_tta(tta)
     if out is not None:
         check_writable(out, "--out", folder=True)
-    predictor, sliding = _load(run_or_checkpoint, weights, acceleration, tta, window)
-    with _writable_home(predictor, console) as home:
-        if predictor.cv is not None and split in (None, OUT_OF_FOLD):
-            split, tta = OUT_OF_FOLD, predictor.cv.settings()[1]["tta"]
-            metrics = _out_of_fold_metrics(predictor)
-        else:
-            split = split or "val"
-            metrics = _score_split(predictor, split, tta, sliding, device, data_root, console, home, recorder)
-        written = None
-        if (target := out or home) is not None:
-            record = {"split": split, "tta": tta, "model": predictor.name, **metrics}
-            if sliding is not None:
-                record["window"] = sliding.describe()
-            written = RunFolder(target).write_json(EVAL_FILE, record)
+    with _held_out(out) as held:  # before the model is loaded: a folder another process holds is refused at once
+        predictor, sliding = _load(run_or_checkpoint, weights, acceleration, tta, window)
+        with _writable_home(predictor, console, held) as home:
+            if predictor.cv is not None and split in (None, OUT_OF_FOLD):
+                split, tta = OUT_OF_FOLD, predictor.cv.settings()[1]["tta"]
+                metrics = _out_of_fold_metrics(predictor)
+            else:
+                split = split or "val"
+                metrics = _score_split(predictor, split, tta, sliding, device, data_root, console, home, recorder)
+            written = None
+            if (target := out or home) is not None:
+                record = {"split": split, "tta": tta, "model": predictor.name, **metrics}
+                if sliding is not None:
+                    record["window"] = sliding.describe()
+                written = RunFolder(target).write_json(EVAL_FILE, record)
     return Evaluation(metrics, split, tta, predictor.name, written)
 
 

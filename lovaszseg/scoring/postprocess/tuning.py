@@ -156,8 +156,9 @@ def _at(by_threshold: Mapping[str, list[Any]], column: int) -> dict[str, Any]:
 def resolve(requested: Requested, tuning: Tuning | None, where: str) -> PostProcessing:
     """The post-processing asked for, its ``auto`` values taken from ``tuning``.
 
-    A rule asked ``auto`` with a given threshold gets the value tuned for that threshold; a threshold
-    asked ``auto`` gets the jointly tuned one, or the one tuned alone when every rule is given as off.
+    A rule asked ``auto`` with a given threshold (or none given: the default threshold) gets the value
+    tuned for that threshold; a threshold asked ``auto`` gets the jointly tuned one, or the one tuned
+    alone when every rule is given as off.
 
     Args:
         requested: ``{step: value or "auto"}``; steps left out take their defaults.
@@ -179,6 +180,7 @@ def resolve(requested: Requested, tuning: Tuning | None, where: str) -> PostProc
     if "threshold" in auto:
         rules_off = all(values.get(rule.name, rule.default) == rule.default for rule in rule_classes())
         values["threshold"] = tuning.threshold_alone if rules_off and len(auto) == 1 else tuning.chosen.threshold
+    values.setdefault("threshold", PostProcessing().threshold)  # a rule auto without a threshold: the default's
     threshold = PostProcessing(threshold=values["threshold"]).threshold  # checked before it is looked up
     for name in (name for name in auto if name != "threshold"):
         values[name] = _rule_for(tuning, name, threshold)
