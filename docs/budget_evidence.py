@@ -4,13 +4,16 @@ the same held-out images.
 Usage:
     python docs/budget_evidence.py runs/budget-cv runs/budget-single
     python docs/budget_evidence.py runs/budget-cv runs/budget-cv-fast
+    python docs/budget_evidence.py runs/cv-seed0 runs/single-seed0 runs/cv-seed1 runs/single-seed1 ...
 
 ``A`` is a cv folder made with ``--holdout``; its held-out images are the test of both. ``B`` is another cv
 folder with the same held-out images, or a run whose training split excludes them. A cv folder's ensemble
 is post-processed as tuned on its out-of-fold predictions; a run's as tuned on its validation fold (as a
 user of one model would). Both are scored image by image; ``B - A`` has a paired bootstrap interval over
 those images. The mean of a cv's fold models alone (each at its out-of-fold post-processing) says what its
-ensemble adds.
+ensemble adds. Several ``A B`` pairs (one per training seed, the same held-out images) add the mean over
+seeds of each side with its interval over seeds, and ``B - A`` with a paired bootstrap over seeds and
+images.
 """
 
 from __future__ import annotations
@@ -51,19 +54,43 @@ def run_scores(path: Path, holdout: Path) -> tuple[str, ImageStatistics]:
     return f"{path}: one run ({chosen.describe()}, on its validation fold)", held_out_scores(path, holdout, chosen)
 
 
+def scored(a: Path, b: Path) -> tuple[tuple[str, ImageStatistics], tuple[str, ImageStatistics]]:
+    """Both sides of one pair on ``a``'s held-out images."""
+    holdout = CvFolder.existing(a).split_path(HOLDOUT)
+    return cv_scores(a, holdout), (cv_scores if CvFolder.is_cv_folder(b) else run_scores)(b, holdout)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("a", type=Path, help="a cv folder made with --holdout")
-    parser.add_argument("b", type=Path, help="a cv folder with the same held-out images, or a run")
+    parser.add_argument(
+        "pairs",
+        type=Path,
+        nargs="+",
+        help="A B [A B ...]: a cv folder made with --holdout, then "
+        "a cv folder with the same held-out images or a run; one pair per seed",
+    )
     args = parser.parse_args()
-    holdout = CvFolder.existing(args.a).split_path(HOLDOUT)
-    a = cv_scores(args.a, holdout)
-    b = (cv_scores if CvFolder.is_cv_folder(args.b) else run_scores)(args.b, holdout)
-    print(f"{METRIC} on the {len(a[1].ids)} held-out images")
-    for name, statistics in (a, b):
-        spread = mean_interval(statistics.values[METRIC][:, 0])
-        print(f"{name}: {spread.estimate:.4f} [{spread.low:.4f}, {spread.high:.4f}]")
-    print(f"B - A: {interval_text(paired_bootstrap([b[1]], [a[1]], METRIC))}")
+    if len(args.pairs) % 2:
+        parser.error("give A B pairs: an even number of folders")
+    pairs = [scored(a, b) for a, b in zip(args.pairs[::2], args.pairs[1::2], strict=True)]
+    if len({tuple(a[1].ids) for a, _ in pairs}) > 1:
+        raise SystemExit("the pairs hold out different images; a paired comparison needs the same ones")
+    print(f"{METRIC} on the {len(pairs[0][0][1].ids)} held-out images")
+    for a, b in pairs:
+        for name, statistics in (a, b):
+            spread = mean_interval(statistics.values[METRIC][:, 0])
+            print(f"{name}: {spread.estimate:.4f} [{spread.low:.4f}, {spread.high:.4f}]")
+        print(f"B - A: {interval_text(paired_bootstrap([b[1]], [a[1]], METRIC))}")
+    if len(pairs) > 1:
+        for side, label in ((0, "A"), (1, "B")):
+            means = [pair[side][1].values[METRIC][:, 0].mean() for pair in pairs]
+            spread = mean_interval(means)
+            print(
+                f"{label}, mean of {len(pairs)} seeds: {spread.estimate:.4f} [{spread.low:.4f}, {spread.high:.4f}] "
+                f"({', '.join(f'{m:.4f}' for m in means)})"
+            )
+        difference = paired_bootstrap([b[1] for _, b in pairs], [a[1] for a, _ in pairs], METRIC)
+        print(f"B - A over {len(pairs)} seeds (paired over seeds and images): {interval_text(difference)}")
 
 
 if __name__ == "__main__":

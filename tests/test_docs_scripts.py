@@ -106,6 +106,17 @@ def test_budget_evidence_scores_the_cv_ensemble_and_one_run_on_the_same_held_out
     # Two cv folders with the same held-out images: here the same one twice, so B - A is 0.
     same = _run_script("budget_evidence.py", str(folds.cv_dir), str(folds.cv_dir))
     assert re.search(r"B - A: [+-]0\.0000 \[[+-]0\.0000, [+-]0\.0000\] noise", same.stdout), same.stdout
+    # One pair per seed: each side's mean over the seeds, and B - A paired over seeds and images. The same
+    # pair twice gives that pair's numbers back.
+    pooled = _run_script("budget_evidence.py", *[str(folds.cv_dir), str(run)] * 2).stdout
+    seeds = re.search(r"B - A over 2 seeds \(paired over seeds and images\): ([+-][\d.]+)", pooled)
+    assert seeds and np.isclose(float(seeds.group(1)), expected, atol=2e-4), pooled
+    ensemble_mean = re.search(r"A, mean of 2 seeds: ([\d.]+)", pooled)
+    assert np.isclose(float(ensemble_mean.group(1)), float(scores["2-fold ensemble"]), atol=1e-4), pooled
+    odd = subprocess.run(
+        [sys.executable, str(ROOT / "docs" / "budget_evidence.py"), str(folds.cv_dir)], capture_output=True, text=True
+    )
+    assert odd.returncode == 2 and "pairs" in odd.stderr
 
 
 def _run_script(name: str, *arguments: str) -> subprocess.CompletedProcess:
