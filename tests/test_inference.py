@@ -203,6 +203,13 @@ def test_a_submission_spools_beside_the_csv_not_in_the_system_temporary_folder(
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # the spool is gone
 
 
+def test_a_refused_submission_leaves_no_folder_it_created(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "deeper" / "submission.csv"
+    with pytest.raises(DataError):
+        write_submission(iter(_masks(("a", (3, 3)), ("b", (4, 4)))), path, shape=(3, 3))
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("count", [2, 3000], ids=["few_rows", "rows_beyond_the_buffer"])
 def test_a_full_disk_while_spooling_names_the_csv_keeps_the_previous_one_and_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int

@@ -72,11 +72,13 @@ def _spool_error(path: Path, error: OSError) -> OutputError:
 @contextmanager
 def _spool_beside(path: Path) -> Iterator[IO[str]]:
     """A nameless temporary file in ``path``'s folder, which the system deletes when it is closed
-    (whatever happens, even when the process is killed).
+    (whatever happens, even when the process is killed). Folders created for it are removed again
+    when no submission is written.
 
     Raises:
         OutputError: the folder or the file cannot be created.
     """
+    created = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
     make_folder(path.parent, "submission folder")
     try:
         spool = tempfile.TemporaryFile("w+", encoding="utf-8", newline="", dir=path.parent)  # noqa: SIM115 (closed below)
@@ -84,6 +86,11 @@ def _spool_beside(path: Path) -> Iterator[IO[str]]:
         raise _spool_error(path, error) from error
     try:
         yield spool
+    except BaseException:
+        for folder in created:  # deepest first; a folder something else wrote into stays
+            with suppress(OSError):
+                folder.rmdir()
+        raise
     finally:
         with suppress(OSError):  # rows its buffer could not flush (a full disk) are dropped with it
             spool.close()
