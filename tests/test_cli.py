@@ -244,6 +244,20 @@ def test_stop_request_first_signal_asks_a_second_forces() -> None:
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
+def test_stop_request_holds_a_second_signal_until_a_deferred_block_ends() -> None:
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        _wait_for(lambda: stop.requested, 10, "the first signal to be handled")
+        finished = False
+        with pytest.raises(KeyboardInterrupt, match="second SIGTERM: stopping now"), stop.deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)  # the handler has run by now: it only noted the signal
+            finished = True
+        assert finished and stop.signum == signal.SIGINT
+        with stop.deferred():  # a block without a second signal raises nothing
+            pass
+
+
 def test_a_taken_run_dir_is_refused_unless_overwrite(salt_run: Path, tmp_path: Path) -> None:
     def files() -> dict[str, int]:  # the lock file is taken (and its PID rewritten) before the refusal
         return {path.name: path.stat().st_mtime_ns for path in salt_run.iterdir() if path.name != ".lock"}

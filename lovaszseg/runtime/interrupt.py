@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType, TracebackType
 
 __all__ = ["StopRequest", "exit_code"]
@@ -17,16 +19,39 @@ def exit_code(signum: int) -> int:
 
 class StopRequest:
     """While active, SIGINT/SIGTERM set :attr:`signum` (the loop checks it between steps, saves and
-    stops); a second signal raises ``KeyboardInterrupt`` at once, for a user who will not wait."""
+    stops); a second signal raises ``KeyboardInterrupt`` at once, for a user who will not wait, except
+    inside :meth:`deferred`, which raises it on leaving."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self._previous: dict[int, object] = {}
+        self._deferring = False
+        self._forced: int | None = None
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
-        if self.signum is not None:
-            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping now")
-        self.signum = signum
+        if self.signum is None:
+            self.signum = signum
+        elif self._deferring:
+            self._forced = signum
+        else:
+            self._force(signum)
+
+    @staticmethod
+    def _force(signum: int) -> None:
+        raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping now")
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Hold a second signal until the block ends: for work that an exception raised at any bytecode
+        breaks beyond the traceback (the first import of matplotlib's C extension aborts the interpreter)."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+        forced, self._forced = self._forced, None
+        if forced is not None:
+            self._force(forced)
 
     def __enter__(self) -> StopRequest:
         self._previous = {sig: signal.signal(sig, self._handle) for sig in _SIGNALS}

@@ -612,7 +612,8 @@ class Trainer:
         """Append ``row`` with the metrics to ``summary.csv`` and TensorBoard, and print it after ``heading``."""
         names = [name for name in (*self.metric_names, "val_loss") if name in metrics]
         row = row | {name: f"{metrics[name]:.6f}" for name in names}
-        folder.record_epoch(row | {"time_s": f"{seconds:.1f}"}, self.metric_names)
+        with self.stop.deferred():  # plotting curves.png imports matplotlib, which an interrupt aborts
+            folder.record_epoch(row | {"time_s": f"{seconds:.1f}"}, self.metric_names)
         self.board.log_epoch(row, model, self.val_set)
         shown = "  ".join(f"{name} {metrics[name]:.4f}" for name in names)
         self.console.print(f"{heading}  {shown}", soft_wrap=True)
