@@ -2,7 +2,7 @@
 
 Usage:
     python docs/winners_evidence.py docs/experiments-tgs-winners.yaml --out-dir runs/winners [--seeds 0,1,2]
-        [--entries plain,empty-head,...] [--holdout 300] [--folds 9] [OVERRIDE ...]
+        [--entries plain,empty-head,...] [--baseline plain] [--holdout 300] [--folds 9] [OVERRIDE ...]
 
 1. **Split.** The config's labelled images, stratified by salt coverage: ``--holdout`` of them are held out
    (scored here and used for nothing else), the rest dealt to ``--folds`` folds; fold 0 validates (the
@@ -40,7 +40,13 @@ METRIC = "salt_score"
 BASELINE = "plain"
 GATE_OFF = {EmptyGate.name: EmptyGate.default}
 HEAD = {"empty_head": 0.25}
-# Each addition alone, then all of them together as the 1st and 4th places combined them.
+WINNERS_MODEL = {**HEAD, "deep_supervision": 0.5, "hypercolumn": True, "options": {"decoder_attention_type": "scse"}}
+# The two-stage recipe of the budget question (docs/experiments-tgs-budget.yaml): BCE, then the per-image
+# ELU+1 hinge at a quarter of the learning rate from the BCE stage's best weights.
+RECIPE = "bce>lovasz_hinge(variant=elu+1, lr=0.0005{})"
+# Each addition alone, then all of them together as the 1st and 4th places combined them; then the
+# winners' whole recipe (their model, a hinge stage whose pixel loss skips empty images, SWA over that
+# stage) against the plain UNet trained with the same two stages (run them with --baseline plain-recipe).
 ENTRIES: dict[str, dict[str, Any]] = {
     BASELINE: {"loss": "bce"},
     "empty-head": {"loss": "bce", "model": HEAD},
@@ -48,10 +54,9 @@ ENTRIES: dict[str, dict[str, Any]] = {
     "hypercolumn": {"loss": "bce", "model": {"hypercolumn": True}},
     "scse": {"loss": "bce", "model": {"options": {"decoder_attention_type": "scse"}}},
     "swa": {"loss": "bce(swa_epochs=2)"},
-    "combination": {
-        "loss": "bce(swa_epochs=2)",
-        "model": {**HEAD, "deep_supervision": 0.5, "hypercolumn": True, "options": {"decoder_attention_type": "scse"}},
-    },
+    "combination": {"loss": "bce(swa_epochs=2)", "model": WINNERS_MODEL},
+    "plain-recipe": {"loss": RECIPE.format("")},
+    "winners-recipe": {"loss": RECIPE.format(", empty_images=skip, swa_epochs=2"), "model": WINNERS_MODEL},
 }
 
 
@@ -121,20 +126,23 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, required=True)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--entries", default=",".join(ENTRIES), help=f"a subset of {', '.join(ENTRIES)}")
+    parser.add_argument("--baseline", default=BASELINE, help="the entry the others are compared with")
     parser.add_argument("--holdout", type=int, default=300)
     parser.add_argument("--folds", type=int, default=9)
     args = parser.parse_intermixed_args()  # overrides may follow the options
     names = args.entries.split(",")
     if unknown := sorted(set(names) - set(ENTRIES)):
         raise SystemExit(f"--entries: unknown {', '.join(unknown)}; the entries are {', '.join(ENTRIES)}")
-    if BASELINE not in names:
-        raise SystemExit(f"--entries must include the baseline {BASELINE!r}")
+    if args.baseline not in names:
+        raise SystemExit(f"--entries must include the baseline {args.baseline!r}")
     seeds = [int(seed) for seed in args.seeds.split(",")]
     base = load_config(args.config, args.overrides)
     folds_csv, holdout = write_split(base, args.out_dir, args.folds, args.holdout)
     overrides = [*args.overrides, f"data.options.folds_csv={folds_csv}", "data.options.fold=0"]
     entries = [{"name": name, **ENTRIES[name]} for name in names]
-    result = compare(args.config, entries, overrides=overrides, seeds=seeds, out_dir=args.out_dir)
+    result = compare(
+        args.config, entries, overrides=overrides, seeds=seeds, baseline=args.baseline, out_dir=args.out_dir
+    )
     if result.stop_signal is not None:
         raise SystemExit("interrupted: run the same command again to continue")
     scored: dict[str, list[ImageStatistics]] = {}
@@ -147,7 +155,7 @@ def main() -> None:
             print(f"{run}: {chosen.describe()} (tuned on the validation fold)")
         if "empty_head" in ENTRIES[name].get("model", {}):
             scored[f"{name}, gate off"] = [held_out_statistics(run, holdout, GATE_OFF)[0] for run in runs]
-    report(scored, BASELINE, seeds)
+    report(scored, args.baseline, seeds)
     for name in [name for name in scored if f"{name}, gate off" in scored]:
         worth = paired_bootstrap(scored[name], scored[f"{name}, gate off"], METRIC)
         print(f"the gate's worth in {name}: {interval_text(worth)}")
