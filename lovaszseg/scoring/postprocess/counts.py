@@ -11,7 +11,15 @@ from lovaszseg.scoring.catalogue import BINARY_METRICS
 from lovaszseg.scoring.metrics import SALT_IOU_THRESHOLDS, salt_passes
 from lovaszseg.thresholds import THRESHOLD_GRID
 
-__all__ = ["ImageCounts", "cut_values", "grid_index", "image_metric", "metric_at_thresholds", "metric_scale"]
+__all__ = [
+    "ImageCounts",
+    "cut_values",
+    "grid_index",
+    "image_metric",
+    "metric_at_thresholds",
+    "metric_scale",
+    "pair_cut_values",
+]
 
 
 @dataclass(frozen=True)
@@ -99,3 +107,49 @@ def cut_values(counts: ImageCounts, metric: str, key: np.ndarray) -> np.ndarray:
     empty = metric_scale(metric) * (truth == 0).astype(np.float64)
     gains = np.cumsum(empty - kept, 0)
     return (kept.sum(0) + np.vstack([np.zeros((1, kept.shape[1])), gains])) / (metric_scale(metric) * len(counts))
+
+
+def pair_cut_values(
+    counts: ImageCounts,
+    metric: str,
+    keys: tuple[np.ndarray, np.ndarray],
+    cuts: tuple[np.ndarray, np.ndarray],
+    column: int,
+) -> np.ndarray:
+    """``[len(cuts[0]), len(cuts[1])]``: the metric at threshold ``column`` when the ``k`` predictions of
+    smallest ``keys[0]`` and the ``j`` of smallest ``keys[1]`` (``[N]`` each, ties in their stable order)
+    are emptied, for ``k`` in ``cuts[0]`` and ``j`` in ``cuts[1]`` (of ``0 .. N``): what two rules emptying
+    below their cuts score together (an image cut by both counts once)."""
+    n = len(counts)
+    intersection, area = counts.intersection[:, column], counts.predicted[:, column]
+    ranks = []
+    for key in keys:
+        rank = np.empty(n, dtype=np.int64)
+        rank[np.argsort(key, kind="stable")] = np.arange(n)
+        ranks.append(rank + 1)
+
+    def removed(per_image: np.ndarray) -> np.ndarray:
+        """What emptying takes away from a sum over images at the pairs of cuts: the images cut by either,
+        counted once (inclusion-exclusion; those cut by both are a two-dimensional prefix sum)."""
+        exact = np.issubdtype(per_image.dtype, np.integer) and np.abs(per_image).sum() < 2**31
+        dtype = np.int32 if exact else np.float64  # integer sums (areas, TGS passes) stay exact in half the memory
+        both = np.zeros((n + 1, n + 1), dtype=dtype)
+        both[ranks[0], ranks[1]] = per_image
+        np.cumsum(both, axis=1, out=both)
+        for row in range(1, n + 1):  # row by row: several times faster than numpy's cumsum along axis 0
+            both[row] += both[row - 1]
+        alone = [np.zeros(n + 1, dtype=dtype) for _ in ranks]
+        for sums, rank in zip(alone, ranks, strict=True):
+            sums[rank] = per_image
+        first, second = (np.cumsum(sums)[cut] for sums, cut in zip(alone, cuts, strict=True))
+        return first[:, None] + second[None, :] - both[np.ix_(*cuts)]
+
+    if metric == "iou":  # a ratio of sums: emptying removes an image's intersection and its false positives
+        numerator = intersection.sum() - removed(intersection).astype(np.float64)
+        denominator = (area + counts.truth - intersection).sum() - removed(area - intersection).astype(np.float64)
+        return np.divide(numerator, denominator, out=np.ones_like(numerator), where=denominator > 0)
+    kept_scores = image_metric(metric, intersection, area, counts.truth)
+    gains = metric_scale(metric) * (counts.truth == 0) - kept_scores
+    if metric == "salt_score":  # whole numbers of IoU thresholds passed
+        gains = gains.astype(np.int64)
+    return (kept_scores.sum() + removed(gains)) / (metric_scale(metric) * n)

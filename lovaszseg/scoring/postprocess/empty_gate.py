@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from lovaszseg.errors import ConfigError
-from lovaszseg.scoring.postprocess.counts import ImageCounts, cut_values
+from lovaszseg.scoring.postprocess.counts import ImageCounts
 from lovaszseg.scoring.postprocess.steps import Rule, register
 
 
@@ -42,33 +42,20 @@ class EmptyGate(Rule):
             )
         return masks & (empty >= self.value)[..., None, None]
 
-    def empties(self, counts: ImageCounts) -> np.ndarray:
-        return self.empties_per_column(counts, [self] * counts.predicted.shape[1])
-
     def describe(self) -> str:
         return f"empty-gate {self.value:.3f}"
 
     @classmethod
-    def empties_per_column(cls, counts: ImageCounts, rules: list[Rule]) -> np.ndarray:
-        gates = np.asarray([rule.value for rule in rules])[None, :]
+    def keys(cls, counts: ImageCounts) -> np.ndarray | None:
         if counts.empty is None:
-            return np.zeros(counts.predicted.shape, dtype=bool)
-        return counts.empty[:, None] < gates
+            return None
+        return np.broadcast_to(counts.empty.astype(np.float64)[:, None], counts.predicted.shape)
 
     @classmethod
-    def tune(cls, counts: ImageCounts, metric: str) -> list[Rule]:
-        """For every threshold, the gate that empties the best number of images of lowest head probability.
-
-        The candidates are 0 (no gate) and the midpoints between consecutive distinct probabilities (and
-        between the highest and 1); the first maximum (the lowest gate) wins ties.
-        """
-        columns = counts.predicted.shape[1]
-        if counts.empty is None:
-            return [cls(cls.default)] * columns
-        heads = counts.empty.astype(np.float64)
-        values = cut_values(counts, metric, np.broadcast_to(heads[:, None], counts.predicted.shape))
-        ordered = np.sort(heads, kind="stable")
-        gates = np.concatenate([[0.0], (ordered + np.append(ordered[1:], 1.0)) / 2])
-        valid = np.concatenate([[True], ordered[:-1] != ordered[1:], [ordered[-1] < 1.0]])
-        best = np.where(valid[:, None], values, -np.inf).argmax(0)
-        return [cls(float(gates[k])) for k in best]
+    def cuts(cls, ordered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The gates: 0 (no gate) and the midpoints between consecutive distinct probabilities, and
+        between the highest and 1 (where it is below 1)."""
+        columns = ordered.shape[1]
+        valid = np.vstack([np.ones((1, columns), dtype=bool), ordered[:-1] != ordered[1:], ordered[-1:] < 1.0])
+        above = np.vstack([ordered[1:], np.ones((1, columns))])
+        return valid, np.vstack([np.zeros((1, columns)), (ordered + above) / 2])

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from lovaszseg.errors import ConfigError
-from lovaszseg.scoring.postprocess.counts import ImageCounts, cut_values
+from lovaszseg.scoring.postprocess.counts import ImageCounts
 from lovaszseg.scoring.postprocess.steps import Rule, register
 
 
@@ -34,28 +34,17 @@ class MinArea(Rule):
         areas = np.count_nonzero(masks, axis=(-2, -1))
         return masks & (areas >= self.value)[..., None, None]
 
-    def empties(self, counts: ImageCounts) -> np.ndarray:
-        return counts.predicted < self.value
-
     def describe(self) -> str:
         return f"min-area {self.value} px"
 
     @classmethod
-    def empties_per_column(cls, counts: ImageCounts, rules: list[Rule]) -> np.ndarray:
-        return counts.predicted < np.asarray([rule.value for rule in rules])[None, :]
+    def keys(cls, counts: ImageCounts) -> np.ndarray:
+        return counts.predicted
 
     @classmethod
-    def tune(cls, counts: ImageCounts, metric: str) -> list[Rule]:
-        """For every threshold, the min-area that empties the best number of smallest predictions.
-
-        Images are sorted by predicted area; emptying the ``k`` smallest is a min-area rule only where the
-        ``k``-th and ``k+1``-th areas differ, so only those cuts (and ``k = 0``) are candidates; the first
-        maximum (the smallest min-area) wins ties.
-        """
-        values = cut_values(counts, metric, counts.predicted)
-        area = np.sort(counts.predicted, axis=0, kind="stable")
-        valid = np.vstack([np.ones((1, area.shape[1]), bool), area[1:] != area[:-1], np.ones((1, area.shape[1]), bool)])
-        best = np.where(valid, values, -np.inf).argmax(0)
-        columns = np.arange(area.shape[1])
-        min_area = np.where(best > 0, area[np.maximum(best - 1, 0), columns] + 1, 0)
-        return [cls(int(value)) for value in min_area]
+    def cuts(cls, ordered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Emptying the ``k`` smallest predictions is a min-area (the ``k``-th area + 1) only where the
+        ``k``-th and ``k+1``-th areas differ; ``k = 0`` is min-area 0."""
+        edge = np.ones((1, ordered.shape[1]), dtype=bool)
+        valid = np.vstack([edge, ordered[1:] != ordered[:-1], edge])
+        return valid, np.vstack([np.zeros((1, ordered.shape[1]), dtype=ordered.dtype), ordered + 1])

@@ -1,9 +1,9 @@
 """What a post-processing step is: a value checked once, applied to a batch, tuned on recorded counts.
 
 The first step is the threshold, which turns probabilities into masks; every later step is a *rule*
-that empties some masks (the min-area rule empties small ones). Tuning works on the columns of the
-threshold grid: each rule chooses its best value for every threshold column, given the rules before
-it, and the threshold then picks the best column (:mod:`lovaszseg.scoring.postprocess.tuning`).
+that empties the masks whose key is below its value (the min-area rule empties small ones). Tuning
+works on the columns of the threshold grid: the rules choose their best values together for every
+threshold column, and the threshold then picks the best column (:mod:`lovaszseg.scoring.postprocess.tuning`).
 A step is one module of this package that defines a subclass and decorates it with :func:`register`.
 """
 
@@ -60,22 +60,31 @@ class Step(ABC):
 
 
 class Rule(Step):
-    """A step after the threshold: it empties some of the thresholded masks."""
+    """A step after the threshold: it empties the masks whose key (their predicted area, their head
+    probability, ...) is below its value. Tuning chooses among the cuts of the images sorted by key."""
 
+    @classmethod
     @abstractmethod
+    def keys(cls, counts: ImageCounts) -> np.ndarray | None:
+        """Each prediction's key ``[N, T]``, at every threshold column; None where the rule cannot act
+        (it is then tuned to its default)."""
+
+    @classmethod
+    @abstractmethod
+    def cuts(cls, ordered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For keys sorted along axis 0 (``[N, T]``): which cuts ``k = 0 .. N`` (empty the ``k`` smallest)
+        a value of the rule makes (``[N + 1, T]`` bool: not between equal keys), and that value ``[N + 1, T]``."""
+
     def empties(self, counts: ImageCounts) -> np.ndarray:
         """Which predictions ``[N, T]`` the rule empties, at every threshold of the grid."""
+        return self.empties_per_column(counts, [self] * counts.predicted.shape[1])
 
     @classmethod
     def empties_per_column(cls, counts: ImageCounts, rules: list[Rule]) -> np.ndarray:
-        """Which predictions ``[N, T]`` are emptied when threshold column ``k`` has its own rule ``rules[k]``
-        (a rule with a vectorised form overrides this loop over the columns)."""
-        return np.stack([rule.empties(counts)[:, k] for k, rule in enumerate(rules)], axis=1)
-
-    @classmethod
-    @abstractmethod
-    def tune(cls, counts: ImageCounts, metric: str) -> list[Rule]:
-        """The rule that maximises ``metric`` at each threshold column ``[T]`` (ties: the one emptying least)."""
+        """Which predictions ``[N, T]`` are emptied when threshold column ``k`` has its own rule ``rules[k]``."""
+        keys = cls.keys(counts)
+        values = np.asarray([rule.value for rule in rules])[None, :]
+        return np.zeros(counts.predicted.shape, dtype=bool) if keys is None else keys < values
 
 
 _STEPS: dict[str, type[Step]] = {}

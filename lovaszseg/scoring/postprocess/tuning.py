@@ -1,10 +1,11 @@
 """Tuning a post-processing on predictions whose truth is known, keeping it, and resolving ``auto``.
 
 :func:`tune_postprocessing` chooses every step not given a value, jointly: at every threshold of the
-grid each rule (in order, after the ones before it) takes its best value, and the threshold then
-takes the best column. A :class:`Tuning` keeps what was chosen, the rules' best values at every
-threshold (so ``--threshold 0.6 --min-area auto`` gets the min-area tuned for 0.6) and the metrics
-before and after; ``postprocess.json`` in a run, cv or ensemble folder holds it.
+grid the rules take their best values together (exactly: every cut of the images by each rule's key, and
+for two rules every pair of cuts), and the threshold then takes the best column. A :class:`Tuning` keeps what
+was chosen, the rules' best values at every threshold (so ``--threshold 0.6 --min-area auto`` gets the
+min-area tuned for 0.6) and the metrics before and after; ``postprocess.json`` in a run, cv or ensemble
+folder holds it.
 """
 
 from __future__ import annotations
@@ -15,11 +16,19 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from lovaszseg.data.io import atomic_write
 from lovaszseg.errors import ConfigError, DataError
-from lovaszseg.scoring.postprocess.counts import ImageCounts, grid_index, metric_at_thresholds
+from lovaszseg.scoring.postprocess.counts import (
+    ImageCounts,
+    cut_values,
+    grid_index,
+    metric_at_thresholds,
+    pair_cut_values,
+)
 from lovaszseg.scoring.postprocess.pipeline import PostProcessing, evaluate_postprocessing
-from lovaszseg.scoring.postprocess.steps import rule_classes, step_classes
+from lovaszseg.scoring.postprocess.steps import Rule, rule_classes, step_classes
 from lovaszseg.thresholds import THRESHOLD_GRID
 
 __all__ = [
@@ -134,19 +143,51 @@ def _choose(
 ) -> tuple[PostProcessing, dict[str, list[Any]], list[int]]:
     """The best post-processing with ``fixed`` steps given, each tuned rule's value at every threshold,
     and the threshold columns that were candidates."""
-    current, by_threshold = counts, {}
-    for rule in rule_classes():
-        if rule.name in fixed:
-            chosen_rules = [rule(fixed[rule.name])] * len(THRESHOLD_GRID)
-        else:
-            chosen_rules = rule.tune(current, metric)
-            by_threshold[rule.name] = [r.value for r in chosen_rules]
-        current = current.emptied(rule.empties_per_column(current, chosen_rules))
-    values = metric_at_thresholds(current, metric)
-    columns = [grid_index(fixed["threshold"])] if "threshold" in fixed else list(range(len(THRESHOLD_GRID)))
-    column = max(columns, key=lambda k: (values[k], -k))  # the first maximum: the lowest threshold on ties
+    columns = len(THRESHOLD_GRID)
+    rules = rule_classes()
+    tuned = [rule for rule in rules if rule.name not in fixed and rule.keys(counts) is not None]
+    per_column = {
+        rule.name: [rule(fixed.get(rule.name, rule.default))] * columns for rule in rules if rule not in tuned
+    }
+    per_column |= _best_cuts(counts.emptied(_emptied(counts, per_column)), metric, tuned)
+    by_threshold = {rule.name: [r.value for r in per_column[rule.name]] for rule in rules if rule.name not in fixed}
+    values = metric_at_thresholds(counts.emptied(_emptied(counts, per_column)), metric)
+    candidates = [grid_index(fixed["threshold"])] if "threshold" in fixed else list(range(columns))
+    column = max(candidates, key=lambda k: (values[k], -k))  # the first maximum: the lowest threshold on ties
     chosen = PostProcessing(**{**fixed, "threshold": THRESHOLD_GRID[column], **_at(by_threshold, column)})
-    return chosen, by_threshold, columns
+    return chosen, by_threshold, candidates
+
+
+def _emptied(counts: ImageCounts, chosen: Mapping[str, list[Rule]]) -> np.ndarray:
+    """``[N, T]``: the predictions that any of the rules ``chosen`` (per threshold column) empties."""
+    masks = np.zeros(counts.predicted.shape, dtype=bool)
+    for rules in chosen.values():
+        masks |= type(rules[0]).empties_per_column(counts, rules)
+    return masks
+
+
+def _best_cuts(counts: ImageCounts, metric: str, tuned: list[type[Rule]]) -> dict[str, list[Rule]]:
+    """Each rule of ``tuned`` at every threshold column, chosen together and exactly: over every cut of
+    each rule's sorted keys (for two rules, every pair of cuts); the first maximum (the lowest values) wins."""
+    if not tuned:
+        return {}
+    keys = [rule.keys(counts) for rule in tuned]
+    cuts = [rule.cuts(np.sort(key, axis=0, kind="stable")) for rule, key in zip(tuned, keys, strict=True)]
+    columns = range(counts.predicted.shape[1])
+    if len(tuned) == 1:
+        (valid, values), rule = cuts[0], tuned[0]
+        best = np.where(valid, cut_values(counts, metric, keys[0]), -np.inf).argmax(0)
+        return {rule.name: [rule(values[best[t], t].item()) for t in columns]}
+    if len(tuned) > 2:
+        raise AssertionError("joint tuning covers two rules; a third needs its cuts searched with theirs")
+    chosen: dict[str, list[Rule]] = {rule.name: [] for rule in tuned}
+    for t in columns:
+        allowed = tuple(np.flatnonzero(valid[:, t]) for valid, _ in cuts)
+        scores = pair_cut_values(counts, metric, (keys[0][:, t], keys[1][:, t]), allowed, t)
+        pair = np.unravel_index(scores.argmax(), scores.shape)  # the first maximum: the lowest cuts
+        for rule, (_, values), indices, index in zip(tuned, cuts, allowed, pair, strict=True):
+            chosen[rule.name].append(rule(values[indices[index], t].item()))
+    return chosen
 
 
 def _at(by_threshold: Mapping[str, list[Any]], column: int) -> dict[str, Any]:
