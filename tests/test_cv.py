@@ -27,7 +27,7 @@ from lovaszseg.errors import ConfigError, DataError, RunFolderError
 from lovaszseg.inference.ensemble import load_predictor, resolve_members
 from lovaszseg.inference.predict import predict_probabilities
 from lovaszseg.rle import read_rle_csv
-from lovaszseg.storage.cv_folder import CvFolder
+from lovaszseg.storage.cv_folder import OOF_EMPTY_HEAD, CvFolder
 from lovaszseg.storage.run_folder import RunFolder, load_model
 from lovaszseg.training import RunResult
 from lovaszseg.workflows.cv import cross_validate, parse_folds
@@ -444,16 +444,21 @@ def test_a_cv_with_an_empty_head_tunes_its_gate_out_of_fold_on_the_heads_probabi
     assert tuning["split"] == "oof" and rows["oof, tuned"]["empty_gate"] == chosen.empty_gate
     assert list(tuning["by_threshold"]) == ["min_area", "empty_gate"] and "empty_gate" in tuning["without"]
     # Each training image, predicted by the fold model that did not train on it: masks and head, by hand.
-    found = []
+    found, ids = [], []
     for fold in range(2):
         dataset = build_dataset("tgs", tiny_salt, str(cv_dir / "splits" / f"fold-{fold}-val.txt"), train=False)
         of_fold = _predicted(load_model(cv_dir / f"fold-{fold}").model, dataset)
+        ids += dataset.ids
         accuracy = np.mean([(head > 0.5) == mask.any() for _, head, mask in of_fold])
         assert rows[str(fold)]["empty_head_accuracy"] == pytest.approx(accuracy, abs=1e-9)
         found += of_fold
-    assert len(found) == rows["oof"]["images"] == len(np.load(cv_dir / "oof.npz").files) == 21
+    oof = np.load(cv_dir / "oof.npz")
+    kept_heads = sorted(name for name in oof.files if name.startswith(OOF_EMPTY_HEAD))
+    assert len(found) == rows["oof"]["images"] == len(oof.files) - len(kept_heads) == len(kept_heads) == 21
     heads = np.array([head for _, head, _ in found])
     assert ((heads > 0.0) & (heads < 1.0)).all()
+    # oof.npz keeps each image's head probability beside its mask probabilities.
+    np.testing.assert_allclose([oof[f"{OOF_EMPTY_HEAD}{i}"] for i in ids], heads, rtol=0, atol=1e-6)
     assert rows["oof"]["empty_head_accuracy"] == pytest.approx(
         np.mean([(head > 0.5) == mask.any() for _, head, mask in found]), abs=1e-9
     )

@@ -7,7 +7,8 @@
   run trains and validates on (any dataset reads them as its split);
 - ``fold-K/``: fold K's ordinary run folder (resumable, exportable, usable alone);
 - ``oof.npz``: the out-of-fold probabilities, one float16 ``[C, H, W]`` array per training image
-  (``numpy.load`` reads them one at a time);
+  (``numpy.load`` reads them one at a time), and for models with an empty-image head its probability
+  of foreground per image, a float32 scalar under ``empty_head/ID``;
 - ``cv.csv`` / ``cv.json``: per-fold and out-of-fold metrics; ``postprocess.json``: the threshold and
   min-area tuned on the out-of-fold predictions (binary tasks).
 """
@@ -33,6 +34,7 @@ __all__ = [
     "CV_RESULTS_FILE",
     "CV_TABLE_FILE",
     "FOLDS_FILE",
+    "OOF_EMPTY_HEAD",
     "OOF_FILE",
     "OUT_OF_FOLD",
     "POSTPROCESSED",
@@ -43,6 +45,7 @@ CV_FILE = "cv.yaml"
 FOLDS_FILE = "folds.csv"
 SPLITS_DIR = "splits"
 OOF_FILE = "oof.npz"
+OOF_EMPTY_HEAD = "empty_head/"  # the prefix of the head probabilities' names in oof.npz (an id has no "/")
 CV_TABLE_FILE = "cv.csv"
 CV_RESULTS_FILE = "cv.json"
 OUT_OF_FOLD = "oof"  # the row of cv.csv scoring every out-of-fold prediction, and the split name of eval

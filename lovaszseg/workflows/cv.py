@@ -43,7 +43,7 @@ from lovaszseg.runtime.progress import LoopProgress
 from lovaszseg.scoring.catalogue import metric_names, tuning_metric
 from lovaszseg.scoring.engine import Scorer, evaluate
 from lovaszseg.scoring.postprocess import Tuning, save_tuning, tune_postprocessing
-from lovaszseg.storage.cv_folder import OUT_OF_FOLD, POSTPROCESSED, CvFolder
+from lovaszseg.storage.cv_folder import OOF_EMPTY_HEAD, OUT_OF_FOLD, POSTPROCESSED, CvFolder
 from lovaszseg.storage.run_folder import RunFolder, load_model
 from lovaszseg.training import RunResult, resolve_config, train
 
@@ -155,14 +155,21 @@ def _train_fold(
 
 
 @contextmanager
-def _oof_writer(path: Path) -> Iterator[Callable[[Sequence[str], Tensor], None]]:
-    """Write ``oof.npz`` as predictions come: a zip of one float16 ``.npy`` per image, replaced atomically."""
+def _oof_writer(path: Path) -> Iterator[Callable[[Sequence[str], Tensor, Tensor | None], None]]:
+    """Write ``oof.npz`` as predictions come: a zip of one float16 ``.npy`` per image (and one float32
+    scalar per image for the empty-image head's probability, if any), replaced atomically."""
     with atomic_write(path, "wb") as handle, zipfile.ZipFile(handle, "w") as archive:
 
-        def add(ids: Sequence[str], probs: Tensor) -> None:
+        def write(name: str, array: np.ndarray) -> None:
+            with archive.open(f"{name}.npy", "w") as entry:
+                np.lib.format.write_array(entry, array)
+
+        def add(ids: Sequence[str], probs: Tensor, empty: Tensor | None) -> None:
             for sample_id, prob in zip(ids, probs.cpu().numpy().astype(np.float16), strict=True):
-                with archive.open(f"{sample_id}.npy", "w") as entry:
-                    np.lib.format.write_array(entry, prob)
+                write(sample_id, prob)
+            if empty is not None:
+                for sample_id, head in zip(ids, empty.cpu().numpy().astype(np.float32), strict=True):
+                    write(f"{OOF_EMPTY_HEAD}{sample_id}", head)
 
         yield add
 
@@ -178,7 +185,7 @@ def _out_of_fold(
     with _oof_writer(folder.oof_path) as write:
 
         def record(ids: Sequence[str], probs: Tensor, masks: Tensor, empty: Tensor | None) -> None:
-            write(ids, probs)
+            write(ids, probs, empty)
             oof_scorer.update(probs, masks, empty)
 
         for fold in settings["folds"]:
