@@ -12,7 +12,11 @@ from typing import NamedTuple
 
 from torch import Tensor
 
-__all__ = ["Outputs", "has_foreground", "outputs_float", "split_outputs"]
+__all__ = ["HEAD_DECISION", "Outputs", "has_foreground", "outputs_float", "split_outputs"]
+
+# The empty-image head's own call: an image has foreground when its probability is at least this (its
+# accuracy; the gate validating a stage whose mask loss skips empty images).
+HEAD_DECISION = 0.5
 
 
 class Outputs(NamedTuple):

@@ -202,6 +202,23 @@ def test_an_empty_scorer_gives_nan_not_an_error() -> None:
     assert set(Scorer(FOLDER_IGNORE).compute()) == {"iou", "image_iou"}
 
 
+@pytest.mark.parametrize("gate", [0.0, 0.3, 0.6])
+def test_a_gated_scorer_scores_the_images_the_head_calls_empty_as_predicted_empty(gate: float) -> None:
+    rng = np.random.default_rng(3)
+    probs = rng.random((6, 1, 101, 101)).astype(np.float32)
+    masks = (rng.random((6, 101, 101)) < 0.3).astype(np.int64) * (np.arange(6) % 2)[:, None, None]
+    heads = np.array([0.1, 0.9, 0.5, 0.2, 0.7, 0.65], dtype=np.float32)
+    scorer = Scorer(TGS, empty_gate=gate)
+    scorer.update(torch.from_numpy(probs), torch.from_numpy(masks), torch.from_numpy(heads))
+    predicted = (probs[:, 0] > DEFAULT_THRESHOLD) & (heads >= gate)[:, None, None]
+    metrics = scorer.compute()
+    assert metrics["salt_score"] == pytest.approx(float(salt_score(predicted, masks > 0).mean()), abs=1e-12)
+    assert metrics["empty_head_accuracy"] == pytest.approx(4 / 6)  # its accuracy is the head's, gated or not
+    plain = Scorer(TGS, empty_gate=gate)  # without head probabilities nothing is gated
+    plain.update(torch.from_numpy(probs), torch.from_numpy(masks))
+    assert plain.compute()["salt_score"] == pytest.approx(float(salt_score(probs[:, 0] > 0.5, masks > 0).mean()))
+
+
 class _Threshold(nn.Module):
     """Logit ``8 * (image - 0.5)``: the image is its own probability map, sharpened."""
 

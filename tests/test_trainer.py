@@ -19,6 +19,7 @@ import lovaszseg.training.trainer as engine_train
 from lovaszseg.config import load_config
 from lovaszseg.errors import ConfigError, RunFolderError, TrainingError
 from lovaszseg.runtime.acceleration import AccelerationOverride
+from lovaszseg.scoring.engine import Scorer
 from lovaszseg.storage import load_model
 from lovaszseg.storage.checkpoint import load_checkpoint
 from lovaszseg.training import train
@@ -469,7 +470,17 @@ def test_an_empty_head_trains_validates_resumes_and_is_evaluated_with_its_gate(t
     ]
     config = _config(tiny_salt, tmp_path, stages=stages)
     config.model.empty_head = 0.5
-    straight = train(config, run_dir=tmp_path / "straight")
+    gates = []  # of every validation: the stage that skips empty images is scored with the head's gate
+
+    class RecordingScorer(Scorer):
+        def __init__(self, *args, empty_gate: float = 0.0, **kwargs) -> None:
+            gates.append(empty_gate)
+            super().__init__(*args, empty_gate=empty_gate, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine_train, "Scorer", RecordingScorer)
+        straight = train(config, run_dir=tmp_path / "straight")
+    assert gates == [0.0, 0.5]
     assert straight.completed and 0.0 <= straight.best_metrics["empty_head_accuracy"] <= 1.0
     stopped = train(config, run_dir=tmp_path / "resumed", stop_after_epochs=1)
     assert not stopped.completed

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from lovaszseg.data.spec import DatasetSpec
 from lovaszseg.data.transforms import crop_to_original
-from lovaszseg.heads import Outputs, has_foreground, outputs_float, split_outputs
+from lovaszseg.heads import HEAD_DECISION, Outputs, has_foreground, outputs_float, split_outputs
 from lovaszseg.models import output_probabilities
 from lovaszseg.scoring.catalogue import EMPTY_HEAD_ACCURACY, at_best_threshold_key, best_threshold_key, metric_names
 from lovaszseg.scoring.metrics import (
@@ -54,10 +54,20 @@ class Scorer:
         device: Where the sums live (the model's device).
         keep_images: Binary tasks: also keep each image's counts at every threshold
             (:meth:`image_counts`, what post-processing is tuned on; a few hundred bytes an image).
+        empty_gate: Binary tasks: score an image whose empty-image head probability is below this as
+            predicted empty (0: the masks as they are); images scored without a head are never gated.
     """
 
-    def __init__(self, spec: DatasetSpec, device: torch.device | str = "cpu", *, keep_images: bool = False) -> None:
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        device: torch.device | str = "cpu",
+        *,
+        keep_images: bool = False,
+        empty_gate: float = 0.0,
+    ) -> None:
         self.spec = spec
+        self.empty_gate = empty_gate
         self.keep_images = keep_images and spec.binary
         self._images: list[ImageCounts] = []
         self.device = torch.device(device)
@@ -95,9 +105,11 @@ class Scorer:
             empty = empty.to(self.device).float()
             truth = has_foreground(masks, self.spec.ignore_index)
             self.sums["head_images"] += len(empty)
-            self.sums["head_correct"] += ((empty > 0.5) == truth).sum()
+            self.sums["head_correct"] += ((empty > HEAD_DECISION) == truth).sum()
         if self.spec.binary:
-            self._update_binary(probs[:, 0].float(), masks, empty)
+            gated = self.empty_gate and empty is not None
+            binary = probs[:, 0].float() * (empty >= self.empty_gate).view(-1, 1, 1) if gated else probs[:, 0].float()
+            self._update_binary(binary, masks, empty)
         else:
             pred = probs.argmax(1)
             self.matrix.update(pred, masks)

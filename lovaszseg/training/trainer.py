@@ -31,6 +31,7 @@ from lovaszseg.data.io import check_writable
 from lovaszseg.data.pseudo import PSEUDO_KINDS
 from lovaszseg.data.sampling import FOREGROUND_KINDS, BalancedBatchSampler, foreground_flags
 from lovaszseg.errors import CheckpointError, ConfigError, TrainingError
+from lovaszseg.heads import HEAD_DECISION
 from lovaszseg.losses import build_loss
 from lovaszseg.models import ADDABLE_HEADS, build_model, check_input_size
 from lovaszseg.runtime import distributed
@@ -38,7 +39,7 @@ from lovaszseg.runtime.accelerated import accelerate, amp_dtype, to_memory_forma
 from lovaszseg.runtime.interrupt import StopRequest
 from lovaszseg.runtime.progress import LoopProgress
 from lovaszseg.scoring.catalogue import metric_names
-from lovaszseg.scoring.engine import evaluate
+from lovaszseg.scoring.engine import Scorer, evaluate
 from lovaszseg.storage.checkpoint import capture_rng, load_checkpoint, restore_rng
 from lovaszseg.storage.run_folder import DISTRIBUTED_FILE, RunFolder, read_weights
 from lovaszseg.storage.summary import SWA_EPOCH
@@ -438,6 +439,11 @@ class Trainer:
             self.model.load_state_dict(load_checkpoint(source)["model"])
             if self.info.is_main:
                 self.console.print(f"stage {stage.label}: starting from stage {index}'s {which} weights")
+        if self._gated(stage) and self.info.is_main:
+            self.console.print(
+                f"stage {stage.label}: its mask loss skips empty images; validated with the empty-image head's "
+                f"gate at {HEAD_DECISION} (images it calls empty count as predicted empty)"
+            )
 
     def _build_ema(self, config: StageConfig, checkpoint: dict[str, Any] | None) -> AveragedModel | None:
         """The stage's weight average, from the current weights or, continuing, the checkpoint's."""
@@ -550,11 +556,22 @@ class Trainer:
         return self._score(stage.validated, stage, f"{stage.label} {epoch + 1}/{stage.config.epochs} val")
 
     def _score(self, model: nn.Module, stage: Stage, description: str) -> dict[str, float]:
-        """Metrics of ``model`` on the validation split, with the stage's loss as ``val_loss``."""
+        """Metrics of ``model`` on the validation split, with the stage's loss as ``val_loss``; gated by the
+        empty-image head where the stage's mask loss skips empty images (its masks are not trained to be empty)."""
+        scorer = Scorer(self.spec, self.info.device, empty_gate=HEAD_DECISION if self._gated(stage) else 0.0)
         with self._progress(description, len(self.val_loader)) as bar:
             return evaluate(
-                model, self.val_loader, self.spec, device=self.info.device, loss_fn=stage.loss_fn, progress=bar.advance
+                model,
+                self.val_loader,
+                self.spec,
+                device=self.info.device,
+                loss_fn=stage.loss_fn,
+                progress=bar.advance,
+                scorer=scorer,
             )
+
+    def _gated(self, stage: Stage) -> bool:
+        return stage.config.empty_images == "skip" and self.config.model.empty_head > 0
 
     def _progress(self, description: str, steps: int) -> LoopProgress:
         """Progress of a loop, shown by rank 0 only."""
