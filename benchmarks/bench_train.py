@@ -277,9 +277,12 @@ def _bare_model() -> torch.nn.Module:
 def lovaszseg_config(
     root: Path, folds_csv: Path, runs_dir: Path, batch: int, steps: int, train: dict | None = None
 ) -> object:
-    """The benchmark's config; ``train`` adds ``train.*`` settings (``amp``, ``channels_last``, ``compile``)."""
+    """The benchmark's config; ``train`` adds ``train.*`` settings (``amp``, ``channels_last``, ``compile``) and
+    ``num_workers``, the data loader's worker processes (``data.num_workers``, default none)."""
     from lovaszseg.config import load_config
 
+    train = dict(train or {})
+    workers = train.pop("num_workers", 0)
     return load_config(
         {
             "model": MODEL,
@@ -287,11 +290,11 @@ def lovaszseg_config(
                 "name": "tgs",
                 "root": str(root),
                 "batch_size": batch,
-                "num_workers": 0,
+                "num_workers": workers,
                 "options": {"fold": 0, "folds_csv": str(folds_csv), "pad_size": PAD, "hflip": 0.5},
             },
             "stages": [{"name": "bce", "loss": "bce", "epochs": 1, "optimizer": "adam", "lr": LR, "schedule": "none"}],
-            "train": {"seed": 0, "device": "cpu", "max_steps_per_epoch": steps, **(train or {})},
+            "train": {"seed": 0, "device": "cpu", "max_steps_per_epoch": steps, **train},
             "output": {"runs_dir": str(runs_dir), "name": "bench"},
         }
     )
@@ -632,6 +635,9 @@ SPEED_SETTINGS: dict[str, dict] = {
     # What docs/benchmarks.md recommends: bf16 only where the CPU or GPU has it natively.
     "amp auto + channels-last": {"amp": "auto", "channels_last": True},
     "compiled amp auto + channels-last": {"amp": "auto", "channels_last": True, "compile": True},
+    # The docs' CPU configs also load batches in one worker process (data.num_workers: 1), beside the model's
+    # threads; training only (submit reads its images in the main process).
+    "amp auto + channels-last + 1 worker": {"amp": "auto", "channels_last": True, "num_workers": 1},
 }
 
 
@@ -741,7 +747,8 @@ def bench_speed(args: argparse.Namespace, work: Path, guard: Guard) -> list[str]
         f"{'bf16' if native_bf16(torch.device('cpu')) else 'fp32'} here\n",
     ]
     train_lines, run = _speed_train(args, work, guard, names)
-    return [*header, *train_lines, "", *_speed_infer(args, work, run, guard, names)]
+    inference = [name for name in names if "num_workers" not in SPEED_SETTINGS[name]]  # the same as without
+    return [*header, *train_lines, "", *_speed_infer(args, work, run, guard, inference)]
 
 
 # --------------------------------------------------------------------------------------------------
