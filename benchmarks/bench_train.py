@@ -49,7 +49,9 @@ is printed at the start and the end.
 Speed (``--only speed``): the training and ``submit`` images/s of each ``train.amp`` /
 ``train.channels_last`` / ``train.compile`` setting (``SPEED_SETTINGS``), each as a ratio to the bare
 fp32 loop measured in the same repeats (``--speed-repeats``, ``--speed-s1``, ``--speed-s2``); the CPU's
-native bf16 support is printed with it.
+native bf16 support is printed with it. ``--speed-fresh-processes`` times every training run and the bare
+loop in a new Python process (as a user's run is) instead of one after another in this one, where what
+ran before (a float32 run, a bf16 one) changes the next run's speed by several percent.
 
 CLI: wall time of ``lovaszseg --help`` and ``lovaszseg train --help`` (the ``lovaszseg`` entry point
 next to this Python), against ``python -c pass`` and ``python -c "import torch"`` for reference.
@@ -58,9 +60,11 @@ next to this Python), against ``python -c pass`` and ``python -c "import torch"`
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import csv
 import io
+import multiprocessing
 import os
 import platform
 import shutil
@@ -641,31 +645,58 @@ SPEED_SETTINGS: dict[str, dict] = {
 }
 
 
+def _bare_train_of_ids(
+    decoder: list[int], root: Path, ids: list[str], batch: int, s1: int, s2: int, seed: int
+) -> float:
+    """:func:`time_bare_train` on the training ids, with the model's decoder (for a fresh process)."""
+    MODEL["options"]["decoder_channels"] = decoder
+    dataset = BareTGS(root, ids, tgs_transforms(train=True, pad_size=PAD, hflip=0.5))
+    return time_bare_train(dataset, batch, s1, s2, seed)
+
+
+def _lovaszseg_train_with(decoder: list[int], *args: object) -> float:
+    """:func:`time_lovaszseg_train` with the model's decoder (for a fresh process)."""
+    MODEL["options"]["decoder_channels"] = decoder
+    return time_lovaszseg_train(*args)  # type: ignore[arg-type]
+
+
+def _in_fresh_process(function: Callable[..., float], *args: object) -> float:
+    """``function(*args)`` in a new Python process: nothing an earlier measurement left (kernel caches,
+    allocator state) is shared; each process pays its start and first steps, which S2 - S1 cancels."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(function, *args).result()
+
+
 def _speed_train(args: argparse.Namespace, work: Path, guard: Guard, names: list[str]) -> tuple[list[str], Path]:
     """Training images/s of each setting ((S2 - S1) steps, as ``bench_train``) over the bare fp32 loop's."""
     root, batch, s1, s2 = args.data, args.batch, args.speed_s1, args.speed_s2
     folds_csv = work / "folds.csv"
     train_ids, _ = write_folds_csv(root, folds_csv, args.val_size)
-    dataset = BareTGS(root, train_ids, tgs_transforms(train=True, pad_size=PAD, hflip=0.5))
+    decoder = MODEL["options"]["decoder_channels"]
+    run = _in_fresh_process if args.speed_fresh_processes else (lambda function, *arguments: function(*arguments))
+
+    def bare(first: int, last: int, seed: int) -> float:
+        return run(_bare_train_of_ids, decoder, root, train_ids, batch, first, last, seed)
+
+    def ours(folder: str, steps: int, settings: dict) -> float:
+        return run(_lovaszseg_train_with, decoder, root, folds_csv, runs / folder, batch, steps, settings)
+
     runs = work / "speed-runs"
     for name in names:  # warm-up, untimed: kernels, the compiler's caches, the page cache
-        time_lovaszseg_train(root, folds_csv, runs / "warm", batch, 2, SPEED_SETTINGS[name])
-    time_bare_train(dataset, batch, 0, 2, seed=0)
+        ours("warm", 2, SPEED_SETTINGS[name])
+    bare(0, 2, seed=0)
     speeds: dict[str, list[float]] = {name: [] for name in ["bare fp32 loop", *names]}
     flagged = 0
     for repeat in range(args.speed_repeats):
         label = f"speed repeat {repeat + 1}"
-        bare, _, clean = guard.run(lambda r=repeat: time_bare_train(dataset, batch, s1, s2, seed=r), label)
+        seconds, _, clean = guard.run(lambda r=repeat: bare(s1, s2, seed=r), label)
         flagged += not clean
-        speeds["bare fp32 loop"].append((s2 - s1) * batch / bare)
+        speeds["bare fp32 loop"].append((s2 - s1) * batch / seconds)
         for name in names:
             settings = SPEED_SETTINGS[name]
-            t1, _, clean1 = guard.run(
-                lambda st=settings: time_lovaszseg_train(root, folds_csv, runs / "s1", batch, s1, st), label
-            )
-            t2, _, clean2 = guard.run(
-                lambda st=settings: time_lovaszseg_train(root, folds_csv, runs / "s2", batch, s2, st), label
-            )
+            t1, _, clean1 = guard.run(lambda st=settings: ours("s1", s1, st), label)
+            t2, _, clean2 = guard.run(lambda st=settings: ours("s2", s2, st), label)
             flagged += not (clean1 and clean2)
             speeds[name].append((s2 - s1) * batch / (t2 - t1))
         shown = ", ".join(f"{name} {values[-1]:.1f}" for name, values in speeds.items())
@@ -673,7 +704,8 @@ def _speed_train(args: argparse.Namespace, work: Path, guard: Guard, names: list
     bare_m = _median(speeds["bare fp32 loop"])
     lines = [
         f"Training speed: batch {batch}, steps S1 = {s1}, S2 = {s2}, images/s = (S2 - S1) * batch / (t(S2) - t(S1)) "
-        f"of lovaszseg's train(); median of {args.speed_repeats} repeats, settings interleaved; "
+        f"of lovaszseg's train(); median of {args.speed_repeats} repeats, settings interleaved"
+        f"{', every run in a new process' if args.speed_fresh_processes else ', in this process'}; "
         f"{flagged} measurement(s) under background load\n",
         "| setting (`train.*`) | images/s (median) | per repeat | / bare fp32 loop |",
         "|---|---:|---|---:|",
@@ -822,6 +854,11 @@ def main() -> None:
     parser.add_argument("--only", default="train,infer,cli", help="comma-separated sections: train, infer, cli, speed")
     parser.add_argument("--settings", default="", help="speed: comma-separated setting names (default: all)")
     parser.add_argument("--speed-repeats", type=int, default=3, help="speed: repeats of each setting")
+    parser.add_argument(
+        "--speed-fresh-processes",
+        action="store_true",
+        help="speed: time every training run (and the bare loop) in a new Python process, as a user's run is",
+    )
     parser.add_argument("--speed-s1", type=int, default=3, help="speed: steps of the short training run")
     parser.add_argument("--speed-s2", type=int, default=11, help="speed: steps of the long training run")
     parser.add_argument(

@@ -113,8 +113,10 @@ SCRIPT_BUDGET = {
 def _with_budget(argv: list[str]) -> list[str]:
     """The command with budget overrides appended (train, compare) or fewer repeats (benchmarks)."""
     if argv[0] != "lovaszseg":
-        if argv[1] in SCRIPT_BUDGET:
-            return [*argv, *SCRIPT_BUDGET[argv[1]]]
+        if argv[1] in SCRIPT_BUDGET:  # an option the command gives itself (e.g. its --entries) is kept
+            budget = SCRIPT_BUDGET[argv[1]]
+            kept = [i for i, word in enumerate(budget) if word.startswith("--") and word in argv]
+            return [*argv, *(word for i, word in enumerate(budget) if i not in kept and i - 1 not in kept)]
         budget = ["--repeats", "1", *BENCHMARK_BUDGET.get(argv[1], [])]
         return [*argv, *budget] if argv[1].startswith("benchmarks/") else argv
     if argv[1] not in ("train", "compare", "cv") or "--resume" in argv:

@@ -86,6 +86,25 @@ def test_winners_evidence_scores_every_entry_on_held_out_images_against_the_plai
     assert np.isclose(float(worth.group(1)), rows["empty-head"] - rows["empty-head, gate off"], atol=2e-4)
 
 
+def test_winners_evidence_compares_the_winners_whole_recipe_with_the_plain_recipe(
+    tiny_salt: Path, tmp_path: Path
+) -> None:
+    config = _one_step_config(tiny_salt, tmp_path)
+    config["model"]["options"]["decoder_channels"] = [16, 16, 16]  # scSE needs 16 channels a stage
+    out = tmp_path / "recipes"
+    entries = ["--entries", "plain-recipe,winners-recipe", "--baseline", "plain-recipe", "stages.0.epochs=4"]
+    options = ["--out-dir", str(out), "--seeds", "0,1", "--holdout", "6", "--folds", "3", *entries]
+    process = _run_script("winners_evidence.py", str(write_config(tmp_path / "c.yaml", config)), *options)
+    (rows,) = _report_rows(process.stdout, "plain-recipe|winners-recipe(?:, gate off)?")
+    assert list(rows) == ["plain-recipe", "winners-recipe", "winners-recipe, gate off"], process.stdout
+    plain, winners = (load_config(out / name / "seed-1" / "config.yaml") for name in ("plain-recipe", "winners-recipe"))
+    assert [stage.loss for stage in plain.stages] == [stage.loss for stage in winners.stages]
+    assert [stage.loss for stage in plain.stages] == ["bce", {"lovasz_hinge": {"variant": "elu+1"}}]
+    assert (winners.stages[1].empty_images, winners.stages[1].swa_epochs) == ("skip", 2)
+    assert (plain.stages[1].empty_images, plain.stages[1].swa_epochs) == ("include", None)
+    assert (winners.model.empty_head, winners.model.deep_supervision, winners.model.hypercolumn) == (0.25, 0.5, True)
+
+
 def test_budget_evidence_scores_the_cv_ensemble_and_one_run_on_the_same_held_out_images(
     tiny_salt: Path, tmp_path: Path
 ) -> None:
