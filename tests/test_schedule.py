@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 
@@ -79,6 +80,27 @@ def test_build_optimizer(name: str, optimizer_class: type, expected: dict[str, f
     group = optimizer.param_groups[0]
     assert {key: group[key] for key in expected} == expected
     assert [p.shape for p in group["params"]] == [model.weight.shape]
+    assert group["foreach"] is True
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_the_multi_tensor_optimiser_updates_bitwise_as_the_default_loop(name: str) -> None:
+    torch.manual_seed(0)
+    built = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Conv2d(8, 2, 1))
+    default = copy.deepcopy(built)
+    stage = StageConfig(optimizer=name, lr=0.01, weight_decay=0.01, momentum=0.9)
+    loop_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[name]
+    extra = {"momentum": 0.9} if name == "sgd" else {}
+    optimizers = (build_optimizer(stage, built), loop_class(default.parameters(), lr=0.01, weight_decay=0.01, **extra))
+    assert optimizers[1].param_groups[0]["foreach"] is None  # CPU parameters: the per-tensor loop
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(4):
+        for first, second in zip(built.parameters(), default.parameters(), strict=True):
+            first.grad = torch.randn(first.shape, generator=generator)
+            second.grad = first.grad.clone()
+        for optimizer in optimizers:
+            optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(built.parameters(), default.parameters(), strict=True))
 
 
 @pytest.mark.parametrize(
