@@ -32,6 +32,19 @@ def _counts(seed: int, images: int = 60) -> ImageCounts:
     return ImageCounts(intersection, predicted, truth, head)
 
 
+def _same_at_every_threshold(
+    predicted: list[int], intersection: list[int], truth: list[int], heads: list[float]
+) -> ImageCounts:
+    """Hand-made counts: each image's predicted and overlapping pixels the same at every threshold."""
+    columns = len(THRESHOLD_GRID)
+    return ImageCounts(
+        np.repeat(np.array(intersection)[:, None], columns, axis=1),
+        np.repeat(np.array(predicted)[:, None], columns, axis=1),
+        np.array(truth),
+        np.array(heads),
+    )
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_a_gate_at_0_changes_nothing(seed: int) -> None:
     counts = _counts(seed)
@@ -75,10 +88,7 @@ def test_the_tuned_gate_never_scores_below_no_gate_on_the_tuning_set(metric: str
 def test_a_known_case_where_only_the_gate_empties_the_large_false_positives() -> None:
     # Two salt images predicted right (30 px) and two empty ones with larger false positives (40 px):
     # no min-area can empty the false positives and keep the salt; the head tells them apart.
-    columns = len(THRESHOLD_GRID)
-    predicted = np.repeat(np.array([[30], [30], [40], [40]]), columns, axis=1)
-    intersection = np.repeat(np.array([[30], [30], [0], [0]]), columns, axis=1)
-    counts = ImageCounts(intersection, predicted, np.array([30, 30, 0, 0]), np.array([0.9, 0.8, 0.1, 0.2]))
+    counts = _same_at_every_threshold([30, 30, 40, 40], [30, 30, 0, 0], [30, 30, 0, 0], [0.9, 0.8, 0.1, 0.2])
     tuning = tune_postprocessing(counts, "salt_score")
     assert tuning.chosen.empty_gate == pytest.approx(0.5)  # the midpoint between 0.2 and 0.8
     assert tuning.after["salt_score"] == 1.0 and tuning.without["empty_gate"]["salt_score"] == 0.5
@@ -106,10 +116,7 @@ def test_a_known_case_where_the_min_area_alone_would_empty_a_right_mask() -> Non
     # right (60 px), two empty ones with larger false positives that the head knows (0.1). Tuned one after
     # the other, the min-area (72 px: three right, one lost) leaves the gate nothing; together, min-area
     # 51 px empties the small one, the gate the large ones, and every image is right.
-    columns = len(THRESHOLD_GRID)
-    predicted = np.repeat(np.array([[50], [60], [70], [71]]), columns, axis=1)
-    intersection = np.repeat(np.array([[0], [60], [0], [0]]), columns, axis=1)
-    counts = ImageCounts(intersection, predicted, np.array([0, 60, 0, 0]), np.array([0.97, 0.95, 0.1, 0.1]))
+    counts = _same_at_every_threshold([50, 60, 70, 71], [0, 60, 0, 0], [0, 60, 0, 0], [0.97, 0.95, 0.1, 0.1])
     tuning = tune_postprocessing(counts, "salt_score")
     assert (tuning.chosen.min_area, tuning.chosen.empty_gate) == (51, pytest.approx(0.525))
     assert tuning.after["salt_score"] == 1.0

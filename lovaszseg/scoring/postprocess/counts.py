@@ -131,8 +131,9 @@ def pair_cut_values(
     def removed(per_image: np.ndarray) -> np.ndarray:
         """What emptying takes away from a sum over images at the pairs of cuts: the images cut by either,
         counted once (inclusion-exclusion; those cut by both are a two-dimensional prefix sum)."""
-        exact = np.issubdtype(per_image.dtype, np.integer) and np.abs(per_image).sum() < 2**31
-        dtype = np.int32 if exact else np.float64  # integer sums (areas, TGS passes) stay exact in half the memory
+        # Integer sums (areas, TGS passes) stay exact in half the memory; two such sums are added below.
+        exact = np.issubdtype(per_image.dtype, np.integer) and np.abs(per_image).sum() < 2**30
+        dtype = np.int32 if exact else np.float64
         both = np.zeros((n + 1, n + 1), dtype=dtype)
         both[ranks[0], ranks[1]] = per_image
         np.cumsum(both, axis=1, out=both)
