@@ -6,6 +6,11 @@ Usage:
 Times one training-mode ``batch_norm`` forward and backward on a batch of 16 x 64 x 64 x 64 (the size of
 an early UNet-ResNet18 stage at batch 16 on 128 x 128 TGS inputs), float32 and bf16, contiguous (NCHW)
 and channels-last (NHWC) memory; the median of ``--repeats`` timed calls after 3 untimed ones.
+
+Two gradients flow back into the layer. ``dense`` is a random gradient in the input's memory format:
+what the next convolution's backward hands a BatchNorm inside a model. ``expanded`` is the gradient of
+``output.sum()``, one value broadcast with stride 0 (the first version of this script, 2026-12-04, timed
+only that one): a channels-last BatchNorm must first copy it into channels-last memory.
 """
 
 from __future__ import annotations
@@ -18,18 +23,22 @@ import torch
 import torch.nn.functional as F
 
 SHAPE = (16, 64, 64, 64)
+GRADIENTS = ("dense", "expanded")
 
 
-def step_ms(dtype: torch.dtype, channels_last: bool, repeats: int) -> float:
+def step_ms(dtype: torch.dtype, channels_last: bool, gradient: str, repeats: int) -> float:
     """Median milliseconds of one training-mode batch_norm forward and backward."""
     memory = torch.channels_last if channels_last else torch.contiguous_format
-    x = torch.randn(SHAPE, dtype=dtype).contiguous(memory_format=memory).requires_grad_()
+    x = torch.randn(SHAPE, dtype=dtype).contiguous(memory_format=memory)
+    dense = torch.randn(SHAPE, dtype=dtype).contiguous(memory_format=memory)
     weight, bias = torch.ones(SHAPE[1], requires_grad=True), torch.zeros(SHAPE[1], requires_grad=True)
     mean, var = torch.zeros(SHAPE[1]), torch.ones(SHAPE[1])
     times = []
     for index in range(3 + repeats):
+        leaf = x.detach().requires_grad_()
         start = time.perf_counter()
-        F.batch_norm(x, mean, var, weight, bias, training=True).sum().backward()
+        output = F.batch_norm(leaf, mean, var, weight, bias, training=True)
+        output.backward(dense if gradient == "dense" else torch.ones((), dtype=dtype).expand(SHAPE))
         if index >= 3:
             times.append(time.perf_counter() - start)
     return statistics.median(times) * 1000
@@ -43,11 +52,13 @@ def main() -> None:
     capability, threads = torch.backends.cpu.get_cpu_capability(), torch.get_num_threads()
     print(f"torch {torch.__version__}, CPU capability {capability}, threads {threads}")
     print(f"batch_norm forward + backward, training mode, {' x '.join(map(str, SHAPE))}, median of {args.repeats}")
+    print("| dtype | gradient | contiguous (ms) | channels-last (ms) | channels-last / contiguous |")
+    print("|---|---|---:|---:|---:|")
     for dtype in (torch.float32, torch.bfloat16):
-        contiguous, channels_last = (step_ms(dtype, cl, args.repeats) for cl in (False, True))
-        name = str(dtype).removeprefix("torch.")
-        ratio = channels_last / contiguous
-        print(f"{name:>8}: contiguous {contiguous:.1f} ms, channels-last {channels_last:.1f} ms ({ratio:.2f}x)")
+        for gradient in GRADIENTS:
+            contiguous, channels_last = (step_ms(dtype, cl, gradient, args.repeats) for cl in (False, True))
+            name = str(dtype).removeprefix("torch.")
+            print(f"| {name} | {gradient} | {contiguous:.1f} | {channels_last:.1f} | {channels_last / contiguous:.2f}x |")
 
 
 if __name__ == "__main__":
