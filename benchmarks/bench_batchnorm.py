@@ -30,7 +30,10 @@ def step_ms(dtype: torch.dtype, channels_last: bool, gradient: str, repeats: int
     """Median milliseconds of one training-mode batch_norm forward and backward."""
     memory = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(SHAPE, dtype=dtype).contiguous(memory_format=memory)
-    dense = torch.randn(SHAPE, dtype=dtype).contiguous(memory_format=memory)
+    if gradient == "dense":
+        grad_output = torch.randn(SHAPE, dtype=dtype).contiguous(memory_format=memory)
+    else:
+        grad_output = torch.ones((), dtype=dtype).expand(SHAPE)
     weight, bias = torch.ones(SHAPE[1], requires_grad=True), torch.zeros(SHAPE[1], requires_grad=True)
     mean, var = torch.zeros(SHAPE[1]), torch.ones(SHAPE[1])
     times = []
@@ -38,7 +41,7 @@ def step_ms(dtype: torch.dtype, channels_last: bool, gradient: str, repeats: int
         leaf = x.detach().requires_grad_()
         start = time.perf_counter()
         output = F.batch_norm(leaf, mean, var, weight, bias, training=True)
-        output.backward(dense if gradient == "dense" else torch.ones((), dtype=dtype).expand(SHAPE))
+        output.backward(grad_output)
         if index >= 3:
             times.append(time.perf_counter() - start)
     return statistics.median(times) * 1000
@@ -55,10 +58,11 @@ def main() -> None:
     print("| dtype | gradient | contiguous (ms) | channels-last (ms) | channels-last / contiguous |")
     print("|---|---|---:|---:|---:|")
     for dtype in (torch.float32, torch.bfloat16):
+        name = str(dtype).removeprefix("torch.")
         for gradient in GRADIENTS:
             contiguous, channels_last = (step_ms(dtype, cl, gradient, args.repeats) for cl in (False, True))
-            name = str(dtype).removeprefix("torch.")
-            print(f"| {name} | {gradient} | {contiguous:.1f} | {channels_last:.1f} | {channels_last / contiguous:.2f}x |")
+            ratio = channels_last / contiguous
+            print(f"| {name} | {gradient} | {contiguous:.1f} | {channels_last:.1f} | {ratio:.2f}x |")
 
 
 if __name__ == "__main__":
